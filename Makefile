@@ -1,0 +1,72 @@
+# pgnd build. `make run` installs what is missing (as root), builds and starts pgnd;
+# `make test` builds and runs every test; `make bench` compares with PyTorch.
+
+CC      ?= gcc
+# x86-64-v3 (AVX2+FMA) so valgrind can run our code; oneDNN dispatches AVX-512 itself at run time.
+ARCH    ?= -march=x86-64-v3
+OPT     ?= -O2
+CFLAGS  += -std=gnu11 $(OPT) $(ARCH) -g -fopenmp -Wall -Wextra -Wno-unused-parameter -I. -MMD -MP
+LDLIBS  += -ldnnl -ljansson -lm -fopenmp
+B       := build
+
+# Debian packages the build and tests need (kept in one place: .ci/run and `make deps` use it).
+DEB_PKGS := gcc make pkg-config libdnnl-dev libmicrohttpd-dev libjansson-dev libsqlite3-dev \
+            libpng-dev libjpeg62-turbo-dev libcmocka-dev
+
+NN_SRC    := $(wildcard nn/*.c)
+PGN_SRC   := $(wildcard pgn/*.c)
+LIB_SRC   := $(NN_SRC) $(PGN_SRC)
+LIB_OBJ   := $(LIB_SRC:%.c=$(B)/%.o)
+LIB       := $(B)/libpgnd.a
+
+TEST_SRC  := $(wildcard tests/unit/test_*.c)
+TEST_BIN  := $(TEST_SRC:tests/unit/%.c=$(B)/tests/%)
+TEST_SUPPORT := $(filter-out $(TEST_SRC),$(wildcard tests/unit/*.c))
+TEST_SUPPORT_OBJ := $(TEST_SUPPORT:%.c=$(B)/%.o)
+
+BENCH_SRC := $(wildcard bench/*.c)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(B)/bench/%)
+
+DAEMON_SRC := $(wildcard daemon/*.c)
+DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
+
+.PHONY: all test bench run deps clean selfcheck
+all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(B)/pgnd
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(B)/tests/%: $(B)/tests/unit/%.o $(TEST_SUPPORT_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
+
+$(B)/bench/%: $(B)/bench/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(B)/pgnd: $(DAEMON_OBJ) $(LIB)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+test: $(TEST_BIN)
+	@tests/run_unit.sh $(TEST_BIN)
+
+bench: $(BENCH_BIN)
+	@bench/run.sh
+
+deps:
+	@tools/install_deps.sh $(DEB_PKGS)
+
+# Until the daemon exists, `make run` runs the engine self-check.
+run: deps
+	@$(MAKE) --no-print-directory $(B)/pgnd
+	$(B)/pgnd selfcheck
+
+clean:
+	rm -rf $(B)
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)

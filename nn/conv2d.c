@@ -1,0 +1,342 @@
+/* Conv2d on oneDNN: forward, backward-data and backward-weights primitives per input shape,
+ * weights reordered into oneDNN's preferred layout (once when frozen, every forward otherwise).
+ * Reflection padding runs as its own pad layer followed by an unpadded convolution. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn/dnnl_util.h"
+#include "nn/init.h"
+
+struct nn_conv_prims {
+    struct nn_conv_prims *next;
+    int n, h, w; /* input dims after explicit padding */
+    dnnl_memory_desc_t in_md;
+    dnnl_primitive_desc_t fwd_pd, bwdd_pd, bwdw_pd;
+    dnnl_primitive_t fwd, bwdd, bwdw;
+    float *wei, *wei_bwdd;       /* weights in the fwd / bwd-data layouts */
+    int wei_ready, wei_bwdd_ready;
+    nn_act xr, xr_w, dyr, dyr_w; /* inputs reordered to what a primitive wants */
+    nn_act dx_tmp;               /* bwd-data output when it must be added, not stored */
+    float *dwei, *dwei_plain, *dbias;
+};
+
+static dnnl_memory_desc_t md_any4(int n, int c, int h, int w)
+{
+    dnnl_memory_desc_t md;
+    dnnl_dims_t d = {n, c, h, w};
+    dnnl_memory_desc_init_by_tag(&md, 4, d, dnnl_f32, dnnl_format_tag_any);
+    return md;
+}
+
+/* Weights as PyTorch stores them: oihw, or goihw (same bytes) when grouped. */
+static dnnl_memory_desc_t md_weights(const nn_conv_shape *g, dnnl_format_tag_t tag_any)
+{
+    dnnl_memory_desc_t md;
+    if (g->groups > 1) {
+        dnnl_dims_t d = {g->groups, g->cout / g->groups, g->cin / g->groups, g->kh, g->kw};
+        dnnl_memory_desc_init_by_tag(&md, 5, d, dnnl_f32, tag_any ? tag_any : dnnl_goihw);
+    } else {
+        dnnl_dims_t d = {g->cout, g->cin, g->kh, g->kw};
+        dnnl_memory_desc_init_by_tag(&md, 4, d, dnnl_f32, tag_any ? tag_any : dnnl_oihw);
+    }
+    return md;
+}
+
+static dnnl_memory_desc_t md_bias(int cout)
+{
+    dnnl_memory_desc_t md;
+    dnnl_dims_t d = {cout};
+    dnnl_memory_desc_init_by_tag(&md, 1, d, dnnl_f32, dnnl_x);
+    return md;
+}
+
+int nn_conv2d_init(nn_conv2d *l, int cin, int cout, int kh, int kw, int sh, int sw, int ph, int pw, int groups,
+                   int pad_mode, int has_bias, nn_rng *rng, nn_err *e)
+{
+    memset(l, 0, sizeof *l);
+    if (groups < 1 || cin % groups || cout % groups)
+        return nn_errf(e, "conv2d: channels %d -> %d are not divisible by groups %d", cin, cout, groups);
+    if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0)
+        return nn_errf(e, "conv2d: bad kernel %dx%d / stride %dx%d / padding %dx%d", kh, kw, sh, sw, ph, pw);
+    l->geo = (nn_conv_shape){0, cin, 0, 0, cout, kh, kw, sh, sw, ph, pw, groups, pad_mode, has_bias};
+    int64_t ws[4] = {cout, cin / groups, kh, kw};
+    if (nn_tensor_alloc(&l->weight, 4, ws, e) || nn_tensor_alloc(&l->dweight, 4, ws, e))
+        return -1;
+    if (has_bias && (nn_tensor_alloc1(&l->bias, cout, e) || nn_tensor_alloc1(&l->dbias, cout, e)))
+        return -1;
+    if (rng)
+        nn_init_conv(&l->weight, has_bias ? &l->bias : NULL, cin / groups * kh * kw, rng);
+    l->weights_stale = 1;
+    return 0;
+}
+
+static void prims_free(nn_conv_prims *p)
+{
+    dnnl_primitive_destroy(p->fwd);
+    dnnl_primitive_destroy(p->bwdd);
+    dnnl_primitive_destroy(p->bwdw);
+    dnnl_primitive_desc_destroy(p->fwd_pd);
+    dnnl_primitive_desc_destroy(p->bwdd_pd);
+    dnnl_primitive_desc_destroy(p->bwdw_pd);
+    nn_free(p->wei);
+    nn_free(p->wei_bwdd);
+    nn_free(p->dwei);
+    nn_free(p->dwei_plain);
+    nn_free(p->dbias);
+    nn_act_free(&p->xr);
+    nn_act_free(&p->xr_w);
+    nn_act_free(&p->dyr);
+    nn_act_free(&p->dyr_w);
+    nn_act_free(&p->dx_tmp);
+    free(p);
+}
+
+void nn_conv2d_free(nn_conv2d *l)
+{
+    for (nn_conv_prims *p = l->prims, *next; p; p = next) {
+        next = p->next;
+        prims_free(p);
+    }
+    nn_tensor_free(&l->weight);
+    nn_tensor_free(&l->bias);
+    nn_tensor_free(&l->dweight);
+    nn_tensor_free(&l->dbias);
+    nn_act_free(&l->xpad);
+    nn_act_free(&l->dxpad);
+    memset(l, 0, sizeof *l);
+}
+
+/* Geometry of the convolution oneDNN runs (padding already applied when reflecting). */
+static void run_geo(const nn_conv2d *l, int *ph, int *pw)
+{
+    int reflect = l->geo.pad_mode == NN_PAD_REFLECT;
+    *ph = reflect ? 0 : l->geo.ph;
+    *pw = reflect ? 0 : l->geo.pw;
+}
+
+static nn_conv_prims *get_prims(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_err *e)
+{
+    for (nn_conv_prims *p = l->prims; p; p = p->next)
+        if (p->n == x->n && p->h == x->h && p->w == x->w)
+            return p;
+    const nn_conv_shape *g = &l->geo;
+    int ph, pw;
+    run_geo(l, &ph, &pw);
+    int oh = (x->h + 2 * ph - g->kh) / g->sh + 1, ow = (x->w + 2 * pw - g->kw) / g->sw + 1;
+    if (oh < 1 || ow < 1) {
+        nn_errf(e, "conv2d: input %dx%d is too small for kernel %dx%d with padding %d", x->h, x->w, g->kh, g->kw,
+                g->ph);
+        return NULL;
+    }
+    nn_conv_prims *p = calloc(1, sizeof *p);
+    if (!p) {
+        nn_errf(e, "out of memory");
+        return NULL;
+    }
+    p->n = x->n;
+    p->h = x->h;
+    p->w = x->w;
+    dnnl_memory_desc_t src = md_any4(x->n, g->cin, x->h, x->w), dst = md_any4(x->n, g->cout, oh, ow);
+    dnnl_memory_desc_t wei = md_weights(g, dnnl_format_tag_any), bias = md_bias(g->cout);
+    dnnl_dims_t strides = {g->sh, g->sw}, pad = {ph, pw};
+    dnnl_convolution_desc_t d;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    if (l->post_relu) {
+        dnnl_primitive_attr_create(&attr);
+        dnnl_post_ops_create(&po);
+        dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f);
+        dnnl_primitive_attr_set_post_ops(attr, po);
+    }
+    int bad = dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, (l->winograd ? dnnl_convolution_winograd : dnnl_convolution_direct), &src, &wei,
+                                                 g->has_bias ? &bias : NULL, &dst, strides, pad, pad) != dnnl_success ||
+              nn_make_prim_attr(ctx, &d, attr, NULL, &p->fwd_pd, &p->fwd, e);
+    if (attr) {
+        dnnl_post_ops_destroy(po);
+        dnnl_primitive_attr_destroy(attr);
+    }
+    if (bad) {
+        nn_err_prefix(e, "conv2d %d->%d k%dx%d s%d on [%d, %d, %d, %d]", g->cin, g->cout, g->kh, g->kw, g->sh, x->n,
+                      x->c, x->h, x->w);
+        prims_free(p);
+        return NULL;
+    }
+    p->wei = nn_alloc(nn_md_bytes(nn_pd_md(p->fwd_pd, dnnl_query_weights_md, 0)));
+    if (!p->wei) {
+        nn_errf(e, "out of memory");
+        prims_free(p);
+        return NULL;
+    }
+    p->next = l->prims;
+    l->prims = p;
+    return p;
+}
+
+/* x reordered into the layout `want` (no copy when it already is). */
+static int input_in(nn_ctx *ctx, const nn_act *x, const dnnl_memory_desc_t *want, nn_act *tmp, const float **out,
+                    nn_err *e)
+{
+    if (nn_md_equal(&x->md, want)) {
+        *out = x->data;
+        return 0;
+    }
+    if (nn_act_reserve(tmp, x->n, x->c, x->h, x->w, want, e) || nn_reorder(ctx, &x->md, x->data, want, tmp->data, e))
+        return -1;
+    *out = tmp->data;
+    return 0;
+}
+
+int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, nn_act *y, nn_err *e)
+{
+    const nn_conv_shape *g = &l->geo;
+    if (x_in->c != g->cin)
+        return nn_errf(e, "conv2d: input has %d channels but the layer expects %d", x_in->c, g->cin);
+    const nn_act *x = x_in;
+    if (g->pad_mode == NN_PAD_REFLECT) {
+        if (nn_pad2d_forward(ctx, x_in, &l->xpad, g->ph, g->pw, NN_PAD_REFLECT, e))
+            return -1;
+        x = &l->xpad;
+    }
+    nn_conv_prims *p = get_prims(ctx, l, x, e);
+    if (!p)
+        return -1;
+    const dnnl_memory_desc_t *src_md = nn_pd_md(p->fwd_pd, dnnl_query_src_md, 0);
+    const dnnl_memory_desc_t *wei_md = nn_pd_md(p->fwd_pd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t *dst_md = nn_pd_md(p->fwd_pd, dnnl_query_dst_md, 0);
+    if (!l->frozen || l->weights_stale || !p->wei_ready) {
+        dnnl_memory_desc_t plain = md_weights(g, 0);
+        if (nn_reorder(ctx, &plain, l->weight.data, wei_md, p->wei, e))
+            return -1;
+        if (l->weights_stale)
+            for (nn_conv_prims *q = l->prims; q; q = q->next)
+                q->wei_ready = q->wei_bwdd_ready = 0;
+        l->weights_stale = 0;
+        p->wei_ready = 1;
+    }
+    const float *src;
+    if (input_in(ctx, x, src_md, &p->xr, &src, e))
+        return -1;
+    if (nn_act_reserve(y, x->n, g->cout, (int)dst_md->dims[2], (int)dst_md->dims[3], dst_md, e))
+        return -1;
+    dnnl_memory_desc_t bias = md_bias(g->cout);
+    nn_arg args[] = {{DNNL_ARG_SRC, src_md, (void *)src},
+                     {DNNL_ARG_WEIGHTS, wei_md, p->wei},
+                     {DNNL_ARG_DST, dst_md, y->data},
+                     {DNNL_ARG_BIAS, &bias, l->bias.data}};
+    y->valid = 1;
+    return nn_exec(ctx, p->fwd, g->has_bias ? 4 : 3, args, e);
+}
+
+static int make_backward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, int weights, nn_err *e)
+{
+    const nn_conv_shape *g = &l->geo;
+    const dnnl_memory_desc_t *dst = nn_pd_md(p->fwd_pd, dnnl_query_dst_md, 0);
+    int ph, pw;
+    run_geo(l, &ph, &pw);
+    dnnl_memory_desc_t src = md_any4(p->n, g->cin, p->h, p->w);
+    dnnl_memory_desc_t ddst = md_any4(p->n, g->cout, (int)dst->dims[2], (int)dst->dims[3]);
+    dnnl_memory_desc_t wei = md_weights(g, dnnl_format_tag_any), bias = md_bias(g->cout);
+    dnnl_dims_t strides = {g->sh, g->sw}, pad = {ph, pw};
+    dnnl_convolution_desc_t d;
+    if (!weights) {
+        DNNL_TRY(e, dnnl_convolution_backward_data_desc_init(&d, (l->winograd ? dnnl_convolution_winograd : dnnl_convolution_direct), &src, &wei, &ddst, strides,
+                                                             pad, pad));
+        if (nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdd_pd, &p->bwdd, e))
+            return -1;
+        p->wei_bwdd = nn_alloc(nn_md_bytes(nn_pd_md(p->bwdd_pd, dnnl_query_weights_md, 0)));
+        return p->wei_bwdd ? 0 : nn_errf(e, "out of memory");
+    }
+    DNNL_TRY(e, dnnl_convolution_backward_weights_desc_init(&d, (l->winograd ? dnnl_convolution_winograd : dnnl_convolution_direct), &src, &wei,
+                                                            g->has_bias ? &bias : NULL, &ddst, strides, pad, pad));
+    if (nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdw_pd, &p->bwdw, e))
+        return -1;
+    p->dwei = nn_alloc(nn_md_bytes(nn_pd_md(p->bwdw_pd, dnnl_query_diff_weights_md, 0)));
+    p->dwei_plain = nn_alloc(l->weight.numel * sizeof(float));
+    p->dbias = nn_alloc((size_t)g->cout * sizeof(float));
+    return p->dwei && p->dwei_plain && p->dbias ? 0 : nn_errf(e, "out of memory");
+}
+
+static int backward_data(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_act *dy, nn_act *dx, nn_err *e)
+{
+    if (!p->bwdd && make_backward(ctx, l, p, 0, e))
+        return -1;
+    const dnnl_memory_desc_t *wei_md = nn_pd_md(p->bwdd_pd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t *ddst_md = nn_pd_md(p->bwdd_pd, dnnl_query_diff_dst_md, 0);
+    const dnnl_memory_desc_t *dsrc_md = nn_pd_md(p->bwdd_pd, dnnl_query_diff_src_md, 0);
+    if (!l->frozen || !p->wei_bwdd_ready) {
+        dnnl_memory_desc_t plain = md_weights(&l->geo, 0);
+        if (nn_reorder(ctx, &plain, l->weight.data, wei_md, p->wei_bwdd, e))
+            return -1;
+        p->wei_bwdd_ready = 1;
+    }
+    const float *ddst;
+    if (input_in(ctx, dy, ddst_md, &p->dyr, &ddst, e))
+        return -1;
+    /* First gradient into dx: write straight into it; otherwise compute aside and add. */
+    nn_act *out = dx->valid ? &p->dx_tmp : dx;
+    if (nn_act_reserve(out, p->n, l->geo.cin, p->h, p->w, dsrc_md, e))
+        return -1;
+    nn_arg args[] = {{DNNL_ARG_DIFF_DST, ddst_md, (void *)ddst},
+                     {DNNL_ARG_WEIGHTS, wei_md, p->wei_bwdd},
+                     {DNNL_ARG_DIFF_SRC, dsrc_md, out->data}};
+    if (nn_exec(ctx, p->bwdd, 3, args, e))
+        return -1;
+    if (out == dx) {
+        dx->valid = 1;
+        return 0;
+    }
+    return nn_act_accumulate(ctx, dx, dsrc_md, out->data, p->n, l->geo.cin, p->h, p->w, e);
+}
+
+static int backward_weights(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_act *x, const nn_act *dy,
+                            nn_err *e)
+{
+    if (!p->bwdw && make_backward(ctx, l, p, 1, e))
+        return -1;
+    const dnnl_memory_desc_t *src_md = nn_pd_md(p->bwdw_pd, dnnl_query_src_md, 0);
+    const dnnl_memory_desc_t *ddst_md = nn_pd_md(p->bwdw_pd, dnnl_query_diff_dst_md, 0);
+    const dnnl_memory_desc_t *dwei_md = nn_pd_md(p->bwdw_pd, dnnl_query_diff_weights_md, 0);
+    const float *src, *ddst;
+    if (input_in(ctx, x, src_md, &p->xr_w, &src, e) || input_in(ctx, dy, ddst_md, &p->dyr_w, &ddst, e))
+        return -1;
+    dnnl_memory_desc_t bias = md_bias(l->geo.cout);
+    nn_arg args[] = {{DNNL_ARG_SRC, src_md, (void *)src},
+                     {DNNL_ARG_DIFF_DST, ddst_md, (void *)ddst},
+                     {DNNL_ARG_DIFF_WEIGHTS, dwei_md, p->dwei},
+                     {DNNL_ARG_DIFF_BIAS, &bias, p->dbias}};
+    if (nn_exec(ctx, p->bwdw, l->geo.has_bias ? 4 : 3, args, e))
+        return -1;
+    dnnl_memory_desc_t plain = md_weights(&l->geo, 0);
+    if (nn_reorder(ctx, dwei_md, p->dwei, &plain, p->dwei_plain, e))
+        return -1;
+    float *dw = l->dweight.data;
+    const float *t = p->dwei_plain;
+    size_t n = l->dweight.numel;
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++)
+        dw[i] += t[i];
+    if (l->geo.has_bias)
+        for (int i = 0; i < l->geo.cout; i++)
+            l->dbias.data[i] += p->dbias[i];
+    return 0;
+}
+
+int nn_conv2d_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, const nn_act *dy, nn_act *dx, int param_grads,
+                       nn_err *e)
+{
+    int reflect = l->geo.pad_mode == NN_PAD_REFLECT;
+    const nn_act *x = reflect ? &l->xpad : x_in;
+    nn_conv_prims *p = get_prims(ctx, l, x, e);
+    if (!p)
+        return -1;
+    if (param_grads && backward_weights(ctx, l, p, x, dy, e))
+        return -1;
+    if (!dx)
+        return 0;
+    if (!reflect)
+        return backward_data(ctx, l, p, dy, dx, e);
+    nn_act_grad_reset(&l->dxpad);
+    if (backward_data(ctx, l, p, dy, &l->dxpad, e))
+        return -1;
+    return nn_pad2d_backward(ctx, &l->dxpad, dx, l->geo.ph, l->geo.pw, NN_PAD_REFLECT, e);
+}

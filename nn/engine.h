@@ -1,0 +1,191 @@
+/* The fast path: layers executed by oneDNN 2.6, activations kept in oneDNN's chosen (often
+ * blocked, e.g. nChw16c) layouts between layers, primitives created once per input shape.
+ *
+ * nn_ctx   one per thread of work (a job): oneDNN engine + stream, thread count, reorder cache.
+ * nn_act   an activation or an activation gradient: logical NCHW dims + the layout its data is in.
+ *          Convert at the edges with nn_act_from_nchw / nn_act_to_nchw.
+ *
+ * Gradient convention: every layer's *_backward ACCUMULATES into parameter gradients
+ * (dweight, dbias, dgamma, dbeta; cleared by the owner, as PyTorch's .grad). Activation gradients
+ * accumulate too, with the first write as a plain store: an nn_act gradient whose `valid` is 0
+ * is overwritten (and its layout chosen by the layer), one whose `valid` is 1 is added to.
+ * Call nn_act_grad_reset() on every activation gradient before a backward pass. */
+#ifndef NN_ENGINE_H
+#define NN_ENGINE_H
+
+#include <oneapi/dnnl/dnnl.h>
+#include <stddef.h>
+
+#include "nn/err.h"
+#include "nn/rng.h"
+#include "nn/shapes.h"
+#include "nn/tensor.h"
+
+#if DNNL_VERSION_MAJOR != 2
+#error "pgnd's engine is written against the oneDNN 2.x C API (Debian bookworm's libdnnl-dev 2.6)"
+#endif
+
+typedef struct nn_reorder_cache nn_reorder_cache;
+
+typedef struct nn_ctx {
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    int threads;
+    nn_reorder_cache *reorders;
+    float *scratch; /* temporary of nn_act_accumulate (layout conversion before adding) */
+    size_t scratch_cap;
+    float *tmp;     /* temporary of layers that compute a gradient aside before adding it */
+    size_t tmp_cap;
+} nn_ctx;
+
+/* threads <= 0: leave OpenMP's default. The calling thread's OpenMP thread count is set. */
+int nn_ctx_init(nn_ctx *ctx, int threads, nn_err *e);
+void nn_ctx_free(nn_ctx *ctx);
+/* Returns a buffer of at least `bytes` (64-byte aligned), valid until the next call. */
+float *nn_ctx_scratch(nn_ctx *ctx, size_t bytes, nn_err *e);
+float *nn_ctx_tmp(nn_ctx *ctx, size_t bytes, nn_err *e);
+
+typedef struct nn_act {
+    int n, c, h, w;
+    dnnl_memory_desc_t md; /* layout of data; md.ndims == 0 until first use */
+    float *data;
+    size_t cap;            /* bytes allocated */
+    int valid;             /* for gradients: 0 = contents undefined (next write stores) */
+} nn_act;
+
+/* Sets dims and layout; grows the buffer when needed (steady state allocates nothing). */
+int nn_act_reserve(nn_act *a, int n, int c, int h, int w, const dnnl_memory_desc_t *md, nn_err *e);
+/* Plain NCHW layout for these dims. */
+dnnl_memory_desc_t nn_md_nchw(int n, int c, int h, int w);
+int nn_act_from_nchw(nn_ctx *ctx, nn_act *a, const float *src, int n, int c, int h, int w, nn_err *e);
+int nn_act_to_nchw(nn_ctx *ctx, const nn_act *a, float *dst, nn_err *e);
+/* Converts a to the layout md in place (no-op if already there). */
+int nn_act_convert(nn_ctx *ctx, nn_act *a, const dnnl_memory_desc_t *md, nn_err *e);
+size_t nn_act_count(const nn_act *a); /* logical n*c*h*w */
+size_t nn_md_bytes(const dnnl_memory_desc_t *md);
+void nn_act_free(nn_act *a);
+static inline void nn_act_grad_reset(nn_act *a) { a->valid = 0; }
+
+/* Copies src into dst's buffer in layout dst_md (dst_md may equal src->md). */
+int nn_reorder(nn_ctx *ctx, const dnnl_memory_desc_t *src_md, const void *src, const dnnl_memory_desc_t *dst_md,
+               void *dst, nn_err *e);
+/* Gradient store-or-add: g (in layout md, dims n,c,h,w) goes into acc following the `valid` rule. */
+int nn_act_accumulate(nn_ctx *ctx, nn_act *acc, const dnnl_memory_desc_t *md, const float *g, int n, int c, int h,
+                      int w, nn_err *e);
+
+/* ------------------------------------------------------------------ convolution */
+typedef struct nn_conv_prims nn_conv_prims;
+
+typedef struct nn_conv2d {
+    nn_conv_shape geo;        /* n, h, w are taken from the input at each call */
+    nn_tensor weight, bias;   /* PyTorch layout: [cout, cin/groups, kh, kw], [cout] */
+    nn_tensor dweight, dbias; /* accumulated gradients */
+    int frozen;               /* weights never change: reorder them to oneDNN's layout once */
+    int weights_stale;        /* set when weights were written from outside (load) */
+    int winograd;             /* let oneDNN pick Winograd where it has it (3x3, stride 1) */
+    int post_relu;            /* forward computes relu(conv(x)) in one pass (set before the first
+                               * forward); the backward then expects dy already taken through the
+                               * ReLU (e.g. by nn_l1_loss_backward_relu or nn_eltwise_backward) */
+    nn_conv_prims *prims;     /* per input shape */
+    nn_act xpad, dxpad;       /* reflection padding */
+} nn_conv2d;
+
+int nn_conv2d_init(nn_conv2d *l, int cin, int cout, int kh, int kw, int sh, int sw, int ph, int pw, int groups,
+                   int pad_mode, int has_bias, nn_rng *rng /* NULL: zero weights */, nn_err *e);
+void nn_conv2d_free(nn_conv2d *l);
+int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_act *y, nn_err *e);
+/* x must be the input of the last forward. dx may be NULL (e.g. the first layer of a net
+ * trained only w.r.t. its weights); with param_grads 0 the weight gradients are skipped. */
+int nn_conv2d_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, const nn_act *dy, nn_act *dx, int param_grads,
+                       nn_err *e);
+
+/* ------------------------------------------------------------------ batch norm */
+typedef struct nn_bn_prims nn_bn_prims;
+
+typedef struct nn_batchnorm2d {
+    int c;
+    float eps, momentum;
+    nn_tensor gamma, beta, dgamma, dbeta;
+    nn_tensor running_mean, running_var;
+    long num_batches_tracked;
+    nn_tensor save_mean, save_var; /* batch statistics of the last training forward */
+    int training;
+    nn_bn_prims *prims;
+} nn_batchnorm2d;
+
+int nn_batchnorm2d_init(nn_batchnorm2d *l, int c, float eps, float momentum, nn_err *e);
+void nn_batchnorm2d_free(nn_batchnorm2d *l);
+int nn_batchnorm2d_forward(nn_ctx *ctx, nn_batchnorm2d *l, const nn_act *x, nn_act *y, nn_err *e);
+int nn_batchnorm2d_backward(nn_ctx *ctx, nn_batchnorm2d *l, const nn_act *x, const nn_act *dy, nn_act *dx,
+                            nn_err *e);
+
+/* ------------------------------------------------------------------ pointwise */
+typedef enum nn_act_kind { NN_RELU, NN_LEAKY_RELU, NN_SIGMOID, NN_TANH } nn_act_kind;
+
+typedef struct nn_eltwise_prims nn_eltwise_prims;
+
+typedef struct nn_eltwise {
+    nn_act_kind kind;
+    float alpha; /* LeakyReLU slope */
+    nn_eltwise_prims *prims;
+} nn_eltwise;
+
+void nn_eltwise_init(nn_eltwise *l, nn_act_kind kind, float alpha);
+void nn_eltwise_free(nn_eltwise *l);
+/* y may be x (in place). */
+int nn_eltwise_forward(nn_ctx *ctx, nn_eltwise *l, const nn_act *x, nn_act *y, nn_err *e);
+/* ReLU / LeakyReLU take the forward input x; Sigmoid / Tanh take the forward output y (`xy`).
+ * ReLU may also be given its output (same result, as relu(x) > 0 iff x > 0). */
+int nn_eltwise_backward(nn_ctx *ctx, nn_eltwise *l, const nn_act *xy, const nn_act *dy, nn_act *dx, nn_err *e);
+
+/* ------------------------------------------------------------------ pooling */
+typedef struct nn_pool_prims nn_pool_prims;
+
+typedef struct nn_pool2d {
+    int is_max;
+    int k, s, p;
+    nn_pool_prims *prims;
+} nn_pool2d;
+
+void nn_pool2d_init(nn_pool2d *l, int is_max, int k, int s, int p);
+void nn_pool2d_free(nn_pool2d *l);
+int nn_pool2d_forward(nn_ctx *ctx, nn_pool2d *l, const nn_act *x, nn_act *y, nn_err *e);
+int nn_pool2d_backward(nn_ctx *ctx, nn_pool2d *l, const nn_act *x, const nn_act *dy, nn_act *dx, nn_err *e);
+
+/* ------------------------------------------------------------------ upsampling x2 */
+typedef struct nn_resample_prims nn_resample_prims;
+
+typedef struct nn_upsample2x {
+    int bilinear; /* 0: nearest (oneDNN); 1: bilinear with align_corners=True (own kernel) */
+    nn_resample_prims *prims;
+} nn_upsample2x;
+
+void nn_upsample2x_init(nn_upsample2x *l, int bilinear);
+void nn_upsample2x_free(nn_upsample2x *l);
+int nn_upsample2x_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x, nn_act *y, nn_err *e);
+int nn_upsample2x_backward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy, nn_act *dx, nn_err *e);
+
+/* ------------------------------------------------------------------ structure and losses */
+int nn_concat_forward(nn_ctx *ctx, const nn_act *a, const nn_act *b, nn_act *y, nn_err *e);
+/* Splits dy after its first ca channels; da or db may be NULL. */
+int nn_concat_backward(nn_ctx *ctx, const nn_act *dy, int ca, nn_act *da, nn_act *db, nn_err *e);
+int nn_add_forward(nn_ctx *ctx, const nn_act *a, const nn_act *b, nn_act *y, nn_err *e);
+/* Adds dy into both da and db (either may be NULL). */
+int nn_add_backward(nn_ctx *ctx, const nn_act *dy, nn_act *da, nn_act *db, nn_err *e);
+
+/* Reflection / zero padding as its own layer (reflection-padded convolutions use it). */
+int nn_pad2d_forward(nn_ctx *ctx, const nn_act *x, nn_act *y, int ph, int pw, int mode, nn_err *e);
+int nn_pad2d_backward(nn_ctx *ctx, const nn_act *dy, nn_act *dx, int ph, int pw, int mode, nn_err *e);
+
+/* Mean losses over n*c*h*w; x and t may be in any layout (t is converted to x's if needed).
+ * per_sample (may be NULL) receives the n per-sample means. Backward adds dloss * d/dx. */
+int nn_l1_loss(nn_ctx *ctx, const nn_act *x, const nn_act *t, double *loss, double *per_sample, nn_err *e);
+int nn_l1_loss_backward(nn_ctx *ctx, const nn_act *x, const nn_act *t, float dloss, nn_act *dx, nn_err *e);
+/* Fused tap gradient of a perceptual loss: dx = relu'(x) * (dx + dloss * d L1(x, t) / dx), where x
+ * is a ReLU output (so relu'(x) = x > 0) and dx already holds the gradient arriving from above
+ * (it must be valid, in x's layout). One pass instead of a loss backward plus a ReLU backward. */
+int nn_l1_loss_backward_relu(nn_ctx *ctx, const nn_act *x, const nn_act *t, float dloss, nn_act *dx, nn_err *e);
+int nn_mse_loss(nn_ctx *ctx, const nn_act *x, const nn_act *t, double *loss, double *per_sample, nn_err *e);
+int nn_mse_loss_backward(nn_ctx *ctx, const nn_act *x, const nn_act *t, float dloss, nn_act *dx, nn_err *e);
+
+#endif

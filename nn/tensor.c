@@ -1,0 +1,111 @@
+#include "nn/tensor.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void *nn_alloc(size_t bytes)
+{
+    void *p = NULL;
+    if (bytes == 0)
+        bytes = NN_ALIGN;
+    /* Round up: aligned_alloc wants a multiple of the alignment. */
+    bytes = (bytes + NN_ALIGN - 1) / NN_ALIGN * NN_ALIGN;
+    if (posix_memalign(&p, NN_ALIGN, bytes) != 0)
+        return NULL;
+    return p;
+}
+
+void nn_free(void *p) { free(p); }
+
+int nn_tensor_alloc(nn_tensor *t, int ndim, const int64_t *shape, nn_err *e)
+{
+    memset(t, 0, sizeof *t);
+    if (ndim < 0 || ndim > NN_MAX_DIMS)
+        return nn_errf(e, "tensor rank %d is outside 0..%d", ndim, NN_MAX_DIMS);
+    size_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0)
+            return nn_errf(e, "tensor dimension %d is negative (%lld)", i, (long long)shape[i]);
+        if (shape[i] > 0 && numel > SIZE_MAX / 4 / (size_t)shape[i])
+            return nn_errf(e, "tensor too large");
+        numel *= (size_t)shape[i];
+        t->shape[i] = shape[i];
+    }
+    t->ndim = ndim;
+    t->numel = numel;
+    t->data = nn_alloc(numel * sizeof(float));
+    if (!t->data) {
+        memset(t, 0, sizeof *t);
+        return nn_errf(e, "out of memory allocating %zu floats", numel);
+    }
+    memset(t->data, 0, numel * sizeof(float));
+    t->owns = 1;
+    return 0;
+}
+
+int nn_tensor_alloc4(nn_tensor *t, int64_t n, int64_t c, int64_t h, int64_t w, nn_err *e)
+{
+    int64_t s[4] = {n, c, h, w};
+    return nn_tensor_alloc(t, 4, s, e);
+}
+
+int nn_tensor_alloc1(nn_tensor *t, int64_t n, nn_err *e)
+{
+    return nn_tensor_alloc(t, 1, &n, e);
+}
+
+nn_tensor nn_tensor_view(float *data, int ndim, const int64_t *shape)
+{
+    nn_tensor t;
+    memset(&t, 0, sizeof t);
+    t.data = data;
+    t.ndim = ndim;
+    t.numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        t.shape[i] = shape[i];
+        t.numel *= (size_t)shape[i];
+    }
+    return t;
+}
+
+void nn_tensor_free(nn_tensor *t)
+{
+    if (t->owns)
+        nn_free(t->data);
+    memset(t, 0, sizeof *t);
+}
+
+void nn_tensor_zero(nn_tensor *t) { memset(t->data, 0, t->numel * sizeof(float)); }
+
+void nn_tensor_fill(nn_tensor *t, float v)
+{
+    for (size_t i = 0; i < t->numel; i++)
+        t->data[i] = v;
+}
+
+void nn_tensor_copy(nn_tensor *dst, const nn_tensor *src)
+{
+    memcpy(dst->data, src->data, src->numel * sizeof(float));
+}
+
+int nn_tensor_same_shape(const nn_tensor *a, const nn_tensor *b)
+{
+    if (a->ndim != b->ndim)
+        return 0;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i])
+            return 0;
+    return 1;
+}
+
+char *nn_shape_str(char *buf, size_t len, int ndim, const int64_t *shape)
+{
+    size_t k = 0;
+    k += (size_t)snprintf(buf + k, len - k, "[");
+    for (int i = 0; i < ndim && k < len; i++)
+        k += (size_t)snprintf(buf + k, len - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (k < len)
+        snprintf(buf + k, len - k, "]");
+    return buf;
+}

@@ -1,0 +1,211 @@
+/* x2 upsampling. Nearest runs on oneDNN's resampling primitive. Bilinear is PyTorch's
+ * align_corners=True, which oneDNN's resampling (half-pixel centres) cannot express, so it is our
+ * own OpenMP kernel over plain or channel-blocked layouts. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn/dnnl_util.h"
+
+struct nn_resample_prims {
+    struct nn_resample_prims *next;
+    dnnl_memory_desc_t md;
+    dnnl_primitive_desc_t fwd_pd, bwd_pd;
+    dnnl_primitive_t fwd, bwd;
+    nn_act dyr, dx_tmp;
+};
+
+void nn_upsample2x_init(nn_upsample2x *l, int bilinear)
+{
+    memset(l, 0, sizeof *l);
+    l->bilinear = bilinear;
+}
+
+void nn_upsample2x_free(nn_upsample2x *l)
+{
+    for (nn_resample_prims *p = l->prims, *next; p; p = next) {
+        next = p->next;
+        dnnl_primitive_destroy(p->fwd);
+        dnnl_primitive_destroy(p->bwd);
+        dnnl_primitive_desc_destroy(p->fwd_pd);
+        dnnl_primitive_desc_destroy(p->bwd_pd);
+        nn_act_free(&p->dyr);
+        nn_act_free(&p->dx_tmp);
+        free(p);
+    }
+    memset(l, 0, sizeof *l);
+}
+
+static nn_resample_prims *get_prims(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x, nn_err *e)
+{
+    /* Most recently used first: the nearest backward runs on the head's primitives. */
+    for (nn_resample_prims **pp = &l->prims; *pp; pp = &(*pp)->next)
+        if (nn_md_equal(&(*pp)->md, &x->md)) {
+            nn_resample_prims *p = *pp;
+            *pp = p->next;
+            p->next = l->prims;
+            l->prims = p;
+            return p;
+        }
+    nn_resample_prims *p = calloc(1, sizeof *p);
+    if (!p) {
+        nn_errf(e, "out of memory");
+        return NULL;
+    }
+    p->md = x->md;
+    dnnl_memory_desc_t dst = nn_md_blocked(x->n, x->c, 2 * x->h, 2 * x->w, 1);
+    nn_view5 v;
+    if (nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &v) == 0)
+        dst = nn_md_blocked(x->n, x->c, 2 * x->h, 2 * x->w, v.blk);
+    dnnl_resampling_desc_t d;
+    dnnl_memory_desc_t src = x->md;
+    if (dnnl_resampling_forward_desc_init(&d, dnnl_forward_training, dnnl_resampling_nearest, NULL, &src, &dst) !=
+            dnnl_success ||
+        nn_make_prim(ctx, &d, NULL, &p->fwd_pd, &p->fwd, e) ||
+        dnnl_resampling_backward_desc_init(&d, dnnl_resampling_nearest, NULL, &src, &dst) != dnnl_success ||
+        nn_make_prim(ctx, &d, p->fwd_pd, &p->bwd_pd, &p->bwd, e)) {
+        nn_errf(e, "upsample2x: cannot create resampling primitives");
+        free(p);
+        return NULL;
+    }
+    p->next = l->prims;
+    l->prims = p;
+    return p;
+}
+
+/* Source coordinate of output index o for align_corners=True, in float as PyTorch computes it. */
+static inline void ac_coord(int o, int in, int out, int *i0, int *i1, float *lambda)
+{
+    float scale = out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f;
+    float src = scale * (float)o;
+    int i = (int)src;
+    *i0 = i;
+    *i1 = i + (i < in - 1 ? 1 : 0);
+    *lambda = src - (float)i;
+}
+
+static void bilinear_forward(float *y, const nn_view5 *vy, const float *x, const nn_view5 *vx)
+{
+    int blk = vx->blk;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int nc = 0; nc < vx->n * vx->cb; nc++)
+        for (int oh = 0; oh < vy->h; oh++) {
+            int h0, h1, w0, w1;
+            float lh, lw;
+            ac_coord(oh, vx->h, vy->h, &h0, &h1, &lh);
+            const float *x0 = x + ((size_t)nc * vx->h + h0) * vx->w * blk;
+            const float *x1 = x + ((size_t)nc * vx->h + h1) * vx->w * blk;
+            float *yr = y + ((size_t)nc * vy->h + oh) * vy->w * blk;
+            for (int ow = 0; ow < vy->w; ow++) {
+                ac_coord(ow, vx->w, vy->w, &w0, &w1, &lw);
+                for (int b = 0; b < blk; b++) {
+                    float top = (1 - lw) * x0[w0 * blk + b] + lw * x0[w1 * blk + b];
+                    float bot = (1 - lw) * x1[w0 * blk + b] + lw * x1[w1 * blk + b];
+                    yr[ow * blk + b] = (1 - lh) * top + lh * bot;
+                }
+            }
+        }
+}
+
+/* Scatter-add per (n, channel block) plane: planes are independent, so no races. */
+static void bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, const nn_view5 *vy)
+{
+    int blk = vx->blk;
+    size_t plane = (size_t)vx->h * vx->w * blk;
+#pragma omp parallel for schedule(static)
+    for (int nc = 0; nc < vx->n * vx->cb; nc++) {
+        float *d = dx + nc * plane;
+        memset(d, 0, plane * sizeof(float));
+        for (int oh = 0; oh < vy->h; oh++) {
+            int h0, h1, w0, w1;
+            float lh, lw;
+            ac_coord(oh, vx->h, vy->h, &h0, &h1, &lh);
+            const float *g = dy + ((size_t)nc * vy->h + oh) * vy->w * blk;
+            for (int ow = 0; ow < vy->w; ow++) {
+                ac_coord(ow, vx->w, vy->w, &w0, &w1, &lw);
+                for (int b = 0; b < blk; b++) {
+                    float v = g[ow * blk + b];
+                    d[((size_t)h0 * vx->w + w0) * blk + b] += (1 - lh) * (1 - lw) * v;
+                    d[((size_t)h0 * vx->w + w1) * blk + b] += (1 - lh) * lw * v;
+                    d[((size_t)h1 * vx->w + w0) * blk + b] += lh * (1 - lw) * v;
+                    d[((size_t)h1 * vx->w + w1) * blk + b] += lh * lw * v;
+                }
+            }
+        }
+    }
+}
+
+int nn_upsample2x_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x_in, nn_act *y, nn_err *e)
+{
+    if (!l->bilinear) {
+        nn_resample_prims *p = get_prims(ctx, l, x_in, e);
+        if (!p)
+            return -1;
+        const dnnl_memory_desc_t *dst = nn_pd_md(p->fwd_pd, dnnl_query_dst_md, 0);
+        if (nn_act_reserve(y, x_in->n, x_in->c, 2 * x_in->h, 2 * x_in->w, dst, e))
+            return -1;
+        nn_arg args[] = {{DNNL_ARG_SRC, &x_in->md, x_in->data}, {DNNL_ARG_DST, dst, y->data}};
+        y->valid = 1;
+        return nn_exec(ctx, p->fwd, 2, args, e);
+    }
+    nn_act *x = (nn_act *)x_in; /* nn_act_view5 may convert an exotic layout to NCHW in place */
+    nn_view5 vx, vy;
+    if (nn_act_view5(ctx, x, &vx, e))
+        return -1;
+    dnnl_memory_desc_t md = nn_md_blocked(x->n, x->c, 2 * x->h, 2 * x->w, vx.blk);
+    if (nn_act_reserve(y, x->n, x->c, 2 * x->h, 2 * x->w, &md, e))
+        return -1;
+    nn_view5_of(&md, x->n, x->c, 2 * x->h, 2 * x->w, &vy);
+    bilinear_forward(y->data, &vy, x->data, &vx);
+    y->valid = 1;
+    return 0;
+}
+
+int nn_upsample2x_backward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy_in, nn_act *dx, nn_err *e)
+{
+    int n = dy_in->n, c = dy_in->c, h = dy_in->h / 2, w = dy_in->w / 2;
+    if (!l->bilinear) {
+        nn_resample_prims *p = l->prims;
+        if (!p)
+            return nn_errf(e, "upsample2x: backward before forward");
+        const dnnl_memory_desc_t *ddst = nn_pd_md(p->bwd_pd, dnnl_query_diff_dst_md, 0);
+        const dnnl_memory_desc_t *dsrc = nn_pd_md(p->bwd_pd, dnnl_query_diff_src_md, 0);
+        const float *dd = dy_in->data;
+        if (!nn_md_equal(&dy_in->md, ddst)) {
+            if (nn_act_reserve(&p->dyr, dy_in->n, c, dy_in->h, dy_in->w, ddst, e) ||
+                nn_reorder(ctx, &dy_in->md, dy_in->data, ddst, p->dyr.data, e))
+                return -1;
+            dd = p->dyr.data;
+        }
+        nn_act *out = dx->valid ? &p->dx_tmp : dx;
+        if (nn_act_reserve(out, n, c, h, w, dsrc, e))
+            return -1;
+        nn_arg args[] = {{DNNL_ARG_DIFF_DST, ddst, (void *)dd}, {DNNL_ARG_DIFF_SRC, dsrc, out->data}};
+        if (nn_exec(ctx, p->bwd, 2, args, e))
+            return -1;
+        if (out == dx) {
+            dx->valid = 1;
+            return 0;
+        }
+        return nn_act_accumulate(ctx, dx, dsrc, out->data, n, c, h, w, e);
+    }
+    nn_act *dy = (nn_act *)dy_in;
+    nn_view5 vy, vx;
+    if (nn_act_view5(ctx, dy, &vy, e))
+        return -1;
+    dnnl_memory_desc_t md = nn_md_blocked(n, c, h, w, vy.blk);
+    nn_view5_of(&md, n, c, h, w, &vx);
+    float *out = dx->valid ? nn_ctx_tmp(ctx, nn_md_bytes(&md), e) : NULL;
+    if (!dx->valid) {
+        if (nn_act_reserve(dx, n, c, h, w, &md, e))
+            return -1;
+        out = dx->data;
+    } else if (!out) {
+        return -1;
+    }
+    bilinear_backward(out, &vx, dy->data, &vy);
+    if (out == dx->data) {
+        dx->valid = 1;
+        return 0;
+    }
+    return nn_act_accumulate(ctx, dx, &md, out, n, c, h, w, e);
+}
