@@ -3,6 +3,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+/* Tensors at least this large are mapped pages (zero, untouched until written). */
+#define BIG_ALLOC (1u << 20)
 
 void *nn_alloc(size_t bytes)
 {
@@ -34,12 +38,25 @@ int nn_tensor_alloc(nn_tensor *t, int ndim, const int64_t *shape, nn_err *e)
     }
     t->ndim = ndim;
     t->numel = numel;
-    t->data = nn_alloc(numel * sizeof(float));
+    size_t bytes = numel * sizeof(float);
+    if (bytes >= BIG_ALLOC) {
+        /* Fresh anonymous pages are zero and cost no memory until written: gradient buffers
+         * of frozen layers never count towards the resident set. */
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            memset(t, 0, sizeof *t);
+            return nn_errf(e, "out of memory allocating %zu floats", numel);
+        }
+        t->data = p;
+        t->owns = 2;
+        return 0;
+    }
+    t->data = nn_alloc(bytes);
     if (!t->data) {
         memset(t, 0, sizeof *t);
         return nn_errf(e, "out of memory allocating %zu floats", numel);
     }
-    memset(t->data, 0, numel * sizeof(float));
+    memset(t->data, 0, bytes);
     t->owns = 1;
     return 0;
 }
@@ -71,7 +88,9 @@ nn_tensor nn_tensor_view(float *data, int ndim, const int64_t *shape)
 
 void nn_tensor_free(nn_tensor *t)
 {
-    if (t->owns)
+    if (t->owns == 2)
+        munmap(t->data, t->numel * sizeof(float));
+    else if (t->owns)
         nn_free(t->data);
     memset(t, 0, sizeof *t);
 }

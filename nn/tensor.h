@@ -18,7 +18,7 @@ typedef struct nn_tensor {
     int ndim;
     int64_t shape[NN_MAX_DIMS];
     size_t numel;
-    int owns; /* 1 if data was allocated by nn_tensor_alloc */
+    int owns; /* 0: a view; 1: heap memory; 2: mapped pages (large tensors) */
 } nn_tensor;
 
 /* Allocates a zero-filled tensor. Returns 0, or -1 with e filled (bad shape, out of memory). */
