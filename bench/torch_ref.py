@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""PyTorch side of `make bench`: the figures the C engine is compared with.
+
+    OPENBLAS_NUM_THREADS=1 command -p python3 bench/torch_ref.py MODE [--reps 7] [--threads 2]
+        MODE: conv3x3 | vgg_perceptual [--size 256] [--batch 1] | rss_baseline
+
+The caller runs each mode in its own process so that the peak RSS reported is that mode's alone.
+stdout carries only `bench <name> <value> <unit>` lines (parsed by bench/run.sh); anything else goes
+to stderr. Timings: 2 warm-up runs, then --reps timed runs, median reported.
+"""
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+
+# Before torch loads: OpenBLAS's own pthreads would otherwise compete with the OpenMP threads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+WARMUPS = 2
+
+
+def emit(name, value, unit):
+    print(f"bench {name} {value:.3f} {unit}", flush=True)
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def median_ms(fn, reps):
+    for _ in range(WARMUPS):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+# ---------------------------------------------------------------------------------------------
+# conv3x3: one 64->64 3x3 layer, forward and the two backward halves timed separately, because the
+# C engine runs them as separate primitives (data gradient for the perceptual loss, weight gradient
+# only when training).
+# ---------------------------------------------------------------------------------------------
+
+def bench_conv3x3(args):
+    torch.manual_seed(0)
+    c, hw = 64, 128
+    x = torch.randn(1, c, hw, hw)
+    w = torch.randn(c, c, 3, 3) * (1.0 / (c * 9) ** 0.5)
+    b = torch.randn(c)
+    dy = torch.randn(1, c, hw, hw)
+    flops = 2.0 * c * c * 9 * hw * hw
+
+    # aten::convolution_backward (present in 1.13) with an output mask computes exactly one of the
+    # gradients, as a C engine's backward-data / backward-weights primitive does; going through
+    # autograd would add graph bookkeeping and compute all requested grads together.
+    def bwd(mask):
+        return torch.ops.aten.convolution_backward(dy, x, w, [c], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+
+    with torch.no_grad():
+        fwd_ms = median_ms(lambda: F.conv2d(x, w, b, 1, 1), args.reps)
+        data_ms = median_ms(lambda: bwd([True, False, False]), args.reps)
+        weights_ms = median_ms(lambda: bwd([False, True, False]), args.reps)
+
+    for tag, ms in (("fwd", fwd_ms), ("bwd_data", data_ms), ("bwd_weights", weights_ms)):
+        emit(f"torch_conv3x3_{tag}_ms", ms, "ms")
+    for tag, ms in (("fwd", fwd_ms), ("bwd_data", data_ms), ("bwd_weights", weights_ms)):
+        emit(f"torch_conv3x3_{tag}_gflops", flops / (ms * 1e-3) / 1e9, "GFLOP/s")
+
+
+# ---------------------------------------------------------------------------------------------
+# vgg_perceptual: the perceptual-loss gradient the daemon computes per image. torchvision is not
+# installed, so VGG-19's features are rebuilt here as torchvision's make_layers(cfgs["E"]) does.
+# ---------------------------------------------------------------------------------------------
+
+VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+             512, 512, 512, 512, "M"]
+VGG_MODULES = 30  # features[:30] ends at relu5_1
+
+
+def vgg19_features_avgpool():
+    layers, cin = [], 3
+    for v in VGG19_CFG:
+        if v == "M":
+            # The perceptual loss uses average pooling (smoother gradients than max-pool).
+            layers.append(nn.AvgPool2d(2, 2))
+        else:
+            conv = nn.Conv2d(cin, v, 3, padding=1)
+            # torchvision VGG's init; the values do not matter for timing but keep activations sane.
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+            # inplace=False: the tapped ReLU outputs must survive the next layer.
+            layers += [conv, nn.ReLU(inplace=False)]
+            cin = v
+    net = nn.Sequential(*layers[:VGG_MODULES])
+    assert sum(isinstance(m, nn.ReLU) for m in net) == 13
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()
+
+
+def vgg_taps(net, x):
+    taps = []
+    for m in net:
+        x = m(x)
+        if isinstance(m, nn.ReLU):
+            taps.append(x)
+    return taps
+
+
+def bench_vgg_perceptual(args):
+    torch.manual_seed(0)
+    net = vgg19_features_avgpool()
+    x0 = torch.rand(args.batch, 3, args.size, args.size)
+    target = torch.rand(args.batch, 3, args.size, args.size)
+    with torch.no_grad():
+        target_feats = vgg_taps(net, target)  # cached once, as the daemon caches the target's
+
+    def step():
+        x = x0.detach().requires_grad_(True)
+        loss = sum((f - tf).abs().mean() for f, tf in zip(vgg_taps(net, x), target_feats))
+        (g,) = torch.autograd.grad(loss, x)
+        return g
+
+    ms = median_ms(step, args.reps)
+    tag = f"{args.size}" if args.batch == 1 else f"{args.batch}x{args.size}"
+    emit(f"torch_vgg_perceptual_{tag}_ms", ms, "ms")
+    emit(f"torch_vgg_perceptual_{tag}_peak_rss_mb", peak_rss_mb(), "MB")
+
+
+def bench_rss_baseline(args):
+    # What importing torch alone costs, to subtract from the other modes' peak RSS.
+    emit("torch_baseline_rss_mb", peak_rss_mb(), "MB")
+
+
+MODES = {"conv3x3": bench_conv3x3, "vgg_perceptual": bench_vgg_perceptual, "rss_baseline": bench_rss_baseline}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=sorted(MODES))
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", type=int, default=256, help="vgg_perceptual: image side")
+    ap.add_argument("--batch", type=int, default=1, help="vgg_perceptual: batch size")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, mode {args.mode}, reps {args.reps}")
+    MODES[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
