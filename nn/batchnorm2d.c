@@ -152,8 +152,9 @@ int nn_batchnorm2d_backward(nn_ctx *ctx, nn_batchnorm2d *l, const nn_act *x, con
     nn_arg args[] = {{DNNL_ARG_SRC, &x->md, x->data},          {DNNL_ARG_DIFF_DST, &x->md, (void *)dd},
                      {DNNL_ARG_SCALE, &cmd, l->gamma.data},    {DNNL_ARG_MEAN, &cmd, mean},
                      {DNNL_ARG_VARIANCE, &cmd, var},           {DNNL_ARG_DIFF_SRC, &x->md, out->data},
-                     {DNNL_ARG_DIFF_SCALE, &cmd, p->dgamma},   {DNNL_ARG_DIFF_SHIFT, &cmd, p->dbeta}};
-    if (nn_exec(ctx, p->bwd, 8, args, e))
+                     {DNNL_ARG_DIFF_SCALE, &cmd, p->dgamma},   {DNNL_ARG_DIFF_SHIFT, &cmd, p->dbeta},
+                     {DNNL_ARG_SHIFT, &cmd, l->beta.data}}; /* oneDNN 2.6 wants it though it is unused */
+    if (nn_exec(ctx, p->bwd, 9, args, e))
         return -1;
     for (int c = 0; c < l->c; c++) {
         l->dgamma.data[c] += p->dgamma[c];

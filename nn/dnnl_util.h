@@ -39,8 +39,6 @@ typedef struct nn_view5 {
 } nn_view5;
 /* 0 if md is plain nchw or nChw8c / nChw16c for these dims; -1 otherwise. */
 int nn_view5_of(const dnnl_memory_desc_t *md, int n, int c, int h, int w, nn_view5 *v);
-/* The same block layout as v (blk) for other dims. */
-dnnl_memory_desc_t nn_md_blocked(int n, int c, int h, int w, int blk);
 static inline size_t nn_view5_off(const nn_view5 *v, int n, int c, int h, int w)
 {
     return ((((size_t)n * v->cb + c / v->blk) * v->h + h) * v->w + w) * v->blk + c % v->blk;

@@ -57,6 +57,8 @@ typedef struct nn_act {
 int nn_act_reserve(nn_act *a, int n, int c, int h, int w, const dnnl_memory_desc_t *md, nn_err *e);
 /* Plain NCHW layout for these dims. */
 dnnl_memory_desc_t nn_md_nchw(int n, int c, int h, int w);
+/* Channel-blocked layout nChw<blk>c (blk 8 or 16); blk 1 is plain NCHW. */
+dnnl_memory_desc_t nn_md_blocked(int n, int c, int h, int w, int blk);
 int nn_act_from_nchw(nn_ctx *ctx, nn_act *a, const float *src, int n, int c, int h, int w, nn_err *e);
 int nn_act_to_nchw(nn_ctx *ctx, const nn_act *a, float *dst, nn_err *e);
 /* Converts a to the layout md in place (no-op if already there). */

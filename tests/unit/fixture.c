@@ -1,0 +1,124 @@
+#include "tests/unit/fixture.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+void fx_open(nn_weights *w, const char *name)
+{
+    char path[512];
+    nn_err e;
+    snprintf(path, sizeof path, "tests/fixtures/%s", name);
+    if (nn_weights_read(w, path, &e)) {
+        print_error("cannot read fixture: %s\n", e.msg);
+        fail();
+    }
+}
+
+float *fx_find(const nn_weights *w, const char *name, size_t *numel)
+{
+    const nn_weight_entry *t = nn_weights_find(w, name);
+    if (!t)
+        return NULL;
+    if (t->dtype != NN_F32) {
+        print_error("fixture tensor %s is not F32\n", name);
+        fail();
+    }
+    if (numel)
+        *numel = t->numel;
+    return t->data;
+}
+
+float *fx_get(const nn_weights *w, const char *name, size_t *numel)
+{
+    float *p = fx_find(w, name, numel);
+    if (!p) {
+        print_error("fixture tensor %s missing\n", name);
+        fail();
+    }
+    return p;
+}
+
+static json_t *case_params(const nn_weights *w, const char *case_name)
+{
+    static json_t *cached;
+    static char cached_name[256];
+    if (cached && !strcmp(cached_name, case_name))
+        return cached;
+    const nn_weight_meta *m = nn_weights_meta(w, case_name);
+    if (!m) {
+        print_error("fixture case %s has no metadata\n", case_name);
+        fail();
+    }
+    json_decref(cached);
+    cached = json_loads(m->str, 0, NULL);
+    snprintf(cached_name, sizeof cached_name, "%s", case_name);
+    return cached;
+}
+
+double fx_param(const nn_weights *w, const char *case_name, const char *key)
+{
+    json_t *v = json_object_get(case_params(w, case_name), key);
+    if (!json_is_number(v) && !json_is_boolean(v)) {
+        print_error("fixture case %s: parameter %s missing\n", case_name, key);
+        fail();
+    }
+    return json_is_boolean(v) ? json_is_true(v) : json_number_value(v);
+}
+
+const char *fx_param_str(const nn_weights *w, const char *case_name, const char *key)
+{
+    return json_string_value(json_object_get(case_params(w, case_name), key));
+}
+
+double fx_rel_err(const float *a, const float *b, size_t n)
+{
+    double maxb = 0, maxd = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= maxd)) /* also catches NaN */
+            maxd = isnan(d) ? INFINITY : d;
+        if (fabs(b[i]) > maxb)
+            maxb = fabs(b[i]);
+    }
+    if (maxb == 0)
+        return maxd;
+    return maxd / maxb;
+}
+
+void fx_expect_close(const char *label, const float *got, const float *want, size_t n, double tol)
+{
+    double err = fx_rel_err(got, want, n);
+    if (!(err <= tol)) {
+        print_error("%s: max error relative to max |value| %.3g > %.3g\n", label, err, tol);
+        fail();
+    }
+}
+
+void fx_act_from(nn_ctx *ctx, nn_act *a, const float *data, int n, int c, int h, int w)
+{
+    nn_err e;
+    if (nn_act_from_nchw(ctx, a, data, n, c, h, w, &e)) {
+        print_error("%s\n", e.msg);
+        fail();
+    }
+}
+
+float *fx_act_to(nn_ctx *ctx, const nn_act *a)
+{
+    nn_err e;
+    float *out = malloc(nn_act_count(a) * sizeof(float));
+    if (nn_act_to_nchw(ctx, a, out, &e)) {
+        print_error("%s\n", e.msg);
+        fail();
+    }
+    return out;
+}
