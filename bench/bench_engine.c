@@ -112,6 +112,10 @@ static void bench_vgg(nn_ctx *ctx, int reps, int n, int size)
     vgg19 v;
     if (vgg19_init(&v, 0, &e))
         die(&e);
+    /* PGND_WINOGRAD=1: Winograd convolutions (faster, ~1e-6 relative rounding differences). */
+    int wino = getenv("PGND_WINOGRAD") && atoi(getenv("PGND_WINOGRAD"));
+    for (int i = 0; i < VGG19_CONVS; i++)
+        v.conv[i].winograd = wino;
     size_t count = (size_t)n * 3 * size * size;
     float *x = nn_alloc(count * sizeof(float)), *y = nn_alloc(count * sizeof(float)),
           *g = nn_alloc(count * sizeof(float));
@@ -129,9 +133,9 @@ static void bench_vgg(nn_ctx *ctx, int reps, int n, int size)
     }
     char name[64];
     if (n == 1)
-        snprintf(name, sizeof name, "%d", size);
+        snprintf(name, sizeof name, "%d%s", size, wino ? "_wino" : "");
     else
-        snprintf(name, sizeof name, "%dx%d", n, size);
+        snprintf(name, sizeof name, "%dx%d%s", n, size, wino ? "_wino" : "");
     printf("bench pgnd_vgg_perceptual_%s_ms %.3f ms\n", name, median(t, reps));
     printf("bench pgnd_vgg_perceptual_%s_peak_rss_mb %.1f MB\n", name, peak_rss_mb());
     fprintf(stderr, "loss %.6f\n", loss);

@@ -114,6 +114,40 @@ static void run_geo(const nn_conv2d *l, int *ph, int *pw)
     *pw = reflect ? 0 : l->geo.pw;
 }
 
+/* Where oneDNN's weight copies are made from: PyTorch's layout, or, once that copy was released
+ * (frozen layers), an existing oneDNN copy. */
+static int weights_source(const nn_conv2d *l, dnnl_memory_desc_t *plain, const dnnl_memory_desc_t **md,
+                          const float **ptr, nn_err *e)
+{
+    if (l->weight.data) {
+        *plain = md_weights(&l->geo, 0);
+        *md = plain;
+        *ptr = l->weight.data;
+        return 0;
+    }
+    for (const nn_conv_prims *p = l->prims; p; p = p->next)
+        if (p->wei_ready) {
+            *md = nn_pd_md(p->fwd_pd, dnnl_query_weights_md, 0);
+            *ptr = p->wei;
+            return 0;
+        }
+    return nn_errf(e, "conv2d: weights were released and no copy is left");
+}
+
+int nn_conv2d_release_plain(nn_conv2d *l, nn_err *e)
+{
+    if (!l->frozen)
+        return nn_errf(e, "conv2d: only a frozen layer can release its weights");
+    int ready = 0;
+    for (const nn_conv_prims *p = l->prims; p; p = p->next)
+        ready |= p->wei_ready;
+    if (!ready)
+        return nn_errf(e, "conv2d: run a forward before releasing the weights");
+    nn_tensor_free(&l->weight);
+    nn_tensor_free(&l->dweight);
+    return 0;
+}
+
 static nn_conv_prims *get_prims(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_err *e)
 {
     for (nn_conv_prims *p = l->prims; p; p = p->next)
@@ -204,8 +238,10 @@ int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, nn_act *y, 
     const dnnl_memory_desc_t *wei_md = nn_pd_md(p->fwd_pd, dnnl_query_weights_md, 0);
     const dnnl_memory_desc_t *dst_md = nn_pd_md(p->fwd_pd, dnnl_query_dst_md, 0);
     if (!l->frozen || l->weights_stale || !p->wei_ready) {
-        dnnl_memory_desc_t plain = md_weights(g, 0);
-        if (nn_reorder(ctx, &plain, l->weight.data, wei_md, p->wei, e))
+        dnnl_memory_desc_t plain;
+        const dnnl_memory_desc_t *src_md;
+        const float *src_w;
+        if (weights_source(l, &plain, &src_md, &src_w, e) || nn_reorder(ctx, src_md, src_w, wei_md, p->wei, e))
             return -1;
         if (l->weights_stale)
             for (nn_conv_prims *q = l->prims; q; q = q->next)
@@ -264,8 +300,11 @@ static int backward_data(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_a
     const dnnl_memory_desc_t *ddst_md = nn_pd_md(p->bwdd_pd, dnnl_query_diff_dst_md, 0);
     const dnnl_memory_desc_t *dsrc_md = nn_pd_md(p->bwdd_pd, dnnl_query_diff_src_md, 0);
     if (!l->frozen || !p->wei_bwdd_ready) {
-        dnnl_memory_desc_t plain = md_weights(&l->geo, 0);
-        if (nn_reorder(ctx, &plain, l->weight.data, wei_md, p->wei_bwdd, e))
+        dnnl_memory_desc_t plain;
+        const dnnl_memory_desc_t *src_md;
+        const float *src_w;
+        if (weights_source(l, &plain, &src_md, &src_w, e) ||
+            nn_reorder(ctx, src_md, src_w, wei_md, p->wei_bwdd, e))
             return -1;
         p->wei_bwdd_ready = 1;
     }
@@ -329,6 +368,8 @@ int nn_conv2d_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, const nn_a
     nn_conv_prims *p = get_prims(ctx, l, x, e);
     if (!p)
         return -1;
+    if (param_grads && !l->dweight.data)
+        return nn_errf(e, "conv2d: weight gradients of a layer whose weights were released");
     if (param_grads && backward_weights(ctx, l, p, x, dy, e))
         return -1;
     if (!dx)

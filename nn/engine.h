@@ -96,6 +96,10 @@ int nn_conv2d_init(nn_conv2d *l, int cin, int cout, int kh, int kw, int sh, int 
                    int pad_mode, int has_bias, nn_rng *rng /* NULL: zero weights */, nn_err *e);
 void nn_conv2d_free(nn_conv2d *l);
 int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_act *y, nn_err *e);
+/* Frozen layers only: frees the PyTorch-layout weights (and gradient) once oneDNN's copies exist,
+ * so a frozen net holds its weights once per layout oneDNN needs instead of once more. Later
+ * shapes copy from oneDNN's copies. */
+int nn_conv2d_release_plain(nn_conv2d *l, nn_err *e);
 /* x must be the input of the last forward. dx may be NULL (e.g. the first layer of a net
  * trained only w.r.t. its weights); with param_grads 0 the weight gradients are skipped. */
 int nn_conv2d_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, const nn_act *dy, nn_act *dx, int param_grads,

@@ -1,6 +1,5 @@
 #include "pgn/vgg19.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 /* Channels of conv1_1 .. conv5_1; a pool follows convs 1, 3, 7 and 11 (conv1_2, conv2_2, conv3_4, conv4_4). */
@@ -21,10 +20,8 @@ int vgg19_init(vgg19 *v, uint64_t seed, nn_err *e)
         if (nn_conv2d_init(&v->conv[i], cin_of[i], cout_of[i], 3, 3, 1, 1, 1, 1, 1, NN_PAD_ZERO, 1, &rng, e))
             return nn_err_prefix(e, "vgg19 conv %d", i);
         v->conv[i].frozen = 1;
-        v->conv[i].winograd = getenv("WINO") != NULL;
         v->conv[i].post_relu = 1; /* every VGG conv up to relu5_1 is followed by its ReLU */
     }
-    nn_eltwise_init(&v->relu, NN_RELU, 0.0f);
     nn_pool2d_init(&v->pool, 0, 2, 2, 0);
     return 0;
 }
@@ -42,7 +39,6 @@ void vgg19_free(vgg19 *v)
     nn_act_free(&v->grad[1]);
     nn_act_free(&v->x);
     nn_act_free(&v->dx);
-    nn_eltwise_free(&v->relu);
     nn_pool2d_free(&v->pool);
     memset(v, 0, sizeof *v);
 }
@@ -124,6 +120,10 @@ int vgg19_perceptual(nn_ctx *ctx, vgg19 *v, const float *x, int n, int h, int w,
         nn_act_grad_reset(gin);
         const nn_act *in = i == 0 ? &v->x : pool_after(i - 1) >= 0 ? &v->pooled[pool_after(i - 1)] : &v->feat[i - 1];
         if (nn_conv2d_backward(ctx, &v->conv[i], in, g, gin, 0, e))
+            return -1;
+        /* The teacher is frozen: once oneDNN holds this layer's weights in both layouts it uses
+         * (forward and backward-data), the PyTorch-layout copy would only cost memory. */
+        if (v->conv[i].weight.data && nn_conv2d_release_plain(&v->conv[i], e))
             return -1;
         if (i > 0 && pool_after(i - 1) >= 0) {
             /* gin is the pooled gradient: take it back through the pool into the other buffer. */

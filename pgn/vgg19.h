@@ -11,7 +11,6 @@
 
 typedef struct vgg19 {
     nn_conv2d conv[VGG19_CONVS];
-    nn_eltwise relu;
     nn_pool2d pool;
     nn_act feat[VGG19_CONVS];   /* ReLU outputs of the last forward (the loss taps) */
     nn_act pooled[4];

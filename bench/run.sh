@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# `make bench`: pgnd's engine next to PyTorch (2 threads each) in the same invocation.
+# Rounds interleave the two sides so that a slow phase of this noisy VM hits both; each figure is
+# the median over rounds of per-process medians. Output: `bench <name> <value> <unit>` lines.
+#   BENCH_ROUNDS (default 3), BENCH_REPS (timed runs per process, default 7)
+set -u
+cd "$(dirname "$0")/.."
+rounds=${BENCH_ROUNDS:-3}
+reps=${BENCH_REPS:-7}
+C=build/bench/bench_engine
+export OMP_NUM_THREADS=2 PGND_THREADS=2
+# Debian's torch uses openblas-pthread, whose threads fight OpenMP's: give PyTorch its best case.
+export OPENBLAS_NUM_THREADS=1
+have_torch=1
+command -p python3 -c "import torch" 2>/dev/null || have_torch=0
+if [ $have_torch = 0 ]; then
+    echo "note: PyTorch not found; install it for the comparison: apt-get install python3-torch" >&2
+    echo "note: printing pgnd's own figures only" >&2
+fi
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+for r in $(seq "$rounds"); do
+    "$C" conv3x3 "$reps" >>"$log"
+    [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py conv3x3 --reps "$reps" --threads 2 >>"$log"
+    "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
+    [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py vgg_perceptual --reps "$reps" --threads 2 >>"$log"
+    PGND_WINOGRAD=1 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
+done
+# Medians over rounds, then the ratios pgnd / PyTorch.
+awk '
+function median(name,   n, i, j, t, a) {
+    n = split(vals[name], a, " ")
+    for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+$1 == "bench" { if (!($2 in vals)) order[++k] = $2; vals[$2] = vals[$2] " " $3; unit[$2] = $4 }
+END {
+    for (i = 1; i <= k; i++) { m[order[i]] = median(order[i]); printf "bench %s %.3f %s\n", order[i], m[order[i]], unit[order[i]] }
+    split("conv3x3_fwd_ms conv3x3_bwd_data_ms conv3x3_bwd_weights_ms vgg_perceptual_256_ms vgg_perceptual_256_wino_ms", r, " ")
+    for (i in r) {
+        t = r[i]; sub(/_wino/, "", t)
+        if (("pgnd_" r[i]) in m && ("torch_" t) in m) {
+            name = r[i]; sub(/_ms$/, "", name)
+            printf "bench %s_ratio_vs_torch %.3f x\n", name, m["pgnd_" r[i]] / m["torch_" t]
+        }
+    }
+    if ("pgnd_vgg_perceptual_256_peak_rss_mb" in m && "torch_vgg_perceptual_256_peak_rss_mb" in m)
+        printf "bench vgg_perceptual_256_rss_ratio_vs_torch %.3f x\n", m["pgnd_vgg_perceptual_256_peak_rss_mb"] / m["torch_vgg_perceptual_256_peak_rss_mb"]
+}' "$log"
