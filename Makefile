@@ -30,7 +30,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(B)/bench/%)
 DAEMON_SRC := $(wildcard daemon/*.c)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 
-.PHONY: all test bench run deps clean selfcheck
+.PHONY: all test bench run deps clean print-deps
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(B)/pgnd
 
 $(B)/%.o: %.c
@@ -52,7 +52,8 @@ $(B)/bench/%: $(B)/bench/%.o $(LIB)
 $(B)/pgnd: $(DAEMON_OBJ) $(LIB)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
-test: $(TEST_BIN)
+test: $(TEST_BIN) $(B)/pgnd
+	$(B)/pgnd selfcheck
 	@tests/run_unit.sh $(TEST_BIN)
 
 bench: $(BENCH_BIN)
@@ -60,6 +61,9 @@ bench: $(BENCH_BIN)
 
 deps:
 	@tools/install_deps.sh $(DEB_PKGS)
+
+print-deps:
+	@echo $(DEB_PKGS)
 
 # Until the daemon exists, `make run` runs the engine self-check.
 run: deps
