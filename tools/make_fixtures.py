@@ -263,7 +263,7 @@ STEPS = 20
 def make_adam_convnet():
     torch.manual_seed(0)
     net = nn.Sequential(OrderedDict(
-        c1=nn.Conv2d(3, 8, 3, padding=1, bias=True),
+        c1=nn.Conv2d(3, 8, 3, padding=1, bias=False),  # BN right after cancels a bias
         bn=nn.BatchNorm2d(8, eps=1e-5, momentum=0.1),
         relu=nn.ReLU(),
         c2=nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False),
