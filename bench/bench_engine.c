@@ -112,10 +112,13 @@ static void bench_vgg(nn_ctx *ctx, int reps, int n, int size)
     vgg19 v;
     if (vgg19_init(&v, 0, &e))
         die(&e);
-    /* PGND_WINOGRAD=1: Winograd convolutions (faster, ~1e-6 relative rounding differences). */
-    int wino = getenv("PGND_WINOGRAD") && atoi(getenv("PGND_WINOGRAD"));
+    /* The teacher runs its backward-data pass as Winograd. PGND_WINOGRAD=1 also runs the forward
+     * as Winograd (faster still, but its rounding flips a few ReLU / L1-sign decisions);
+     * PGND_WINOGRAD=0 runs everything direct. */
+    const char *wenv = getenv("PGND_WINOGRAD");
+    int wino = wenv && *wenv && atoi(wenv) == 1, direct = wenv && *wenv && atoi(wenv) == 0;
     for (int i = 0; i < VGG19_CONVS; i++)
-        v.conv[i].winograd = wino;
+        v.conv[i].winograd = wino ? NN_WINO_FWD | NN_WINO_BWD_DATA : direct ? 0 : NN_WINO_BWD_DATA;
     size_t count = (size_t)n * 3 * size * size;
     float *x = nn_alloc(count * sizeof(float)), *y = nn_alloc(count * sizeof(float)),
           *g = nn_alloc(count * sizeof(float));
@@ -133,9 +136,9 @@ static void bench_vgg(nn_ctx *ctx, int reps, int n, int size)
     }
     char name[64];
     if (n == 1)
-        snprintf(name, sizeof name, "%d%s", size, wino ? "_wino" : "");
+        snprintf(name, sizeof name, "%d%s", size, wino ? "_allwino" : direct ? "_direct" : "");
     else
-        snprintf(name, sizeof name, "%dx%d%s", n, size, wino ? "_wino" : "");
+        snprintf(name, sizeof name, "%dx%d%s", n, size, wino ? "_allwino" : direct ? "_direct" : "");
     printf("bench pgnd_vgg_perceptual_%s_ms %.3f ms\n", name, median(t, reps));
     printf("bench pgnd_vgg_perceptual_%s_peak_rss_mb %.1f MB\n", name, peak_rss_mb());
     fprintf(stderr, "loss %.6f\n", loss);

@@ -24,6 +24,7 @@ for r in $(seq "$rounds"); do
     [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py conv3x3 --reps "$reps" --threads 2 >>"$log"
     "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
     [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py vgg_perceptual --reps "$reps" --threads 2 >>"$log"
+    PGND_WINOGRAD=0 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
     PGND_WINOGRAD=1 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
 done
 # Medians over rounds, then the ratios pgnd / PyTorch.
@@ -36,9 +37,9 @@ function median(name,   n, i, j, t, a) {
 $1 == "bench" { if (!($2 in vals)) order[++k] = $2; vals[$2] = vals[$2] " " $3; unit[$2] = $4 }
 END {
     for (i = 1; i <= k; i++) { m[order[i]] = median(order[i]); printf "bench %s %.3f %s\n", order[i], m[order[i]], unit[order[i]] }
-    split("conv3x3_fwd_ms conv3x3_bwd_data_ms conv3x3_bwd_weights_ms vgg_perceptual_256_ms vgg_perceptual_256_wino_ms", r, " ")
+    split("conv3x3_fwd_ms conv3x3_bwd_data_ms conv3x3_bwd_weights_ms vgg_perceptual_256_ms vgg_perceptual_256_direct_ms vgg_perceptual_256_allwino_ms", r, " ")
     for (i in r) {
-        t = r[i]; sub(/_wino/, "", t)
+        t = r[i]; sub(/_direct|_allwino/, "", t)
         if (("pgnd_" r[i]) in m && ("torch_" t) in m) {
             name = r[i]; sub(/_ms$/, "", name)
             printf "bench %s_ratio_vs_torch %.3f x\n", name, m["pgnd_" r[i]] / m["torch_" t]

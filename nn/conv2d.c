@@ -10,6 +10,7 @@
 struct nn_conv_prims {
     struct nn_conv_prims *next;
     int n, h, w; /* input dims after explicit padding */
+    int wino;    /* NN_WINO_* passes that use Winograd for this shape */
     dnnl_memory_desc_t in_md;
     dnnl_primitive_desc_t fwd_pd, bwdd_pd, bwdw_pd;
     dnnl_primitive_t fwd, bwdd, bwdw;
@@ -19,6 +20,9 @@ struct nn_conv_prims {
     nn_act dx_tmp;               /* bwd-data output when it must be added, not stored */
     float *dwei, *dwei_plain, *dbias;
 };
+
+/* Winograd where asked for; callers fall back to direct when oneDNN has no Winograd kernel for a shape. */
+static dnnl_alg_kind_t conv_alg(int winograd) { return winograd ? dnnl_convolution_winograd : dnnl_convolution_direct; }
 
 static dnnl_memory_desc_t md_any4(int n, int c, int h, int w)
 {
@@ -182,7 +186,11 @@ static nn_conv_prims *get_prims(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_e
         dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f);
         dnnl_primitive_attr_set_post_ops(attr, po);
     }
-    int bad = dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, (l->winograd ? dnnl_convolution_winograd : dnnl_convolution_direct), &src, &wei,
+    /* Below ~1024 output positions oneDNN's Winograd is slower than direct (VGG layers at 16x16). */
+    p->wino = x->n * oh * ow >= 1024 ? l->winograd : 0;
+    int bad = 1;
+    for (int wino = (p->wino & NN_WINO_FWD) ? 1 : 0; wino >= 0 && bad; wino--)
+        bad = dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, conv_alg(wino), &src, &wei,
                                                  g->has_bias ? &bias : NULL, &dst, strides, pad, pad) != dnnl_success ||
               nn_make_prim_attr(ctx, &d, attr, NULL, &p->fwd_pd, &p->fwd, e);
     if (attr) {
@@ -275,16 +283,22 @@ static int make_backward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, int weight
     dnnl_dims_t strides = {g->sh, g->sw}, pad = {ph, pw};
     dnnl_convolution_desc_t d;
     if (!weights) {
-        DNNL_TRY(e, dnnl_convolution_backward_data_desc_init(&d, (l->winograd ? dnnl_convolution_winograd : dnnl_convolution_direct), &src, &wei, &ddst, strides,
-                                                             pad, pad));
-        if (nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdd_pd, &p->bwdd, e))
+        int bad = 1;
+        for (int wino = (p->wino & NN_WINO_BWD_DATA) ? 1 : 0; wino >= 0 && bad; wino--)
+            bad = dnnl_convolution_backward_data_desc_init(&d, conv_alg(wino), &src, &wei, &ddst, strides, pad,
+                                                           pad) != dnnl_success ||
+                  nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdd_pd, &p->bwdd, e);
+        if (bad)
             return -1;
         p->wei_bwdd = nn_alloc(nn_md_bytes(nn_pd_md(p->bwdd_pd, dnnl_query_weights_md, 0)));
         return p->wei_bwdd ? 0 : nn_errf(e, "out of memory");
     }
-    DNNL_TRY(e, dnnl_convolution_backward_weights_desc_init(&d, (l->winograd ? dnnl_convolution_winograd : dnnl_convolution_direct), &src, &wei,
-                                                            g->has_bias ? &bias : NULL, &ddst, strides, pad, pad));
-    if (nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdw_pd, &p->bwdw, e))
+    int bad = 1;
+    for (int wino = (p->wino & NN_WINO_BWD_WEIGHTS) ? 1 : 0; wino >= 0 && bad; wino--)
+        bad = dnnl_convolution_backward_weights_desc_init(&d, conv_alg(wino), &src, &wei, g->has_bias ? &bias : NULL,
+                                                          &ddst, strides, pad, pad) != dnnl_success ||
+              nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdw_pd, &p->bwdw, e);
+    if (bad)
         return -1;
     p->dwei = nn_alloc(nn_md_bytes(nn_pd_md(p->bwdw_pd, dnnl_query_diff_weights_md, 0)));
     p->dwei_plain = nn_alloc(l->weight.numel * sizeof(float));

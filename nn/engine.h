@@ -78,13 +78,17 @@ int nn_act_accumulate(nn_ctx *ctx, nn_act *acc, const dnnl_memory_desc_t *md, co
 /* ------------------------------------------------------------------ convolution */
 typedef struct nn_conv_prims nn_conv_prims;
 
+enum { NN_WINO_FWD = 1, NN_WINO_BWD_DATA = 2, NN_WINO_BWD_WEIGHTS = 4 };
+
 typedef struct nn_conv2d {
     nn_conv_shape geo;        /* n, h, w are taken from the input at each call */
     nn_tensor weight, bias;   /* PyTorch layout: [cout, cin/groups, kh, kw], [cout] */
     nn_tensor dweight, dbias; /* accumulated gradients */
     int frozen;               /* weights never change: reorder them to oneDNN's layout once */
     int weights_stale;        /* set when weights were written from outside (load) */
-    int winograd;             /* let oneDNN pick Winograd where it has it (3x3, stride 1) */
+    int winograd;             /* passes run as Winograd where oneDNN has it (3x3, stride 1), a mask
+                               * of NN_WINO_*; set before the first forward. Winograd rounds
+                               * differently from direct convolution (~1e-6 relative). */
     int post_relu;            /* forward computes relu(conv(x)) in one pass (set before the first
                                * forward); the backward then expects dy already taken through the
                                * ReLU (e.g. by nn_l1_loss_backward_relu or nn_eltwise_backward) */

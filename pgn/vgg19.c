@@ -21,6 +21,10 @@ int vgg19_init(vgg19 *v, uint64_t seed, nn_err *e)
             return nn_err_prefix(e, "vgg19 conv %d", i);
         v->conv[i].frozen = 1;
         v->conv[i].post_relu = 1; /* every VGG conv up to relu5_1 is followed by its ReLU */
+        /* The forward stays direct: it decides every ReLU and L1 sign, and Winograd's different
+         * rounding would flip a few of them. The backward-data pass only carries the gradient,
+         * where Winograd's ~1e-6 relative rounding is harmless, at half the cost. */
+        v->conv[i].winograd = NN_WINO_BWD_DATA;
     }
     nn_pool2d_init(&v->pool, 0, 2, 2, 0);
     return 0;
