@@ -26,12 +26,14 @@
 #endif
 
 typedef struct nn_reorder_cache nn_reorder_cache;
+typedef struct nn_mem_cache nn_mem_cache;
 
 typedef struct nn_ctx {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
     int threads;
     nn_reorder_cache *reorders;
+    nn_mem_cache *mems;
     float *scratch; /* temporary of nn_act_accumulate (layout conversion before adding) */
     size_t scratch_cap;
     float *tmp;     /* temporary of layers that compute a gradient aside before adding it */

@@ -1,6 +1,7 @@
 /* The engine's context, activation buffers, layout conversions (cached reorders) and
  * gradient store-or-add. */
 #include <omp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,19 @@ struct nn_reorder_cache {
     } e[REORDER_CACHE];
     int count;
     unsigned long clock;
+};
+
+/* oneDNN memory objects, reused across executions: a steady-state step creates none (creating
+ * one allocates). Keyed by layout; a slot is busy only during one execution. */
+#define MEM_SLOTS 1024
+#define MEM_PROBE 16
+
+struct nn_mem_cache {
+    struct {
+        dnnl_memory_desc_t md;
+        dnnl_memory_t mem;
+        int busy;
+    } s[MEM_SLOTS];
 };
 
 const char *nn_dnnl_status_str(dnnl_status_t st)
@@ -41,7 +55,8 @@ int nn_ctx_init(nn_ctx *ctx, int threads, nn_err *e)
     DNNL_TRY(e, dnnl_engine_create(&ctx->engine, dnnl_cpu, 0));
     DNNL_TRY(e, dnnl_stream_create(&ctx->stream, ctx->engine, dnnl_stream_default_flags));
     ctx->reorders = calloc(1, sizeof *ctx->reorders);
-    if (!ctx->reorders)
+    ctx->mems = calloc(1, sizeof *ctx->mems);
+    if (!ctx->reorders || !ctx->mems)
         return nn_errf(e, "out of memory");
     return 0;
 }
@@ -52,6 +67,12 @@ void nn_ctx_free(nn_ctx *ctx)
         for (int i = 0; i < ctx->reorders->count; i++)
             dnnl_primitive_destroy(ctx->reorders->e[i].prim);
         free(ctx->reorders);
+    }
+    if (ctx->mems) {
+        for (int i = 0; i < MEM_SLOTS; i++)
+            if (ctx->mems->s[i].mem)
+                dnnl_memory_destroy(ctx->mems->s[i].mem);
+        free(ctx->mems);
     }
     if (ctx->stream)
         dnnl_stream_destroy(ctx->stream);
@@ -159,20 +180,78 @@ void nn_act_free(nn_act *a)
 
 size_t nn_act_count(const nn_act *a) { return (size_t)a->n * a->c * a->h * a->w; }
 
+static unsigned md_hash(const dnnl_memory_desc_t *md)
+{
+    uint64_t h = 1469598103934665603ull;
+#define MIX(v) (h = (h ^ (uint64_t)(v)) * 1099511628211ull)
+    MIX(md->ndims);
+    MIX(md->data_type);
+    MIX(md->format_kind);
+    for (int i = 0; i < md->ndims; i++) {
+        MIX(md->dims[i]);
+        MIX(md->padded_dims[i]);
+        if (md->format_kind == dnnl_blocked)
+            MIX(md->format_desc.blocking.strides[i]);
+    }
+    if (md->format_kind == dnnl_blocked)
+        for (int i = 0; i < md->format_desc.blocking.inner_nblks; i++) {
+            MIX(md->format_desc.blocking.inner_blks[i]);
+            MIX(md->format_desc.blocking.inner_idxs[i]);
+        }
+#undef MIX
+    return (unsigned)(h ^ (h >> 32));
+}
+
+/* A memory object for md pointing at ptr: a cached one when free, else a new one (cached when a
+ * slot is empty, otherwise *temp is set and the caller destroys it). */
+static dnnl_status_t mem_get(nn_ctx *ctx, const dnnl_memory_desc_t *md, void *ptr, dnnl_memory_t *out, int *slot)
+{
+    unsigned h = md_hash(md);
+    int empty = -1;
+    for (int k = 0; k < MEM_PROBE; k++) {
+        int i = (h + k) % MEM_SLOTS;
+        if (!ctx->mems->s[i].mem) {
+            if (empty < 0)
+                empty = i;
+            continue;
+        }
+        if (!ctx->mems->s[i].busy && dnnl_memory_desc_equal(&ctx->mems->s[i].md, md)) {
+            dnnl_status_t st = dnnl_memory_set_data_handle(ctx->mems->s[i].mem, ptr);
+            if (st == dnnl_success) {
+                ctx->mems->s[i].busy = 1;
+                *out = ctx->mems->s[i].mem;
+                *slot = i;
+            }
+            return st;
+        }
+    }
+    dnnl_status_t st = dnnl_memory_create(out, md, ctx->engine, ptr);
+    if (st != dnnl_success)
+        return st;
+    *slot = -1;
+    if (empty >= 0) {
+        ctx->mems->s[empty].md = *md;
+        ctx->mems->s[empty].mem = *out;
+        ctx->mems->s[empty].busy = 1;
+        *slot = empty;
+    }
+    return dnnl_success;
+}
+
 int nn_exec(nn_ctx *ctx, dnnl_primitive_t prim, int nargs, const nn_arg *args, nn_err *e)
 {
     dnnl_exec_arg_t ea[12];
-    dnnl_memory_t mems[12];
-    int made = 0, rc = 0;
+    int slots[12], got = 0, rc = 0;
+    if (nargs > 12)
+        return nn_errf(e, "internal: too many primitive arguments (%d)", nargs);
     for (int i = 0; i < nargs; i++) {
-        dnnl_status_t st = dnnl_memory_create(&mems[i], args[i].md, ctx->engine, args[i].ptr);
+        dnnl_status_t st = mem_get(ctx, args[i].md, args[i].ptr, &ea[i].memory, &slots[i]);
         if (st != dnnl_success) {
             rc = nn_errf(e, "oneDNN: memory create failed (%s)", nn_dnnl_status_str(st));
             goto out;
         }
-        made++;
+        got++;
         ea[i].arg = args[i].arg;
-        ea[i].memory = mems[i];
     }
     dnnl_status_t st = dnnl_primitive_execute(prim, ctx->stream, nargs, ea);
     if (st == dnnl_success)
@@ -180,8 +259,12 @@ int nn_exec(nn_ctx *ctx, dnnl_primitive_t prim, int nargs, const nn_arg *args, n
     if (st != dnnl_success)
         rc = nn_errf(e, "oneDNN: execute failed (%s)", nn_dnnl_status_str(st));
 out:
-    for (int i = 0; i < made; i++)
-        dnnl_memory_destroy(mems[i]);
+    for (int i = 0; i < got; i++) {
+        if (slots[i] >= 0)
+            ctx->mems->s[slots[i]].busy = 0;
+        else
+            dnnl_memory_destroy(ea[i].memory);
+    }
     return rc;
 }
 
