@@ -70,7 +70,8 @@ static int parse_tensor(nn_weights *w, const char *name, json_t *obj, const uint
     nn_weight_entry *t = nn_weights_add(w, name, (nn_dtype)dtype, (int)ndim, dims, e);
     if (!t)
         return -1;
-    memcpy(t->data, data + begin, bytes);
+    if (t->data)
+        memcpy(t->data, data + begin, bytes);
     return 0;
 }
 

@@ -146,7 +146,7 @@ static int add_tensor(ctx *c, const char *name, const nn_pk_tensor *t)
     nn_weight_entry *out = nn_weights_add(c->w, name, s->dtype, t->ndim, t->size, c->e);
     if (!out)
         return -1;
-    if (numel > 0)
+    if (numel > 0 && out->data)
         gather(out->data, base, isz, t, (size_t)numel);
     return 0;
 }

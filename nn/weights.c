@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -61,8 +62,9 @@ nn_weight_entry *nn_weights_add(nn_weights *w, const char *name, nn_dtype dtype,
     nn_weight_entry *t = &w->entries[w->count];
     memset(t, 0, sizeof *t);
     t->name = strdup(name);
-    t->data = nn_alloc(bytes);
-    if (!t->name || !t->data) {
+    int skip = w->want && !w->want(name, w->want_arg);
+    t->data = skip ? NULL : nn_alloc(bytes);
+    if (!t->name || (!skip && !t->data)) {
         free(t->name);
         nn_free(t->data);
         nn_errf(e, "out of memory for tensor '%s' (%zu bytes)", name, bytes);
@@ -129,7 +131,9 @@ const nn_weight_meta *nn_weights_meta(const nn_weights *w, const char *key)
 
 /* ---- reading ---- */
 
-static int read_file(const char *path, uint8_t **buf, size_t *len, nn_err *e)
+/* Maps the file read-only: parsing copies out only the tensors it keeps, so a large file costs
+ * no heap copy of itself. */
+static int map_file(const char *path, uint8_t **buf, size_t *len, nn_err *e)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -142,18 +146,16 @@ static int read_file(const char *path, uint8_t **buf, size_t *len, nn_err *e)
         rc = nn_errf(e, "not a regular file");
     else if (st.st_size == 0)
         rc = nn_errf(e, "the file is empty");
-    else if (!(*buf = malloc((size_t)st.st_size)))
-        rc = nn_errf(e, "out of memory reading %lld bytes", (long long)st.st_size);
-    for (size_t got = 0, n = (size_t)st.st_size; !rc && got < n;) {
-        ssize_t r = read(fd, *buf + got, n - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            rc = r < 0 ? nn_errf(e, "read error: %s", strerror(errno)) : nn_errf(e, "the file shrank while read");
-        got += r > 0 ? (size_t)r : 0;
+    if (!rc) {
+        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED)
+            rc = nn_errf(e, "cannot map %lld bytes: %s", (long long)st.st_size, strerror(errno));
+        else {
+            *buf = p;
+            *len = (size_t)st.st_size;
+        }
     }
     close(fd);
-    *len = (size_t)st.st_size;
     return rc;
 }
 
@@ -198,17 +200,25 @@ static int check_unique(const nn_weights *w, nn_err *e)
 
 int nn_weights_read(nn_weights *w, const char *path, nn_err *e)
 {
+    return nn_weights_read_filtered(w, path, NULL, NULL, e);
+}
+
+int nn_weights_read_filtered(nn_weights *w, const char *path, nn_weights_filter want, void *arg, nn_err *e)
+{
     uint8_t *buf = NULL;
     size_t len = 0;
     memset(w, 0, sizeof *w);
+    w->want = want;
+    w->want_arg = arg;
     if (!(w->path = strdup(path)))
         return nn_errf(e, "%s: out of memory", path);
-    int rc = read_file(path, &buf, &len, e);
+    int rc = map_file(path, &buf, &len, e);
     if (!rc)
         rc = parse(w, buf, len, e);
     if (!rc)
         rc = check_unique(w, e);
-    free(buf);
+    if (buf)
+        munmap(buf, len);
     if (rc) {
         nn_err_prefix(e, "%s", path);
         nn_weights_free(w);
@@ -282,6 +292,8 @@ int nn_weights_get_f32(const nn_weights *w, const char *name, nn_tensor *dst, nn
         nn_shape_str(want, sizeof want, dst->ndim, dst->shape);
         return nn_errf(e, "%s: tensor '%s' has shape %s but the model expects %s", w->path, name, have, want);
     }
+    if (!t->data)
+        return nn_errf(e, "%s: tensor '%s' was not loaded (filtered out)", w->path, name);
     to_f32(dst->data, t);
     return 0;
 }

@@ -35,8 +35,13 @@ typedef struct nn_weight_meta {
     double num;
 } nn_weight_meta;
 
+/* Which tensors to load; the others are listed (name, dtype, shape) with data NULL. */
+typedef int (*nn_weights_filter)(const char *name, void *arg);
+
 typedef struct nn_weights {
     char *path;
+    nn_weights_filter want; /* NULL: load every tensor */
+    void *want_arg;
     nn_weight_entry *entries;
     int count;
     nn_weight_meta *meta;
@@ -48,6 +53,9 @@ typedef struct nn_weights {
  * "state_dict" (a checkpoint), that dict's tensors are used and the other scalar/str entries
  * become meta. Non-contiguous or offset tensors are materialised into C order. */
 int nn_weights_read(nn_weights *w, const char *path, nn_err *e);
+/* The same, materialising only the tensors `want` accepts (e.g. the teacher needs 80 MB of
+ * torchvision's 548 MB file). The file is mapped, not copied, while it is parsed. */
+int nn_weights_read_filtered(nn_weights *w, const char *path, nn_weights_filter want, void *arg, nn_err *e);
 void nn_weights_free(nn_weights *w);
 
 const nn_weight_entry *nn_weights_find(const nn_weights *w, const char *name);
