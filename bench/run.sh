@@ -24,6 +24,11 @@ for r in $(seq "$rounds"); do
     [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py conv3x3 --reps "$reps" --threads 2 >>"$log"
     "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
     [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py vgg_perceptual --reps "$reps" --threads 2 >>"$log"
+    # the teacher issue's sizes
+    "$C" vgg_perceptual "$reps" 1 224 >>"$log" 2>/dev/null
+    [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py vgg_perceptual --reps "$reps" --threads 2 --size 224 >>"$log"
+    "$C" vgg_perceptual "$reps" 8 128 >>"$log" 2>/dev/null
+    [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py vgg_perceptual --reps "$reps" --threads 2 --batch 8 --size 128 >>"$log"
     PGND_WINOGRAD=0 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
     PGND_WINOGRAD=1 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
 done
@@ -45,6 +50,12 @@ END {
             printf "bench %s_ratio_vs_torch %.3f x\n", name, m["pgnd_" r[i]] / m["torch_" t]
         }
     }
-    if ("pgnd_vgg_perceptual_256_peak_rss_mb" in m && "torch_vgg_perceptual_256_peak_rss_mb" in m)
-        printf "bench vgg_perceptual_256_rss_ratio_vs_torch %.3f x\n", m["pgnd_vgg_perceptual_256_peak_rss_mb"] / m["torch_vgg_perceptual_256_peak_rss_mb"]
+    split("256 224 8x128", sz, " ")
+    for (i in sz) {
+        t = "vgg_perceptual_" sz[i]
+        if (("pgnd_" t "_ms") in m && ("torch_" t "_ms") in m && sz[i] != "256")
+            printf "bench %s_ratio_vs_torch %.3f x\n", t, m["pgnd_" t "_ms"] / m["torch_" t "_ms"]
+        if (("pgnd_" t "_peak_rss_mb") in m && ("torch_" t "_peak_rss_mb") in m)
+            printf "bench %s_rss_ratio_vs_torch %.3f x\n", t, m["pgnd_" t "_peak_rss_mb"] / m["torch_" t "_peak_rss_mb"]
+    }
 }' "$log"

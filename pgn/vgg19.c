@@ -1,5 +1,6 @@
 #include "pgn/vgg19.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* Channels of conv1_1 .. conv5_1; a pool follows convs 1, 3, 7 and 11 (conv1_2, conv2_2, conv3_4, conv4_4). */
@@ -10,6 +11,8 @@ static const int feature_index[VGG19_CONVS] = {0, 2, 5, 7, 10, 12, 14, 16, 19, 2
 static int pool_after(int i) { return i == 1 ? 0 : i == 3 ? 1 : i == 7 ? 2 : i == 11 ? 3 : -1; }
 
 int vgg19_feature_index(int conv) { return feature_index[conv]; }
+int vgg19_cin(int conv) { return cin_of[conv]; }
+int vgg19_cout(int conv) { return cout_of[conv]; }
 
 int vgg19_init(vgg19 *v, uint64_t seed, nn_err *e)
 {
@@ -43,6 +46,8 @@ void vgg19_free(vgg19 *v)
     nn_act_free(&v->grad[1]);
     nn_act_free(&v->x);
     nn_act_free(&v->dx);
+    free(v->ps);
+    free(v->tap_ps);
     nn_pool2d_free(&v->pool);
     memset(v, 0, sizeof *v);
 }
@@ -93,21 +98,27 @@ int vgg19_perceptual(nn_ctx *ctx, vgg19 *v, const float *x, int n, int h, int w,
                        v->target_n, v->target_h, v->target_w);
     if (forward(ctx, v, x, n, h, w, e))
         return -1;
-    double ps[64], tap_ps[64];
-    double *acc = n <= 64 ? ps : NULL;
-    if (acc)
-        memset(ps, 0, sizeof ps);
+    if (n > v->ps_cap) {
+        free(v->ps);
+        free(v->tap_ps);
+        v->ps = calloc((size_t)n, sizeof *v->ps);
+        v->tap_ps = calloc((size_t)n, sizeof *v->tap_ps);
+        v->ps_cap = v->ps && v->tap_ps ? n : 0;
+        if (!v->ps_cap)
+            return nn_errf(e, "out of memory");
+    }
+    memset(v->ps, 0, (size_t)n * sizeof *v->ps);
     *loss = 0;
     for (int i = 0; i < VGG19_CONVS; i++) {
         double l;
-        if (nn_l1_loss(ctx, &v->feat[i], &v->target[i], &l, acc ? tap_ps : NULL, e))
+        if (nn_l1_loss(ctx, &v->feat[i], &v->target[i], &l, v->tap_ps, e))
             return -1;
         *loss += l * n; /* sum over samples of per-sample means */
-        for (int s = 0; acc && s < n; s++)
-            ps[s] += tap_ps[s];
+        for (int s = 0; s < n; s++)
+            v->ps[s] += v->tap_ps[s];
     }
-    if (per_sample && acc)
-        memcpy(per_sample, ps, (size_t)n * sizeof(double));
+    if (per_sample)
+        memcpy(per_sample, v->ps, (size_t)n * sizeof(double));
     if (!grad)
         return 0;
     /* Backward from relu5_1 to the image. cur holds d loss / d feat[i]. */

@@ -18,11 +18,15 @@ typedef struct vgg19 {
     int target_n, target_h, target_w;
     nn_act grad[2];             /* gradients, ping-pong between consecutive layers */
     nn_act x;                   /* the input of the last forward, NCHW */
+    double *ps, *tap_ps;        /* per-sample sums, grown to the batch size */
+    int ps_cap;
     nn_act dx;
 } vgg19;
 
 /* torchvision's key names of conv i: "features.<idx>.weight" / ".bias". */
 int vgg19_feature_index(int conv);
+int vgg19_cin(int conv);
+int vgg19_cout(int conv);
 /* Seeded random weights (PyTorch's default conv init) until real weights are loaded. */
 int vgg19_init(vgg19 *v, uint64_t seed, nn_err *e);
 void vgg19_free(vgg19 *v);
