@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # Runs every cmocka test binary from the repository root (fixtures are found relative to it),
-# keeps going after a failure, and ends with one summary line.
+# keeps going after a failure, and ends with one line that sums cmocka's counts.
 set -u
-pass=0; fail=0; failed=()
+passed=0; failed=0; broken=()
 for t in "$@"; do
     echo "== $t"
-    if OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$t"; then pass=$((pass + 1)); else fail=$((fail + 1)); failed+=("$t"); fi
+    out=$(mktemp)
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$t" 2>&1 | tee "$out"
+    rc=${PIPESTATUS[0]}
+    p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test(s)\./\1/p' "$out" | tail -n 1)
+    f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test(s), listed below:/\1/p' "$out" | tail -n 1)
+    passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+    # A binary that crashed or printed no summary counts as one failure.
+    if [ "$rc" -ne 0 ] && [ -z "$f" ]; then failed=$((failed + 1)); fi
+    [ "$rc" -ne 0 ] && broken+=("$t")
+    rm -f "$out"
 done
 echo
-[ ${#failed[@]} -eq 0 ] || echo "failed binaries: ${failed[*]}"
-echo "test binaries: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+[ ${#broken[@]} -eq 0 ] || echo "failing binaries: ${broken[*]}"
+echo "tests: $passed passed, $failed failed"
+[ ${#broken[@]} -eq 0 ]
