@@ -4,12 +4,14 @@
 #include <string.h>
 
 #include "daemon/selfcheck.h"
+#include "daemon/weights_cmd.h"
 
 #define PGND_VERSION "0.1.0"
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: pgnd selfcheck [--threads N]   run a short engine check and print what it computed\n"
+               "       pgnd weights inspect FILE      list a weights file and say whether it is a usable teacher\n"
                "       pgnd --version\n");
 }
 
@@ -38,6 +40,13 @@ int main(int argc, char **argv)
             }
         }
         return selfcheck_run(stdout, threads);
+    }
+    if (!strcmp(argv[1], "weights")) {
+        if (argc != 4 || strcmp(argv[2], "inspect")) {
+            fprintf(stderr, "usage: pgnd weights inspect FILE\n");
+            return 2;
+        }
+        return weights_inspect(stdout, stderr, argv[3]);
     }
     fprintf(stderr, "pgnd: unknown command '%s'\n", argv[1]);
     usage(stderr);

@@ -138,10 +138,12 @@ static int add_tensor(ctx *c, const char *name, const nn_pk_tensor *t)
     if (overflow || (numel > 0 && last >= avail))
         return nn_errf(c->e, "tensor '%s' (%s) reaches past the end of its storage '%s' (%lld elements)", name,
                        shape_and_stride(desc, sizeof desc, t), s->key, (long long)avail);
-    /* Cap what one tensor may allocate by the file size: a corrupt size with stride 0 must not
-     * make us allocate terabytes. */
-    if ((uint64_t)numel > c->file_len / isz)
-        return nn_errf(c->e, "tensor '%s' (%s) would need more bytes than the whole file has", name,
+    /* Cap what one tensor may allocate: a corrupt size with stride 0 must not make us allocate
+     * terabytes. Views may legitimately exceed the file (a stride-0 or overlapping view of a small
+     * storage), so the cap is the larger of the file size and 1 GiB. */
+    uint64_t cap = c->file_len > (1ull << 30) ? c->file_len : (1ull << 30);
+    if ((uint64_t)numel > cap / isz)
+        return nn_errf(c->e, "tensor '%s' (%s) would need more than max(file size, 1 GiB) of memory", name,
                        shape_and_stride(desc, sizeof desc, t));
     nn_weight_entry *out = nn_weights_add(c->w, name, s->dtype, t->ndim, t->size, c->e);
     if (!out)

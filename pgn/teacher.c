@@ -1,0 +1,240 @@
+#include "pgn/teacher.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "nn/sha256.h"
+
+const float pgn_imagenet_mean[3] = {0.485f, 0.456f, 0.406f};
+const float pgn_imagenet_std[3] = {0.229f, 0.224f, 0.225f};
+
+/* Keys of torchvision's VGG-19 that the loss does not use (past relu5_1, and the classifier). */
+static const char *const unused_keys[] = {
+    "features.30.weight", "features.30.bias", "features.32.weight", "features.32.bias", "features.34.weight",
+    "features.34.bias",   "classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias",
+    "classifier.6.weight", "classifier.6.bias"};
+
+static void key_of(char *buf, size_t len, int conv, int bias)
+{
+    snprintf(buf, len, "features.%d.%s", vgg19_feature_index(conv), bias ? "bias" : "weight");
+}
+
+static int is_needed(const char *name, void *arg)
+{
+    char k[64];
+    for (int i = 0; i < VGG19_CONVS; i++)
+        for (int b = 0; b < 2; b++) {
+            key_of(k, sizeof k, i, b);
+            if (!strcmp(k, name))
+                return 1;
+        }
+    return 0;
+}
+
+static int is_known_unused(const char *name)
+{
+    for (size_t i = 0; i < sizeof unused_keys / sizeof *unused_keys; i++)
+        if (!strcmp(unused_keys[i], name))
+            return 1;
+    return 0;
+}
+
+static size_t appendf(char *buf, size_t len, size_t at, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static size_t appendf(char *buf, size_t len, size_t at, const char *fmt, ...)
+{
+    if (at >= len)
+        return at;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf + at, len - at, fmt, ap);
+    va_end(ap);
+    return n > 0 ? at + (size_t)n : at;
+}
+
+int pgn_teacher_check_weights(const nn_weights *w, char *report, size_t len)
+{
+    int problems = 0;
+    size_t at = 0;
+    if (len)
+        report[0] = 0;
+    for (int i = 0; i < VGG19_CONVS; i++)
+        for (int b = 0; b < 2; b++) {
+            char k[64];
+            key_of(k, sizeof k, i, b);
+            const nn_weight_entry *t = nn_weights_find(w, k);
+            int64_t want[4] = {vgg19_cout(i), vgg19_cin(i), 3, 3};
+            int wnd = b ? 1 : 4;
+            if (!t) {
+                at = appendf(report, len, at, "missing key %s\n", k);
+                problems++;
+                continue;
+            }
+            if (t->ndim != wnd || memcmp(t->shape, want, (size_t)wnd * sizeof *want)) {
+                char have[96], exp[96];
+                nn_shape_str(have, sizeof have, t->ndim, t->shape);
+                nn_shape_str(exp, sizeof exp, wnd, want);
+                at = appendf(report, len, at, "key %s has shape %s, expected %s\n", k, have, exp);
+                problems++;
+            } else if (t->dtype != NN_F32 && t->dtype != NN_F64 && t->dtype != NN_F16 && t->dtype != NN_BF16) {
+                at = appendf(report, len, at, "key %s has dtype %s, expected a floating type\n", k,
+                             nn_dtype_name(t->dtype));
+                problems++;
+            }
+        }
+    for (int i = 0; i < w->count; i++) {
+        const char *name = w->entries[i].name;
+        if (!is_needed(name, NULL) && !is_known_unused(name)) {
+            at = appendf(report, len, at, "unexpected key %s\n", name);
+            problems++;
+        }
+    }
+    return problems;
+}
+
+int pgn_teacher_open(pgn_teacher *t, const char *weights_path, uint64_t seed, nn_err *e)
+{
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "vgg19");
+    t->seed = seed;
+    if (vgg19_init(&t->net, seed, e))
+        return -1;
+    if (!weights_path || !*weights_path) {
+        t->random = 1;
+        return 0;
+    }
+    nn_weights w;
+    if (nn_weights_read_filtered(&w, weights_path, is_needed, NULL, e)) {
+        vgg19_free(&t->net);
+        return nn_err_prefix(e, "teacher weights");
+    }
+    char report[4096];
+    int problems = pgn_teacher_check_weights(&w, report, sizeof report);
+    int rc = 0;
+    if (problems) {
+        size_t n = strlen(report);
+        if (n && report[n - 1] == '\n')
+            report[n - 1] = 0;
+        for (char *p = report; (p = strchr(p, '\n'));)
+            *p = ';', p++;
+        rc = nn_errf(e, "%s is not a usable VGG-19 teacher (%d problem%s): %s", weights_path, problems,
+                     problems == 1 ? "" : "s", report);
+    }
+    for (int i = 0; !rc && i < VGG19_CONVS; i++) {
+        char kw[64], kb[64];
+        key_of(kw, sizeof kw, i, 0);
+        key_of(kb, sizeof kb, i, 1);
+        rc = nn_weights_get_f32(&w, kw, &t->net.conv[i].weight, e) || nn_weights_get_f32(&w, kb, &t->net.conv[i].bias, e);
+        t->net.conv[i].weights_stale = 1;
+    }
+    nn_weights_free(&w);
+    if (!rc && nn_sha256_file(weights_path, t->weights_sha256))
+        rc = nn_errf(e, "%s: cannot read for its checksum", weights_path);
+    if (rc) {
+        vgg19_free(&t->net);
+        return -1;
+    }
+    snprintf(t->weights_path, sizeof t->weights_path, "%s", weights_path);
+    return 0;
+}
+
+void pgn_teacher_close(pgn_teacher *t)
+{
+    vgg19_free(&t->net);
+    nn_free(t->xn);
+    memset(t, 0, sizeof *t);
+}
+
+const char *pgn_teacher_describe(const pgn_teacher *t, char *buf, size_t len)
+{
+    if (t->random)
+        snprintf(buf, len, "%s, %s (seed %llu)", t->name, PGN_TEACHER_RANDOM_NOTE, (unsigned long long)t->seed);
+    else {
+        const char *base = strrchr(t->weights_path, '/');
+        snprintf(buf, len, "%s, weights %s (sha256 %.16s...)", t->name, base ? base + 1 : t->weights_path,
+                 t->weights_sha256);
+    }
+    return buf;
+}
+
+void pgn_to_normalised(float *dst, const float *src, int n, int h, int w, pgn_space space)
+{
+    size_t plane = (size_t)h * w;
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < 3; c++) {
+            /* unit = a * x + b maps the space to [0, 1]; then (unit - mean) / std */
+            float a = space == PGN_SPACE_PM1 ? 0.5f : 1.0f, b = space == PGN_SPACE_PM1 ? 0.5f : 0.0f;
+            float m = pgn_imagenet_mean[c], s = pgn_imagenet_std[c];
+            const float *x = src + ((size_t)i * 3 + c) * plane;
+            float *y = dst + ((size_t)i * 3 + c) * plane;
+            if (space == PGN_SPACE_NORMALISED) {
+                if (y != x)
+                    memcpy(y, x, plane * sizeof(float));
+                continue;
+            }
+            for (size_t k = 0; k < plane; k++)
+                y[k] = (a * x[k] + b - m) / s;
+        }
+}
+
+void pgn_grad_from_normalised(float *g, int n, int h, int w, pgn_space space)
+{
+    if (space == PGN_SPACE_NORMALISED)
+        return;
+    size_t plane = (size_t)h * w;
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < 3; c++) {
+            float k = (space == PGN_SPACE_PM1 ? 0.5f : 1.0f) / pgn_imagenet_std[c];
+            float *p = g + ((size_t)i * 3 + c) * plane;
+            for (size_t j = 0; j < plane; j++)
+                p[j] *= k;
+        }
+}
+
+/* The input in normalised space: the caller's buffer itself, or a converted copy. */
+static const float *normalised(pgn_teacher *t, const float *x, int n, int h, int w, pgn_space space, nn_err *e)
+{
+    if (space == PGN_SPACE_NORMALISED)
+        return x;
+    size_t bytes = (size_t)n * 3 * h * w * sizeof(float);
+    if (bytes > t->xn_cap) {
+        nn_free(t->xn);
+        t->xn = nn_alloc(bytes);
+        t->xn_cap = t->xn ? bytes : 0;
+        if (!t->xn) {
+            nn_errf(e, "out of memory");
+            return NULL;
+        }
+    }
+    pgn_to_normalised(t->xn, x, n, h, w, space);
+    return t->xn;
+}
+
+int pgn_teacher_set_target(nn_ctx *ctx, pgn_teacher *t, const float *y, int n, int h, int w, pgn_space space,
+                           nn_err *e)
+{
+    const float *yn = normalised(t, y, n, h, w, space, e);
+    return yn ? vgg19_set_target(ctx, &t->net, yn, n, h, w, e) : -1;
+}
+
+int pgn_teacher_loss_grad(nn_ctx *ctx, pgn_teacher *t, const float *x, int n, int h, int w, pgn_space space,
+                          double *per_sample, double *loss, float *grad, nn_err *e)
+{
+    const float *xn = normalised(t, x, n, h, w, space, e);
+    double total;
+    if (!xn || vgg19_perceptual(ctx, &t->net, xn, n, h, w, &total, per_sample, grad, e))
+        return -1;
+    if (loss)
+        *loss = total;
+    if (grad)
+        pgn_grad_from_normalised(grad, n, h, w, space);
+    return 0;
+}
+
+int pgn_teacher_loss_grad_pair(nn_ctx *ctx, pgn_teacher *t, const float *x, const float *y, int n, int h, int w,
+                               pgn_space space, double *per_sample, double *loss, float *grad, nn_err *e)
+{
+    if (pgn_teacher_set_target(ctx, t, y, n, h, w, space, e))
+        return -1;
+    return pgn_teacher_loss_grad(ctx, t, x, n, h, w, space, per_sample, loss, grad, e);
+}
