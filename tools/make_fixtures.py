@@ -4,9 +4,10 @@
     OPENBLAS_NUM_THREADS=1 command -p python3 tools/make_fixtures.py [outdir=tests/fixtures]
 
 Writes layers.safetensors and adam_convnet.safetensors (documented in tests/fixtures/README.md)
-and, if tools/fixtures_weights.py exists, its weights_* fixtures. The output is byte-for-byte
-reproducible: every random tensor comes from a generator seeded by its case name, and torch runs
-on one thread so reductions always sum in the same order.
+and, if tools/fixtures_weights.py exists, its weights_* fixtures (likewise the teacher_* fixtures
+of tools/fixtures_teacher.py). The output is byte-for-byte reproducible: every random tensor comes
+from a generator seeded by its case name, and torch runs on one thread so reductions always sum in
+the same order.
 """
 
 import json
@@ -332,6 +333,15 @@ def main():
         print("wrote weights fixtures (tools/fixtures_weights.py)")
     else:
         print("note: tools/fixtures_weights.py not present, weights_* fixtures skipped")
+
+    # VGG-19 teacher (perceptual loss) fixtures, likewise.
+    if os.path.exists(os.path.join(TOOLS, "fixtures_teacher.py")):
+        import fixtures_teacher
+
+        fixtures_teacher.write_all(outdir)
+        print("wrote teacher fixtures (tools/fixtures_teacher.py)")
+    else:
+        print("note: tools/fixtures_teacher.py not present, teacher_* fixtures skipped")
 
 
 if __name__ == "__main__":
