@@ -6,7 +6,7 @@ CC      ?= gcc
 ARCH    ?= -march=x86-64-v3
 OPT     ?= -O2
 CFLAGS  += -std=gnu11 $(OPT) $(ARCH) -g -fopenmp -Wall -Wextra -Wno-unused-parameter -I. -MMD -MP
-LDLIBS  += -ldnnl -ljansson -lm -fopenmp
+LDLIBS  += -ldnnl -lsqlite3 -lmicrohttpd -ljansson -lpng -ljpeg -lm -lpthread -fopenmp
 B       := build
 
 # Debian packages the build and tests need (kept in one place: .ci/run and `make deps` use it).
@@ -15,8 +15,15 @@ DEB_PKGS := gcc make pkg-config libdnnl-dev libmicrohttpd-dev libjansson-dev lib
 
 NN_SRC    := $(wildcard nn/*.c)
 PGN_SRC   := $(wildcard pgn/*.c)
-LIB_SRC   := $(NN_SRC) $(PGN_SRC)
-LIB_OBJ   := $(LIB_SRC:%.c=$(B)/%.o)
+STORE_SRC := $(wildcard store/*.c)
+API_SRC   := $(wildcard api/*.c)
+# daemon/ goes into the library too (tests link it), except the entry point.
+DAEMON_LIB_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+LIB_SRC   := $(NN_SRC) $(PGN_SRC) $(STORE_SRC) $(API_SRC) $(DAEMON_LIB_SRC)
+# The SQL migrations are compiled into the binary (tools/embed_sql.sh turns them into C strings).
+MIGRATIONS := $(sort $(wildcard migrations/*.sql))
+GEN_MIGRATIONS := $(B)/gen/migrations.c
+LIB_OBJ   := $(LIB_SRC:%.c=$(B)/%.o) $(if $(MIGRATIONS),$(B)/gen/migrations.o)
 LIB       := $(B)/libpgnd.a
 
 TEST_SRC  := $(wildcard tests/unit/test_*.c)
@@ -27,14 +34,20 @@ TEST_SUPPORT_OBJ := $(TEST_SUPPORT:%.c=$(B)/%.o)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(B)/bench/%)
 
-DAEMON_SRC := $(wildcard daemon/*.c)
-DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
+DAEMON_OBJ := $(B)/daemon/main.o
 
 .PHONY: all test bench run deps clean print-deps
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(B)/pgnd
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(GEN_MIGRATIONS): $(MIGRATIONS) tools/embed_sql.sh
+	@mkdir -p $(dir $@)
+	tools/embed_sql.sh $(MIGRATIONS) > $@
+
+$(B)/gen/migrations.o: $(GEN_MIGRATIONS)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
