@@ -66,6 +66,10 @@ int http_sse_send(http_sse *s, int64_t id, const char *event, const char *data);
 int http_sse_comment(http_sse *s, const char *text);
 /* 1 once the server is stopping (streams should return promptly). */
 int http_sse_stopping(http_sse *s);
+/* Added: waits up to timeout_ms for the stream to end (server stopping or client gone). Returns 1
+ * when the handler should return, 0 on timeout. Lets a handler sleep between keepalives yet return at once on http_stop or on a
+ * client hang-up. Note: http_sse_stopping also returns 1 once the client has gone. */
+int http_sse_wait(http_sse *s, int timeout_ms);
 
 typedef struct http_config {
     const char *address;      /* "127.0.0.1" or "::1" etc. */
@@ -81,7 +85,10 @@ int http_port(const http_server *srv);
  * A path that matches a pattern with another method gets 405; no match gets 404 (problem+json)
  * for /api/... and the static file or 404 otherwise. */
 int http_route(http_server *srv, const char *method, const char *pattern, http_handler h, void *ctx);
-int http_route_sse(http_server *srv, const char *pattern, http_sse_handler h, void *ctx);
+/* guard (may be NULL) runs first as a normal handler: returning -1 sends its response (e.g. 401)
+ * instead of opening the stream. */
+typedef int (*http_sse_guard)(const http_request *r, http_response *res, void *ctx);
+int http_route_sse(http_server *srv, const char *pattern, http_sse_guard guard, http_sse_handler h, void *ctx);
 /* Stops accepting, tells SSE streams to end, waits for handlers. */
 void http_stop(http_server *srv);
 
