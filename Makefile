@@ -27,7 +27,8 @@ LIB_OBJ   := $(LIB_SRC:%.c=$(B)/%.o) $(if $(MIGRATIONS),$(B)/gen/migrations.o)
 LIB       := $(B)/libpgnd.a
 
 TEST_SRC  := $(wildcard tests/unit/test_*.c)
-TEST_BIN  := $(TEST_SRC:tests/unit/%.c=$(B)/tests/%)
+API_TEST_SRC := $(wildcard tests/api/test_*.c)
+TEST_BIN  := $(TEST_SRC:tests/unit/%.c=$(B)/tests/%) $(API_TEST_SRC:tests/api/%.c=$(B)/tests/%)
 TEST_SUPPORT := $(filter-out $(TEST_SRC),$(wildcard tests/unit/*.c))
 TEST_SUPPORT_OBJ := $(TEST_SUPPORT:%.c=$(B)/%.o)
 
@@ -36,7 +37,8 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(B)/bench/%)
 
 DAEMON_OBJ := $(B)/daemon/main.o
 
-.PHONY: all test bench run deps clean print-deps
+.DELETE_ON_ERROR:
+.PHONY: all test bench run deps clean print-deps install
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(B)/pgnd
 
 $(B)/%.o: %.c
@@ -58,6 +60,11 @@ $(B)/tests/%: $(B)/tests/unit/%.o $(TEST_SUPPORT_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
 
+# API tests drive a real pgnd (built first) over loopback HTTP.
+$(B)/tests/test_api%: $(B)/tests/api/test_api%.o $(B)/tests/api/client.o $(LIB) $(B)/pgnd
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(filter %.o %.a,$^) -o $@ $(LDLIBS) -lcmocka
+
 $(B)/bench/%: $(B)/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
@@ -78,10 +85,23 @@ deps:
 print-deps:
 	@echo $(DEB_PKGS)
 
-# Until the daemon exists, `make run` runs the engine self-check.
+# `make run`: the daemon on the embedded defaults (state and database under ./var, loopback).
 run: deps
 	@$(MAKE) --no-print-directory $(B)/pgnd
-	$(B)/pgnd selfcheck
+	@mkdir -p var
+	@echo "pgnd: dashboard and API on http://127.0.0.1:8080/ (state in ./var; Ctrl-C stops, jobs resume next start)"
+	@echo "submit a job:  curl -s -X POST http://127.0.0.1:8080/api/v1/jobs -H 'Content-Type: application/json' \\"
+	@echo "  -d '{\"type\": \"train\", \"params\": {\"image\": \"$(CURDIR)/tests/fixtures/images/pattern_80x72.png\", \"size\": 64, \"steps\": 300}}'"
+	@echo "watch it:      curl -sN http://127.0.0.1:8080/api/v1/events"
+	$(B)/pgnd serve --state-dir var --web-dir web
+
+PREFIX ?= /usr/local
+install: $(B)/pgnd
+	install -D -m 0755 $(B)/pgnd $(DESTDIR)$(PREFIX)/bin/pgnd
+	install -D -m 0644 systemd/pgnd.service $(DESTDIR)/etc/systemd/system/pgnd.service
+	install -D -m 0644 pgnd.conf.example $(DESTDIR)$(PREFIX)/share/pgnd/pgnd.conf.example
+	mkdir -p $(DESTDIR)$(PREFIX)/share/pgnd/web && cp -r web/. $(DESTDIR)$(PREFIX)/share/pgnd/web/
+	sed -i 's|/usr/local/bin/pgnd|$(PREFIX)/bin/pgnd|' $(DESTDIR)/etc/systemd/system/pgnd.service
 
 clean:
 	rm -rf $(B)
