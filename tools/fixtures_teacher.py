@@ -15,6 +15,13 @@ tests/fixtures/README.md, section "teacher_*"):
   teacher_vgg19_unexpected_key.pth  legacy; an extra features.99.weight
   teacher.safetensors          inputs, per-sample losses, per-layer losses and gradients
 
+The inputs are conditioned so that a float32 engine takes every ReLU and |.| decision of the float64
+reference the same way (see "Conditioning of the inputs" below; progress goes to stderr).
+
+    OPENBLAS_NUM_THREADS=1 command -p python3 tools/fixtures_teacher.py --scan [N=200]
+
+prints the unrepaired conditioning margins of input seeds 0..N-1 and writes nothing.
+
 The real weights are 548 MiB, so every weight here is a *strided view* of a small random storage
 (torch.save keeps a view as storage + size + stride + offset): a few thousand floats make a
 [512, 512, 3, 3] tensor. The loss and gradient are computed in float64 from the stored float32
@@ -177,11 +184,175 @@ def build_model(sd):
     return model
 
 
-def inputs(name, n, h, w):
-    g = gen_for(name)
+def inputs(name, n, h, w, seed=0):
+    """y = randn, x = y + 0.5 * randn (float32), from a generator seeded by CRC-32("teacher/" + name) + seed
+    (seed 0 is the stream the fixture used before the conditioning search)."""
+    g = torch.Generator()
+    g.manual_seed(zlib.crc32(("teacher/" + name).encode()) + seed)
     y = torch.randn(n, 3, h, w, generator=g, dtype=torch.float32)
     x = y + 0.5 * torch.randn(n, 3, h, w, generator=g, dtype=torch.float32)
     return x, y
+
+
+# ---- Conditioning of the inputs -----------------------------------------------------------------
+# A float32 engine reproduces the float64 gradient only if it takes every decision of the loss the
+# same way: each ReLU mask (forward and backward) and the sign of each |relu_l(x) - relu_l(y)|. The
+# inputs are accepted only when, computed in float64 on the stored float32 values, for each of the
+# 13 ReLUs l and every element
+#   |z_l(x)| >= TAU * max|z_l(x)|   and   |z_l(y)| >= TAU * max|z_l(y)|        (z = pre-activation)
+#   |relu_l(x) - relu_l(y)| >= TAU * max relu_l(x)   where relu_l(x) > 0 or relu_l(y) > 0
+# (max over the whole batch of that layer; where both are 0 the difference is exactly 0 in any precision,
+# and sign(0) = 0 is taken exactly). The float32 error of a pre-activation measured with PyTorch is
+# 2e-7..2.5e-6 of its layer's max, so TAU = 2e-6 is about one float32 error.
+# No seed passes by itself: the 6.2M checked quantities of the 2x64x64 pair give 55..108 (mean 80)
+# violated inequalities per seed, the 1x48x80 pair 21..55 (mean 37), and over seeds 0..199 the best
+# margin is 1.3e-7 (2x64x64) and 3.1e-7 (1x48x80), so even TAU = 1e-6 is out of reach (--scan shows
+# this). So each seed's inputs are *repaired*: every violating pre-activation q is moved to the
+# nearest value that clears its rules REPAIR_TARGET times over (a pre-activation stays on its side of
+# 0, a difference on its side of relu_l(y)) by the minimum-norm float64 change of the input
+# (min ||dv|| subject to J dv = target - q, J = the rows dq/dv, one per violation, per sample,
+# solved by least squares), rounded to float32; y is
+# repaired first (to the larger threshold TAU * max(max|z_l(y)|, max relu_l(x)), so that wherever x is
+# inactive the difference -relu_l(y) is safe too), then x with y fixed; repeated until the check passes.
+# Each round fixes its violations (to first order) and creates fewer new ones, nearby elements moved
+# by the change. The inputs move by at most ~1e-4 (they are ~N(0, 1)). Seeds are tried in order
+# 0, 1, ...; the first whose repair passes within REPAIR_ROUNDS rounds is taken (its number, the
+# rounds and the margins reached are in the metadata).
+TAU = 2e-6
+REPAIR_TARGET = 4.0
+REPAIR_ROUNDS = 12
+MAX_SEEDS = 200
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def pre_activations(model, x, upto=len(TAPS)):
+    """The pre-activations z_l of the first `upto` ReLUs (relu_l = max(z_l, 0))."""
+    pre = []
+    for m in model.features:
+        if isinstance(m, nn.ReLU):
+            pre.append(x)
+            if len(pre) == upto:
+                break
+        x = m(x)
+    return pre
+
+
+def conditioning(model, x, y):
+    """Float64 margins of (x, y): per layer (min |z(x)|/max|z(x)|, min |z(y)|/max|z(y)|,
+    min over live elements of |relu(x) - relu(y)| / max relu(x)), and the pre-activations."""
+    with torch.no_grad():
+        zx, zy = pre_activations(model, x.double()), pre_activations(model, y.double())
+    per = []
+    for a, b in zip(zx, zy):
+        ra, rb = a.clamp(min=0), b.clamp(min=0)
+        live = (ra > 0) | (rb > 0)
+        per.append(((a.abs() / a.abs().max()).min().item(), (b.abs() / b.abs().max()).min().item(),
+                    ((ra - rb).abs()[live] / ra.max()).min().item()))
+    return per, zx, zy
+
+
+def nudge(model, v, fixes):
+    """v (float32 [n, 3, h, w]) moved by the minimum-norm float64 change that adds delta to each listed
+    pre-activation (layer, flat index into z_layer of the whole batch, delta), sample by sample (the
+    samples do not interact); rounded to float32."""
+    out = v.double().clone()
+    upto = max(f[0] for f in fixes) + 1
+    for i in range(v.shape[0]):
+        vi = out[i:i + 1].clone().requires_grad_(True)
+        pre = pre_activations(model, vi, upto)
+        rows, rhs = [], []
+        for layer, idx, delta in fixes:
+            numel = pre[layer].numel()  # one sample's
+            if idx // numel == i:
+                (g,) = torch.autograd.grad(pre[layer].reshape(-1)[idx % numel], vi, retain_graph=True)
+                rows.append(g.reshape(-1))
+                rhs.append(delta)
+        if rows:
+            rhs = torch.tensor(rhs, dtype=torch.float64).unsqueeze(1)
+            dv = torch.linalg.lstsq(torch.stack(rows), rhs, driver="gelsd").solution
+            out[i] += dv.reshape(out[i].shape)
+    return out.float()
+
+
+def nearest(z, candidates):
+    return min(candidates, key=lambda c: (abs(c - z), c))
+
+
+def y_fixes(zx, zy):
+    """y's violations of the stronger y rule, with the change that takes each to REPAIR_TARGET times
+    its threshold on its own side of 0."""
+    fixes = []
+    for layer, (a, b) in enumerate(zip(zx, zy)):
+        t = TAU * max(b.abs().max().item(), a.clamp(min=0).max().item())
+        for idx in torch.nonzero(b.reshape(-1).abs() < t).reshape(-1).tolist():
+            z = b.reshape(-1)[idx].item()
+            fixes.append((layer, idx, (REPAIR_TARGET * t if z >= 0 else -REPAIR_TARGET * t) - z))
+    return fixes
+
+
+def x_fixes(zx, zy):
+    """x's violations (y fixed), with the change to the nearest value z that is REPAIR_TARGET times
+    clear of both rules: |z| >= K tp and, if z > 0, |z - relu(z_y)| >= K td."""
+    fixes = []
+    for layer, (a, b) in enumerate(zip(zx, zy)):
+        tp, td = TAU * a.abs().max().item(), TAU * a.clamp(min=0).max().item()
+        af, rb = a.reshape(-1), b.reshape(-1).clamp(min=0)
+        bad = (af.abs() < tp) | ((af > 0) & ((af - rb).abs() < td))
+        kp, kd = REPAIR_TARGET * tp, REPAIR_TARGET * td
+        for idx in torch.nonzero(bad).reshape(-1).tolist():
+            z, r = af[idx].item(), rb[idx].item()
+            cands = [-kp] + ([kp] if abs(kp - r) >= kd else []) + [c for c in (r - kd, r + kd) if c >= kp]
+            fixes.append((layer, idx, nearest(z, cands) - z))
+    return fixes
+
+
+def margin_summary(per):
+    """(min pre-activation margin of x, of y, min difference margin) over the 13 layers."""
+    return tuple(min(p[k] for p in per) for k in range(3))
+
+
+def conditioned_inputs(model, name, n, h, w):
+    """The first seed (0, 1, ...) whose inputs pass the conditioning check after at most REPAIR_ROUNDS
+    repair rounds. Returns x, y, seed, rounds, per-layer margins."""
+    for seed in range(MAX_SEEDS):
+        x, y = inputs(name, n, h, w, seed)
+        for rnd in range(REPAIR_ROUNDS + 1):
+            per, zx, zy = conditioning(model, x, y)
+            m = margin_summary(per)
+            if min(m) >= TAU:
+                log(f"{name} seed {seed}: conditioned after {rnd} repair rounds, margins "
+                    f"pre(x) {m[0]:.3g} pre(y) {m[1]:.3g} diff {m[2]:.3g} (tau {TAU:g})")
+                return x, y, seed, rnd, per
+            if rnd == REPAIR_ROUNDS:
+                break
+            fy = y_fixes(zx, zy)
+            fx = [] if fy else x_fixes(zx, zy)
+            log(f"{name} seed {seed} round {rnd}: margins pre(x) {m[0]:.3g} pre(y) {m[1]:.3g} diff {m[2]:.3g}; "
+                f"repairing {len(fy)} y / {len(fx)} x elements")
+            if fy:
+                y = nudge(model, y, fy)
+            else:
+                x = nudge(model, x, fx)
+        log(f"{name} seed {seed}: not conditioned after {REPAIR_ROUNDS} repair rounds, next seed")
+    raise RuntimeError(f"{name}: no seed in 0..{MAX_SEEDS - 1} could be conditioned")
+
+
+def scan(model, count):
+    """Study aid (--scan N): the unrepaired margins of seeds 0..N-1 and their violation counts at TAU."""
+    for name, (n, h, w) in (("xy", (2, 64, 64)), ("xy_odd", (1, 48, 80))):
+        best = 0.0
+        for seed in range(count):
+            x, y = inputs(name, n, h, w, seed)
+            per, zx, zy = conditioning(model, x, y)
+            m = margin_summary(per)
+            best = max(best, min(m))
+            nv = len(y_fixes(zx, zy)) + len(x_fixes(zx, zy))
+            print(f"{name} seed {seed}: margins pre(x) {m[0]:.3g} pre(y) {m[1]:.3g} diff {m[2]:.3g}; "
+                  f"~{nv} elements below tau", flush=True)
+        print(f"{name}: best margin over seeds 0..{count - 1}: {best:.3g} (tau {TAU:g})", flush=True)
 
 
 def same_view(a, b):
@@ -230,8 +401,11 @@ def write_all(outdir):
     model = build_model(used)
     tensors = OrderedDict()
     summary = []
+    conditioned = OrderedDict()
     for suffix, (n, h, w) in (("", (2, 64, 64)), ("_odd", (1, 48, 80))):
-        x, y = inputs("xy" + suffix, n, h, w)
+        x, y, seed, rounds, margins = conditioned_inputs(model, "xy" + suffix, n, h, w)
+        m = margin_summary(margins)
+        conditioned["xy" + suffix] = (seed, rounds, m)
         loss, per, grad = perceptual(model, x, y)
         tensors["x" + suffix] = x
         tensors["y" + suffix] = y
@@ -242,7 +416,12 @@ def write_all(outdir):
         # The weights must keep every layer alive and contributing (see STRIDES).
         assert ((0.1 < loss) & (loss < 10)).all() and (per > 0.01).all(), (suffix, per)
     meta = OrderedDict(generator=GENERATOR, torch_version=torch.__version__, weights="teacher_vgg19_legacy.pth",
-                       pool="avg2x2", layers="relu1_1..relu5_1 (13)", compute_dtype="float64")
+                       pool="avg2x2", layers="relu1_1..relu5_1 (13)", compute_dtype="float64",
+                       conditioning_tau=f"{TAU:g}")
+    for name, (seed, rounds, m) in conditioned.items():
+        meta[f"seed_{name}"] = str(seed)
+        meta[f"repair_rounds_{name}"] = str(rounds)
+        meta[f"margins_{name}"] = f"pre_x {m[0]:.3g} pre_y {m[1]:.3g} diff {m[2]:.3g}"
     safetensors_py.write(out("teacher.safetensors"), tensors, meta)
     return summary
 
@@ -257,6 +436,9 @@ def report(model, x):
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    if len(sys.argv) > 1 and sys.argv[1] == "--scan":
+        scan(build_model(make_used()), int(sys.argv[2]) if len(sys.argv) > 2 else 200)
+        sys.exit(0)
     outdir = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     for suffix, loss, per, grad in write_all(outdir):
         print(f"loss{suffix} = {loss.tolist()}")

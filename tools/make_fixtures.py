@@ -5,9 +5,9 @@
 
 Writes layers.safetensors and adam_convnet.safetensors (documented in tests/fixtures/README.md)
 and, if tools/fixtures_weights.py exists, its weights_* fixtures (likewise the teacher_* fixtures
-of tools/fixtures_teacher.py). The output is byte-for-byte reproducible: every random tensor comes
-from a generator seeded by its case name, and torch runs on one thread so reductions always sum in
-the same order.
+of tools/fixtures_teacher.py and the dip_* / quality fixtures of tools/fixtures_dip.py). The output
+is byte-for-byte reproducible: every random tensor comes from a generator seeded by its case name,
+and torch runs on one thread so reductions always sum in the same order.
 """
 
 import json
@@ -342,6 +342,15 @@ def main():
         print("wrote teacher fixtures (tools/fixtures_teacher.py)")
     else:
         print("note: tools/fixtures_teacher.py not present, teacher_* fixtures skipped")
+
+    # DIP skip net (dip*.safetensors) and metric (quality.safetensors) fixtures, likewise.
+    if os.path.exists(os.path.join(TOOLS, "fixtures_dip.py")):
+        import fixtures_dip
+
+        fixtures_dip.write_all(outdir)
+        print("wrote dip and quality fixtures (tools/fixtures_dip.py)")
+    else:
+        print("note: tools/fixtures_dip.py not present, dip_* and quality fixtures skipped")
 
 
 if __name__ == "__main__":
