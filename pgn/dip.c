@@ -1,0 +1,484 @@
+#include "pgn/dip.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const int DOWN[PGN_DIP_LEVELS] = {8, 16, 32, 64, 128};
+static const int UP[PGN_DIP_LEVELS] = {8, 16, 32, 64, 128};
+static const int SKIP[PGN_DIP_LEVELS] = {0, 0, 0, 4, 4};
+#define SLOPE 0.2f
+#define BN_EPS 1e-5f
+#define BN_MOMENTUM 0.1f
+
+/* ------------------------------------------------------------------ construction */
+
+typedef struct builder {
+    pgn_dip *d;
+    int nmod;
+    nn_rng rng;
+} builder;
+
+/* "a.b" ("b" when a is empty). The longest key prefix is 25 characters, well within the buffers. */
+static void join(char *dst, size_t len, const char *a, const char *b)
+{
+    if ((size_t)snprintf(dst, len, "%s%s%s", a, *a ? "." : "", b) >= len)
+        dst[0] = 0; /* cannot happen with the fixed layout; an empty prefix would fail every key */
+}
+
+static int add_conv(builder *b, const char *prefix, const char *sub, nn_conv2d *c, int cin, int cout, int k,
+                    int stride, nn_err *e)
+{
+    pgn_dip_module *m = &b->d->mod[b->nmod++];
+    join(m->prefix, sizeof m->prefix, prefix, sub);
+    m->conv = c;
+    /* DIP's conv(): ReflectionPad2d((k-1)/2) then Conv2d(padding=0); for 1x1 the pad is a no-op. */
+    int p = (k - 1) / 2;
+    if (nn_conv2d_init(c, cin, cout, k, k, stride, stride, p, p, 1, p ? NN_PAD_REFLECT : NN_PAD_ZERO, 1, &b->rng, e))
+        return nn_err_prefix(e, "dip %s", m->prefix);
+    return 0;
+}
+
+static int add_bn(builder *b, const char *prefix, const char *sub, nn_batchnorm2d *l, int c, nn_err *e)
+{
+    pgn_dip_module *m = &b->d->mod[b->nmod++];
+    join(m->prefix, sizeof m->prefix, prefix, sub);
+    m->bn = l;
+    if (nn_batchnorm2d_init(l, c, BN_EPS, BN_MOMENTUM, e))
+        return nn_err_prefix(e, "dip %s", m->prefix);
+    l->training = 1;
+    return 0;
+}
+
+/* Level i inside container prefix `cp` (the official Sequential nesting, state-dict order:
+ * skip branch, deeper branch, the next level, then this container's own layers). */
+static int build_level(builder *b, int i, const char *cp, nn_err *e)
+{
+    pgn_dip_level *L = &b->d->lv[i];
+    L->cin = i ? DOWN[i - 1] : 3;
+    L->skip = SKIP[i];
+    L->down = DOWN[i];
+    L->up = UP[i];
+    L->k = i + 1 < PGN_DIP_LEVELS ? UP[i + 1] : DOWN[i];
+    char sp[32], dp[32], next[32];
+    if (L->skip) {
+        join(sp, sizeof sp, cp, "1.0");
+        join(dp, sizeof dp, cp, "1.1");
+        if (add_conv(b, sp, "1.1", &L->s_conv, L->cin, L->skip, 1, 1, e) || add_bn(b, sp, "2", &L->s_bn, L->skip, e))
+            return -1;
+    } else
+        join(dp, sizeof dp, cp, "1");
+    if (add_conv(b, dp, "1.1", &L->d_conv1, L->cin, L->down, 3, 2, e) || add_bn(b, dp, "2", &L->d_bn1, L->down, e) ||
+        add_conv(b, dp, "4.1", &L->d_conv2, L->down, L->down, 3, 1, e) || add_bn(b, dp, "5", &L->d_bn2, L->down, e))
+        return -1;
+    if (i + 1 < PGN_DIP_LEVELS) {
+        join(next, sizeof next, dp, "7");
+        if (build_level(b, i + 1, next, e))
+            return -1;
+    }
+    int cc = L->skip + L->k;
+    if (add_bn(b, cp, "2", &L->c_bn, cc, e) || add_conv(b, cp, "3.1", &L->c_conv3, cc, L->up, 3, 1, e) ||
+        add_bn(b, cp, "4", &L->c_bn3, L->up, e) || add_conv(b, cp, "6.1", &L->c_conv1, L->up, L->up, 1, 1, e) ||
+        add_bn(b, cp, "7", &L->c_bn1, L->up, e))
+        return -1;
+    return 0;
+}
+
+int pgn_dip_init(pgn_dip *d, uint64_t seed, nn_err *e)
+{
+    memset(d, 0, sizeof *d);
+    builder b = {.d = d};
+    nn_rng_seed(&b.rng, seed);
+    if (build_level(&b, 0, "", e) || add_conv(&b, "", "9.1", &d->final, UP[0], 3, 1, 1, e)) {
+        pgn_dip_free(d);
+        return -1;
+    }
+    if (b.nmod != PGN_DIP_CONVS + PGN_DIP_BNS) {
+        pgn_dip_free(d);
+        return nn_errf(e, "dip: built %d modules, expected %d", b.nmod, PGN_DIP_CONVS + PGN_DIP_BNS);
+    }
+    int np = 0;
+    for (int m = 0; m < b.nmod; m++) {
+        pgn_dip_module *md = &d->mod[m];
+        if (md->conv) {
+            d->params[np++] = (nn_param){&md->conv->weight, &md->conv->dweight};
+            d->params[np++] = (nn_param){&md->conv->bias, &md->conv->dbias};
+        } else {
+            d->params[np++] = (nn_param){&md->bn->gamma, &md->bn->dgamma};
+            d->params[np++] = (nn_param){&md->bn->beta, &md->bn->dbeta};
+        }
+    }
+    nn_eltwise_init(&d->lrelu, NN_LEAKY_RELU, SLOPE);
+    nn_upsample2x_init(&d->up, 1);
+    return 0;
+}
+
+void pgn_dip_free(pgn_dip *d)
+{
+    for (int m = 0; m < PGN_DIP_CONVS + PGN_DIP_BNS; m++) {
+        if (d->mod[m].conv)
+            nn_conv2d_free(d->mod[m].conv);
+        if (d->mod[m].bn)
+            nn_batchnorm2d_free(d->mod[m].bn);
+    }
+    for (int i = 0; i < PGN_DIP_LEVELS; i++)
+        for (int k = 0; k < PGN_DIP_ACTS; k++) {
+            nn_act_free(&d->lv[i].act[k]);
+            nn_act_free(&d->lv[i].grad[k]);
+        }
+    nn_eltwise_free(&d->lrelu);
+    nn_upsample2x_free(&d->up);
+    nn_act_free(&d->x);
+    nn_act_free(&d->y);
+    nn_act_free(&d->dy);
+    memset(d, 0, sizeof *d);
+}
+
+void pgn_dip_noise(float *dst, size_t count, uint64_t seed)
+{
+    nn_rng r;
+    nn_rng_seed(&r, seed);
+    for (size_t i = 0; i < count; i++)
+        dst[i] = nn_rng_uniform(&r) * 0.1f; /* < 0.1f: 24-bit uniform times 0.1f rounds below it */
+}
+
+int pgn_dip_check_size(int h, int w, nn_err *e)
+{
+    if (h <= 0 || w <= 0 || h % 32 || w % 32 || h < 64 || w < 64)
+        return nn_errf(e,
+                       "dip: input %dx%d is not supported: height and width must be multiples of 32 (five "
+                       "stride-2 levels) and at least 64 (at 32 the deepest level is 1x1, which reflection "
+                       "padding and train-mode batch norm cannot handle)",
+                       h, w);
+    return 0;
+}
+
+int pgn_dip_set_input(nn_ctx *ctx, pgn_dip *d, const float *x, int n, int h, int w, nn_err *e)
+{
+    if (n < 1)
+        return nn_errf(e, "dip: batch size %d", n);
+    if (pgn_dip_check_size(h, w, e) || nn_act_from_nchw(ctx, &d->x, x, n, 3, h, w, e))
+        return -1;
+    d->forwarded = 0;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ forward / backward */
+
+#define TRY(call)                                                                                                      \
+    do {                                                                                                               \
+        if (call)                                                                                                      \
+            return nn_err_prefix(e, "dip level %d", i);                                                                \
+    } while (0)
+
+static int level_forward(nn_ctx *ctx, pgn_dip *d, int i, const nn_act *x, nn_err *e)
+{
+    pgn_dip_level *L = &d->lv[i];
+    nn_act *a = L->act;
+    if (L->skip) {
+        TRY(nn_conv2d_forward(ctx, &L->s_conv, x, &a[PGN_DIP_S_CONV], e));
+        TRY(nn_batchnorm2d_forward(ctx, &L->s_bn, &a[PGN_DIP_S_CONV], &a[PGN_DIP_S_BN], e));
+        TRY(nn_eltwise_forward(ctx, &d->lrelu, &a[PGN_DIP_S_BN], &a[PGN_DIP_S_OUT], e));
+    }
+    TRY(nn_conv2d_forward(ctx, &L->d_conv1, x, &a[PGN_DIP_D_CONV1], e));
+    TRY(nn_batchnorm2d_forward(ctx, &L->d_bn1, &a[PGN_DIP_D_CONV1], &a[PGN_DIP_D_BN1], e));
+    TRY(nn_eltwise_forward(ctx, &d->lrelu, &a[PGN_DIP_D_BN1], &a[PGN_DIP_D_ACT1], e));
+    TRY(nn_conv2d_forward(ctx, &L->d_conv2, &a[PGN_DIP_D_ACT1], &a[PGN_DIP_D_CONV2], e));
+    TRY(nn_batchnorm2d_forward(ctx, &L->d_bn2, &a[PGN_DIP_D_CONV2], &a[PGN_DIP_D_BN2], e));
+    TRY(nn_eltwise_forward(ctx, &d->lrelu, &a[PGN_DIP_D_BN2], &a[PGN_DIP_D_ACT2], e));
+    const nn_act *deep = &a[PGN_DIP_D_ACT2];
+    if (i + 1 < PGN_DIP_LEVELS) {
+        if (level_forward(ctx, d, i + 1, deep, e))
+            return -1;
+        deep = &d->lv[i + 1].act[PGN_DIP_OUT];
+    }
+    TRY(nn_upsample2x_forward(ctx, &d->up, deep, &a[PGN_DIP_D_UP], e));
+    const nn_act *cat = &a[PGN_DIP_D_UP];
+    if (L->skip) {
+        /* Concat(skip, deeper): the skip branch's channels first. Sizes always agree here (H and
+         * W are multiples of 32), so the official Concat's centre crop never applies. */
+        TRY(nn_concat_forward(ctx, &a[PGN_DIP_S_OUT], &a[PGN_DIP_D_UP], &a[PGN_DIP_CAT], e));
+        cat = &a[PGN_DIP_CAT];
+    }
+    TRY(nn_batchnorm2d_forward(ctx, &L->c_bn, cat, &a[PGN_DIP_C_BN], e));
+    TRY(nn_conv2d_forward(ctx, &L->c_conv3, &a[PGN_DIP_C_BN], &a[PGN_DIP_C_CONV3], e));
+    TRY(nn_batchnorm2d_forward(ctx, &L->c_bn3, &a[PGN_DIP_C_CONV3], &a[PGN_DIP_C_BN3], e));
+    TRY(nn_eltwise_forward(ctx, &d->lrelu, &a[PGN_DIP_C_BN3], &a[PGN_DIP_C_ACT3], e));
+    TRY(nn_conv2d_forward(ctx, &L->c_conv1, &a[PGN_DIP_C_ACT3], &a[PGN_DIP_C_CONV1], e));
+    TRY(nn_batchnorm2d_forward(ctx, &L->c_bn1, &a[PGN_DIP_C_CONV1], &a[PGN_DIP_C_BN1], e));
+    TRY(nn_eltwise_forward(ctx, &d->lrelu, &a[PGN_DIP_C_BN1], &a[PGN_DIP_OUT], e));
+    return 0;
+}
+
+/* grad[OUT] holds dL/d(level output); gx (NULL for level 0: the input is fixed noise) receives
+ * dL/dx, accumulated from the skip and the deeper branch. */
+static int level_backward(nn_ctx *ctx, pgn_dip *d, int i, const nn_act *x, nn_act *gx, nn_err *e)
+{
+    pgn_dip_level *L = &d->lv[i];
+    nn_act *a = L->act, *g = L->grad;
+    for (int k = 0; k < PGN_DIP_ACTS; k++)
+        if (k != PGN_DIP_OUT)
+            nn_act_grad_reset(&g[k]);
+    TRY(nn_eltwise_backward(ctx, &d->lrelu, &a[PGN_DIP_C_BN1], &g[PGN_DIP_OUT], &g[PGN_DIP_C_BN1], e));
+    TRY(nn_batchnorm2d_backward(ctx, &L->c_bn1, &a[PGN_DIP_C_CONV1], &g[PGN_DIP_C_BN1], &g[PGN_DIP_C_CONV1], e));
+    TRY(nn_conv2d_backward(ctx, &L->c_conv1, &a[PGN_DIP_C_ACT3], &g[PGN_DIP_C_CONV1], &g[PGN_DIP_C_ACT3], 1, e));
+    TRY(nn_eltwise_backward(ctx, &d->lrelu, &a[PGN_DIP_C_BN3], &g[PGN_DIP_C_ACT3], &g[PGN_DIP_C_BN3], e));
+    TRY(nn_batchnorm2d_backward(ctx, &L->c_bn3, &a[PGN_DIP_C_CONV3], &g[PGN_DIP_C_BN3], &g[PGN_DIP_C_CONV3], e));
+    TRY(nn_conv2d_backward(ctx, &L->c_conv3, &a[PGN_DIP_C_BN], &g[PGN_DIP_C_CONV3], &g[PGN_DIP_C_BN], 1, e));
+    const int cat_k = L->skip ? PGN_DIP_CAT : PGN_DIP_D_UP;
+    TRY(nn_batchnorm2d_backward(ctx, &L->c_bn, &a[cat_k], &g[PGN_DIP_C_BN], &g[cat_k], e));
+    if (L->skip)
+        TRY(nn_concat_backward(ctx, &g[PGN_DIP_CAT], L->skip, &g[PGN_DIP_S_OUT], &g[PGN_DIP_D_UP], e));
+    if (i + 1 < PGN_DIP_LEVELS) {
+        nn_act *gdeep = &d->lv[i + 1].grad[PGN_DIP_OUT];
+        nn_act_grad_reset(gdeep);
+        TRY(nn_upsample2x_backward(ctx, &d->up, &g[PGN_DIP_D_UP], gdeep, e));
+        if (level_backward(ctx, d, i + 1, &a[PGN_DIP_D_ACT2], &g[PGN_DIP_D_ACT2], e))
+            return -1;
+    } else
+        TRY(nn_upsample2x_backward(ctx, &d->up, &g[PGN_DIP_D_UP], &g[PGN_DIP_D_ACT2], e));
+    TRY(nn_eltwise_backward(ctx, &d->lrelu, &a[PGN_DIP_D_BN2], &g[PGN_DIP_D_ACT2], &g[PGN_DIP_D_BN2], e));
+    TRY(nn_batchnorm2d_backward(ctx, &L->d_bn2, &a[PGN_DIP_D_CONV2], &g[PGN_DIP_D_BN2], &g[PGN_DIP_D_CONV2], e));
+    TRY(nn_conv2d_backward(ctx, &L->d_conv2, &a[PGN_DIP_D_ACT1], &g[PGN_DIP_D_CONV2], &g[PGN_DIP_D_ACT1], 1, e));
+    TRY(nn_eltwise_backward(ctx, &d->lrelu, &a[PGN_DIP_D_BN1], &g[PGN_DIP_D_ACT1], &g[PGN_DIP_D_BN1], e));
+    TRY(nn_batchnorm2d_backward(ctx, &L->d_bn1, &a[PGN_DIP_D_CONV1], &g[PGN_DIP_D_BN1], &g[PGN_DIP_D_CONV1], e));
+    TRY(nn_conv2d_backward(ctx, &L->d_conv1, x, &g[PGN_DIP_D_CONV1], gx, 1, e));
+    if (L->skip) {
+        TRY(nn_eltwise_backward(ctx, &d->lrelu, &a[PGN_DIP_S_BN], &g[PGN_DIP_S_OUT], &g[PGN_DIP_S_BN], e));
+        TRY(nn_batchnorm2d_backward(ctx, &L->s_bn, &a[PGN_DIP_S_CONV], &g[PGN_DIP_S_BN], &g[PGN_DIP_S_CONV], e));
+        TRY(nn_conv2d_backward(ctx, &L->s_conv, x, &g[PGN_DIP_S_CONV], gx, 1, e));
+    }
+    return 0;
+}
+
+#undef TRY
+
+int pgn_dip_forward(nn_ctx *ctx, pgn_dip *d, float *y, nn_err *e)
+{
+    if (!d->x.data)
+        return nn_errf(e, "dip: forward before pgn_dip_set_input");
+    if (level_forward(ctx, d, 0, &d->x, e) ||
+        nn_conv2d_forward(ctx, &d->final, &d->lv[0].act[PGN_DIP_OUT], &d->y, e))
+        return -1;
+    d->forwarded = 1;
+    return y ? nn_act_to_nchw(ctx, &d->y, y, e) : 0;
+}
+
+int pgn_dip_backward_act(nn_ctx *ctx, pgn_dip *d, const nn_act *dy, nn_err *e)
+{
+    if (!d->forwarded)
+        return nn_errf(e, "dip: backward without a forward on the current input");
+    if (dy->n != d->y.n || dy->c != d->y.c || dy->h != d->y.h || dy->w != d->y.w)
+        return nn_errf(e, "dip: output gradient [%d, %d, %d, %d] does not match the output [%d, %d, %d, %d]", dy->n,
+                       dy->c, dy->h, dy->w, d->y.n, d->y.c, d->y.h, d->y.w);
+    nn_act *g0 = &d->lv[0].grad[PGN_DIP_OUT];
+    nn_act_grad_reset(g0);
+    if (nn_conv2d_backward(ctx, &d->final, &d->lv[0].act[PGN_DIP_OUT], dy, g0, 1, e))
+        return nn_err_prefix(e, "dip final conv");
+    return level_backward(ctx, d, 0, &d->x, NULL, e);
+}
+
+int pgn_dip_backward(nn_ctx *ctx, pgn_dip *d, const float *dy, nn_err *e)
+{
+    if (!d->forwarded)
+        return nn_errf(e, "dip: backward without a forward on the current input");
+    if (nn_act_from_nchw(ctx, &d->dy, dy, d->y.n, d->y.c, d->y.h, d->y.w, e))
+        return -1;
+    return pgn_dip_backward_act(ctx, d, &d->dy, e);
+}
+
+/* ------------------------------------------------------------------ parameters */
+
+const nn_param *pgn_dip_params(const pgn_dip *d, int *count)
+{
+    if (count)
+        *count = PGN_DIP_PARAM_TENSORS;
+    return d->params;
+}
+
+void pgn_dip_zero_grad(pgn_dip *d) { nn_params_zero_grad(d->params, PGN_DIP_PARAM_TENSORS); }
+
+size_t pgn_dip_param_count(const pgn_dip *d)
+{
+    size_t n = 0;
+    for (int i = 0; i < PGN_DIP_PARAM_TENSORS; i++)
+        n += d->params[i].value ? d->params[i].value->numel : 0;
+    return n;
+}
+
+/* ------------------------------------------------------------------ state dict */
+
+static const char *const BN_SUFFIX[5] = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"};
+
+/* The expected state-dict entries, in order. */
+typedef struct want_key {
+    char name[64];
+    int ndim;
+    int64_t shape[4];
+    int is_count;      /* num_batches_tracked: a 0-dim integer */
+    nn_tensor *dst;    /* float destination */
+    long *count_dst;
+} want_key;
+
+static int expected_keys(pgn_dip *d, want_key *k)
+{
+    int n = 0;
+    for (int m = 0; m < PGN_DIP_CONVS + PGN_DIP_BNS; m++) {
+        pgn_dip_module *md = &d->mod[m];
+        if (md->conv) {
+            nn_tensor *ts[2] = {&md->conv->weight, &md->conv->bias};
+            for (int j = 0; j < 2; j++, n++) {
+                snprintf(k[n].name, sizeof k[n].name, "%s.%s", md->prefix, j ? "bias" : "weight");
+                k[n].ndim = ts[j]->ndim;
+                memcpy(k[n].shape, ts[j]->shape, sizeof k[n].shape);
+                k[n].is_count = 0;
+                k[n].dst = ts[j];
+                k[n].count_dst = NULL;
+            }
+        } else {
+            nn_tensor *ts[4] = {&md->bn->gamma, &md->bn->beta, &md->bn->running_mean, &md->bn->running_var};
+            for (int j = 0; j < 5; j++, n++) {
+                snprintf(k[n].name, sizeof k[n].name, "%s.%s", md->prefix, BN_SUFFIX[j]);
+                k[n].is_count = j == 4;
+                k[n].ndim = j == 4 ? 0 : 1;
+                k[n].shape[0] = md->bn->c;
+                k[n].dst = j < 4 ? ts[j] : NULL;
+                k[n].count_dst = j == 4 ? &md->bn->num_batches_tracked : NULL;
+            }
+        }
+    }
+    return n;
+}
+
+static size_t appendf(char *buf, size_t len, size_t at, const char *fmt, ...)
+{
+    if (at >= len)
+        return at;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf + at, len - at, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return at;
+    return at + (size_t)n < len ? at + (size_t)n : len;
+}
+
+static int is_float_dtype(nn_dtype t) { return t == NN_F32 || t == NN_F64 || t == NN_F16 || t == NN_BF16; }
+static int is_count_dtype(nn_dtype t)
+{
+    return t == NN_I64 || t == NN_I32 || t == NN_I16 || t == NN_I8 || t == NN_U8 || t == NN_F32 || t == NN_F64;
+}
+
+int pgn_dip_check_state(const pgn_dip *d, const nn_weights *w, char *report, size_t len)
+{
+    want_key k[PGN_DIP_STATE_KEYS];
+    int nk = expected_keys((pgn_dip *)d, k), problems = 0;
+    size_t at = 0;
+    if (len)
+        report[0] = 0;
+    for (int i = 0; i < nk; i++) {
+        const nn_weight_entry *t = nn_weights_find(w, k[i].name);
+        if (!t) {
+            at = appendf(report, len, at, "missing key %s\n", k[i].name);
+            problems++;
+            continue;
+        }
+        if (t->ndim != k[i].ndim || (t->ndim && memcmp(t->shape, k[i].shape, (size_t)t->ndim * sizeof *t->shape))) {
+            char have[96], exp[96];
+            nn_shape_str(have, sizeof have, t->ndim, t->shape);
+            nn_shape_str(exp, sizeof exp, k[i].ndim, k[i].shape);
+            at = appendf(report, len, at, "key %s has shape %s, expected %s\n", k[i].name, have, exp);
+            problems++;
+        } else if (k[i].is_count ? !is_count_dtype(t->dtype) : !is_float_dtype(t->dtype)) {
+            at = appendf(report, len, at, "key %s has dtype %s, expected %s\n", k[i].name, nn_dtype_name(t->dtype),
+                         k[i].is_count ? "an integer" : "a floating type");
+            problems++;
+        } else if (!t->data) {
+            at = appendf(report, len, at, "key %s was not loaded\n", k[i].name);
+            problems++;
+        }
+    }
+    for (int j = 0; j < w->count; j++) {
+        int found = 0;
+        for (int i = 0; i < nk && !found; i++)
+            found = !strcmp(w->entries[j].name, k[i].name);
+        if (!found) {
+            at = appendf(report, len, at, "unexpected key %s\n", w->entries[j].name);
+            problems++;
+        }
+    }
+    return problems;
+}
+
+static long count_value(const nn_weight_entry *t)
+{
+    switch (t->dtype) {
+    case NN_I64: return (long)*(const int64_t *)t->data;
+    case NN_I32: return (long)*(const int32_t *)t->data;
+    case NN_I16: return (long)*(const int16_t *)t->data;
+    case NN_I8: return (long)*(const int8_t *)t->data;
+    case NN_U8: return (long)*(const uint8_t *)t->data;
+    case NN_F32: return (long)*(const float *)t->data;
+    case NN_F64: return (long)*(const double *)t->data;
+    default: return 0;
+    }
+}
+
+int pgn_dip_load(pgn_dip *d, const nn_weights *w, nn_err *e)
+{
+    char report[8192];
+    int problems = pgn_dip_check_state(d, w, report, sizeof report);
+    if (problems) {
+        size_t n = strlen(report);
+        if (n && report[n - 1] == '\n')
+            report[--n] = 0;
+        for (char *p = report; (p = strchr(p, '\n'));)
+            *p = ';', p++;
+        return nn_errf(e, "%s is not a DIP skip-net state dict (%d problem%s): %s", w->path ? w->path : "(weights)",
+                       problems, problems == 1 ? "" : "s", report);
+    }
+    want_key k[PGN_DIP_STATE_KEYS];
+    int nk = expected_keys(d, k);
+    for (int i = 0; i < nk; i++) {
+        if (k[i].is_count) {
+            *k[i].count_dst = count_value(nn_weights_find(w, k[i].name));
+            continue;
+        }
+        if (nn_weights_get_f32(w, k[i].name, k[i].dst, e))
+            return -1;
+    }
+    for (int m = 0; m < PGN_DIP_CONVS + PGN_DIP_BNS; m++)
+        if (d->mod[m].conv)
+            d->mod[m].conv->weights_stale = 1;
+    return 0;
+}
+
+int pgn_dip_load_file(pgn_dip *d, const char *path, nn_err *e)
+{
+    nn_weights w;
+    if (nn_weights_read(&w, path, e))
+        return nn_err_prefix(e, "dip state dict");
+    int rc = pgn_dip_load(d, &w, e);
+    nn_weights_free(&w);
+    return rc;
+}
+
+void pgn_dip_copy_state(pgn_dip *dst, const pgn_dip *src)
+{
+    for (int m = 0; m < PGN_DIP_CONVS + PGN_DIP_BNS; m++) {
+        const pgn_dip_module *s = &src->mod[m];
+        pgn_dip_module *t = &dst->mod[m];
+        if (s->conv) {
+            nn_tensor_copy(&t->conv->weight, &s->conv->weight);
+            nn_tensor_copy(&t->conv->bias, &s->conv->bias);
+            t->conv->weights_stale = 1;
+        } else {
+            nn_tensor_copy(&t->bn->gamma, &s->bn->gamma);
+            nn_tensor_copy(&t->bn->beta, &s->bn->beta);
+            nn_tensor_copy(&t->bn->running_mean, &s->bn->running_mean);
+            nn_tensor_copy(&t->bn->running_var, &s->bn->running_var);
+            t->bn->num_batches_tracked = s->bn->num_batches_tracked;
+        }
+    }
+}
