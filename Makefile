@@ -28,7 +28,9 @@ LIB       := $(B)/libpgnd.a
 
 TEST_SRC  := $(wildcard tests/unit/test_*.c)
 API_TEST_SRC := $(wildcard tests/api/test_*.c)
-TEST_BIN  := $(TEST_SRC:tests/unit/%.c=$(B)/tests/%) $(API_TEST_SRC:tests/api/%.c=$(B)/tests/%)
+UNIT_TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(B)/tests/%)
+API_TEST_BIN := $(API_TEST_SRC:tests/api/%.c=$(B)/tests/%)
+TEST_BIN  := $(UNIT_TEST_BIN) $(API_TEST_BIN)
 TEST_SUPPORT := $(filter-out $(TEST_SRC),$(wildcard tests/unit/*.c))
 TEST_SUPPORT_OBJ := $(TEST_SUPPORT:%.c=$(B)/%.o)
 
@@ -56,12 +58,12 @@ $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(B)/tests/%: $(B)/tests/unit/%.o $(TEST_SUPPORT_OBJ) $(LIB)
+$(UNIT_TEST_BIN): $(B)/tests/%: $(B)/tests/unit/%.o $(TEST_SUPPORT_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
 
 # API tests drive a real pgnd (built first) over loopback HTTP.
-$(B)/tests/test_api%: $(B)/tests/api/test_api%.o $(B)/tests/api/client.o $(LIB) $(B)/pgnd
+$(API_TEST_BIN): $(B)/tests/%: $(B)/tests/api/%.o $(B)/tests/api/client.o $(LIB) $(B)/pgnd
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(filter %.o %.a,$^) -o $@ $(LDLIBS) -lcmocka
 

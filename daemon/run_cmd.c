@@ -1,0 +1,163 @@
+#include "daemon/run_cmd.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "daemon/jobtypes.h"
+
+typedef struct fg_ctx {
+    FILE *metrics;
+    char dir[1024];
+    char last_ck[1100];
+    int64_t last_ck_step;
+    double t0, last_print;
+} fg_ctx;
+
+static volatile sig_atomic_t interrupted;
+static void on_signal(int sig) { interrupted = sig; }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int fg_metrics(void *c, int64_t step, int n, const char *const *keys, const double *values)
+{
+    fg_ctx *f = c;
+    fprintf(f->metrics, "{\"step\": %lld", (long long)step);
+    for (int i = 0; i < n; i++)
+        fprintf(f->metrics, ", \"%s\": %.9g", keys[i], values[i]);
+    fprintf(f->metrics, "}\n");
+    fflush(f->metrics);
+    return 0;
+}
+
+static int fg_progress(void *c, int64_t step, int64_t total)
+{
+    fg_ctx *f = c;
+    double now = now_s(), el = now - f->t0;
+    if (step != total && now - f->last_print < 0.5)
+        return 0; /* a readable line, not a flood */
+    f->last_print = now;
+    double eta = step > 0 ? el / (double)step * (double)(total - step) : 0;
+    fprintf(stderr, "\rstep %lld/%lld  %.1f%%  elapsed %.0fs  eta %.0fs   ", (long long)step, (long long)total,
+            total ? 100.0 * (double)step / (double)total : 0, el, eta);
+    if (step == total)
+        fputc('\n', stderr);
+    return 0;
+}
+
+static int fg_artifact(void *c, const char *name, const char *path, const char *kind, int64_t step)
+{
+    return 0; /* files already sit in the output directory */
+}
+
+static int fg_checkpoint(void *c, const char *path, int64_t step)
+{
+    fg_ctx *f = c;
+    snprintf(f->last_ck, sizeof f->last_ck, "%s", path);
+    f->last_ck_step = step;
+    /* A pointer file so the next `pgnd run` finds where to resume. */
+    char ptr[1100], tmp[1200];
+    snprintf(ptr, sizeof ptr, "%s/LATEST_CHECKPOINT", f->dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", ptr);
+    FILE *o = fopen(tmp, "w");
+    if (!o)
+        return -1;
+    fprintf(o, "%lld %s\n", (long long)step, path);
+    if (fclose(o) || rename(tmp, ptr))
+        return -1;
+    return 0;
+}
+
+static pgn_stop fg_should_stop(void *c) { return interrupted ? PGN_STOP_PAUSE : PGN_CONTINUE; }
+
+static void fg_log(void *c, const char *level, const char *msg) { fprintf(stderr, "\n%s: %s\n", level, msg); }
+
+int run_job_file(const char *job_path, const char *out_dir, const pgnd_config *cfg)
+{
+    json_error_t je;
+    json_t *job = json_load_file(job_path, JSON_REJECT_DUPLICATES, &je);
+    if (!job) {
+        fprintf(stderr, "pgnd run: %s:%d:%d: %s\n", job_path, je.line, je.column, je.text);
+        return 2;
+    }
+    const char *type = json_string_value(json_object_get(job, "type"));
+    const job_type *t = type ? job_type_find(type) : NULL;
+    if (!t) {
+        fprintf(stderr, "pgnd run: %s: \"type\" must name a job type (%s)\n", job_path, type ? "unknown" : "missing");
+        json_decref(job);
+        return 2;
+    }
+    json_t *problems = json_array(), *given = json_object_get(job, "params");
+    json_t *empty = json_object();
+    json_t *params = job_params_validate(t, given ? given : empty, problems, cfg);
+    json_decref(empty);
+    if (!params) {
+        size_t i;
+        json_t *p;
+        fprintf(stderr, "pgnd run: %s has %zu problem%s:\n", job_path, json_array_size(problems),
+                json_array_size(problems) == 1 ? "" : "s");
+        json_array_foreach(problems, i, p) fprintf(stderr, "  params.%s: %s\n",
+                                                   json_string_value(json_object_get(p, "field")),
+                                                   json_string_value(json_object_get(p, "detail")));
+        json_decref(problems), json_decref(job);
+        return 2;
+    }
+    json_decref(problems);
+    fg_ctx f;
+    memset(&f, 0, sizeof f);
+    snprintf(f.dir, sizeof f.dir, "%s", out_dir);
+    if (mkdir(out_dir, 0750) && errno != EEXIST) {
+        fprintf(stderr, "pgnd run: cannot create %s: %s\n", out_dir, strerror(errno));
+        return 1;
+    }
+    char mpath[1100], ptr[1100], resume[1100] = "";
+    long long resume_step = -1;
+    snprintf(ptr, sizeof ptr, "%s/LATEST_CHECKPOINT", out_dir);
+    FILE *pf = fopen(ptr, "r");
+    if (pf) {
+        if (fscanf(pf, "%lld %1023s", &resume_step, resume) != 2)
+            resume_step = -1, resume[0] = 0;
+        fclose(pf);
+    }
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", out_dir);
+    f.metrics = fopen(mpath, "a");
+    if (!f.metrics) {
+        fprintf(stderr, "pgnd run: cannot write %s: %s\n", mpath, strerror(errno));
+        return 1;
+    }
+    if (resume[0])
+        fprintf(stderr, "resuming from %s (step %lld)\n", resume, resume_step);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    f.t0 = now_s();
+    pgn_job_io io = {&f,          out_dir,      cfg->threads,  cfg->teacher_weights,
+                     resume[0] ? resume : NULL, resume_step,
+                     fg_metrics,  fg_progress,  fg_artifact,   fg_checkpoint,
+                     fg_should_stop, fg_log};
+    char *text = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
+    char err[1024] = "";
+    int rc = t->run(text, &io, err, sizeof err);
+    free(text);
+    json_decref(params), json_decref(job);
+    fclose(f.metrics);
+    if (rc == PGN_DONE) {
+        fprintf(stderr, "done: outputs in %s\n", out_dir);
+        return 0;
+    }
+    if (rc == PGN_STOPPED) {
+        fprintf(stderr, "\nstopped at a checkpoint (step %lld); run the same command to resume\n",
+                (long long)f.last_ck_step);
+        return 130;
+    }
+    fprintf(stderr, "\npgnd run: failed: %s\n", err);
+    return 1;
+}

@@ -1,0 +1,427 @@
+#include "pgn/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "nn/adam.h"
+#include "nn/weights.h"
+#include "pgn/dip.h"
+#include "pgn/image.h"
+#include "pgn/quality.h"
+#include "pgn/teacher.h"
+
+static const char *const arm_names[PGN_ARMS] = {"vgg", "mse"};
+
+const char *pgn_arm_name(int arm) { return arm_names[arm]; }
+
+typedef struct arm {
+    int on;
+    pgn_dip net;
+    nn_adam opt;
+    float *y, *grad; /* output in [0,1] space and dL/dy */
+    double step_ms, loss;
+} arm;
+
+typedef struct run {
+    const pgn_train_params *p;
+    const pgn_job_io *io;
+    nn_ctx ctx;
+    pgn_teacher teacher;
+    int teacher_open;
+    arm arms[PGN_ARMS];
+    float *target, *target_n, *noise, *yn;
+    int s;         /* image side */
+    size_t count;  /* 3*s*s */
+    int64_t step;  /* steps done */
+} run;
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static double peak_rss_mb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0;
+}
+
+/* MSE in normalised space and its gradient w.r.t. the [0,1] image (chain rule through 1/std). */
+static double mse_loss_grad(run *r, const float *y, float *grad)
+{
+    size_t plane = (size_t)r->s * r->s;
+    double sum = 0;
+    pgn_to_normalised(r->yn, y, 1, r->s, r->s, PGN_SPACE_UNIT);
+    for (size_t i = 0; i < r->count; i++) {
+        double d = (double)r->yn[i] - r->target_n[i];
+        sum += d * d;
+        if (grad)
+            grad[i] = (float)(2.0 * d / (double)r->count / pgn_imagenet_std[i / plane]);
+    }
+    return sum / (double)r->count;
+}
+
+static int checkpoint_path(run *r, int64_t step, char *buf, size_t len)
+{
+    return snprintf(buf, len, "%s/checkpoint-%08lld.safetensors", r->io->dir, (long long)step) >= (int)len ? -1 : 0;
+}
+
+/* Every arm's parameters, BN running statistics and Adam moments, by name. */
+typedef struct ck_list {
+    int n;
+    char (*names)[96];
+    const nn_tensor **t;
+} ck_list;
+
+static int ck_collect(run *r, ck_list *l)
+{
+    int cap = PGN_ARMS * (3 * PGN_DIP_PARAM_TENSORS + 2 * PGN_DIP_BNS);
+    l->names = calloc((size_t)cap, sizeof *l->names);
+    l->t = calloc((size_t)cap, sizeof *l->t);
+    l->n = 0;
+    if (!l->names || !l->t)
+        return -1;
+    for (int a = 0; a < PGN_ARMS; a++) {
+        arm *am = &r->arms[a];
+        if (!am->on)
+            continue;
+        int np;
+        const nn_param *ps = pgn_dip_params(&am->net, &np);
+        for (int i = 0; i < np; i++) {
+            snprintf(l->names[l->n], 96, "%s/param.%d", arm_names[a], i);
+            l->t[l->n++] = ps[i].value;
+            snprintf(l->names[l->n], 96, "%s/adam_m.%d", arm_names[a], i);
+            l->t[l->n++] = &am->opt.m[i];
+            snprintf(l->names[l->n], 96, "%s/adam_v.%d", arm_names[a], i);
+            l->t[l->n++] = &am->opt.v[i];
+        }
+        for (int k = 0; k < PGN_DIP_CONVS + PGN_DIP_BNS; k++) {
+            nn_batchnorm2d *bn = am->net.mod[k].bn;
+            if (!bn)
+                continue;
+            snprintf(l->names[l->n], 96, "%s/%s.running_mean", arm_names[a], am->net.mod[k].prefix);
+            l->t[l->n++] = &bn->running_mean;
+            snprintf(l->names[l->n], 96, "%s/%s.running_var", arm_names[a], am->net.mod[k].prefix);
+            l->t[l->n++] = &bn->running_var;
+        }
+    }
+    return 0;
+}
+
+static void ck_free(ck_list *l)
+{
+    free(l->names);
+    free(l->t);
+}
+
+static int write_checkpoint(run *r, char *err, size_t errlen)
+{
+    char path[1200], step_s[32], seed_s[32], adam_s[32], arms_s[64] = "";
+    if (checkpoint_path(r, r->step, path, sizeof path)) {
+        snprintf(err, errlen, "job directory path too long");
+        return -1;
+    }
+    ck_list l;
+    if (ck_collect(r, &l)) {
+        ck_free(&l);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    const char **names = malloc((size_t)l.n * sizeof *names);
+    for (int i = 0; i < l.n; i++)
+        names[i] = l.names[i];
+    snprintf(step_s, sizeof step_s, "%lld", (long long)r->step);
+    snprintf(seed_s, sizeof seed_s, "%llu", (unsigned long long)r->p->seed);
+    long adam_steps = 0;
+    for (int a = 0; a < PGN_ARMS; a++)
+        if (r->arms[a].on) {
+            adam_steps = r->arms[a].opt.step;
+            if (arms_s[0])
+                strcat(arms_s, ",");
+            strcat(arms_s, arm_names[a]);
+        }
+    snprintf(adam_s, sizeof adam_s, "%ld", adam_steps);
+    const char *mk[] = {"format", "step", "seed", "adam_steps", "arms", "generator"};
+    const char *mv[] = {"pgnd train checkpoint v1", step_s, seed_s, adam_s, arms_s, "dip-skip"};
+    nn_err e;
+    int rc = nn_safetensors_write(path, l.n, names, l.t, 6, mk, mv, &e);
+    free(names);
+    ck_free(&l);
+    if (rc) {
+        snprintf(err, errlen, "writing the checkpoint: %s", e.msg);
+        return -1;
+    }
+    return r->io->checkpoint(r->io->ctx, path, r->step);
+}
+
+static int load_checkpoint(run *r, char *err, size_t errlen)
+{
+    nn_weights w;
+    nn_err e;
+    if (nn_weights_read(&w, r->io->resume_checkpoint, &e)) {
+        snprintf(err, errlen, "cannot resume: %s", e.msg);
+        return -1;
+    }
+    const nn_weight_meta *st = nn_weights_meta(&w, "step"), *as = nn_weights_meta(&w, "adam_steps");
+    const nn_weight_meta *fm = nn_weights_meta(&w, "format");
+    int rc = 0;
+    if (!st || !as || !fm || strcmp(fm->str, "pgnd train checkpoint v1")) {
+        snprintf(err, errlen, "cannot resume: %s is not a pgnd train checkpoint", r->io->resume_checkpoint);
+        rc = -1;
+    }
+    ck_list l;
+    if (!rc && ck_collect(r, &l))
+        rc = -1;
+    for (int i = 0; !rc && i < l.n; i++)
+        if (nn_weights_get_f32(&w, l.names[i], (nn_tensor *)l.t[i], &e)) {
+            snprintf(err, errlen, "cannot resume: %s", e.msg);
+            rc = -1;
+        }
+    if (!rc) {
+        r->step = atoll(st->str);
+        for (int a = 0; a < PGN_ARMS; a++)
+            if (r->arms[a].on) {
+                r->arms[a].opt.step = atol(as->str);
+                for (int k = 0; k < PGN_DIP_CONVS; k++)
+                    if (r->arms[a].net.mod[k].conv)
+                        r->arms[a].net.mod[k].conv->weights_stale = 1;
+            }
+        ck_free(&l);
+    }
+    nn_weights_free(&w);
+    return rc;
+}
+
+static int log_metrics(run *r, char *err, size_t errlen)
+{
+    const char *keys[PGN_ARMS * 10 + 1];
+    double vals[PGN_ARMS * 10 + 1];
+    char names[PGN_ARMS * 10][48];
+    int n = 0;
+    nn_err e;
+    for (int a = 0; a < PGN_ARMS; a++) {
+        arm *am = &r->arms[a];
+        if (!am->on)
+            continue;
+        double perceptual;
+        if (pgn_teacher_loss_grad(&r->ctx, &r->teacher, am->y, 1, r->s, r->s, PGN_SPACE_UNIT, NULL, &perceptual, NULL,
+                                  &e)) {
+            snprintf(err, errlen, "perceptual metric: %s", e.msg);
+            return -1;
+        }
+        pgn_to_normalised(r->yn, am->y, 1, r->s, r->s, PGN_SPACE_UNIT);
+        double l1 = 0, l2 = 0;
+        for (size_t i = 0; i < r->count; i++) {
+            double d = (double)r->yn[i] - r->target_n[i];
+            l1 += fabs(d), l2 += d * d;
+        }
+        struct {
+            const char *k;
+            double v;
+        } m[] = {{"loss", am->loss},
+                 {"l1", l1 / (double)r->count},
+                 {"l2", l2 / (double)r->count},
+                 {"psnr", pgn_psnr(am->y, r->target, r->count)},
+                 {"ssim", pgn_ssim(am->y, r->target, 3, r->s, r->s)},
+                 {"ssim_paper", pgn_ssim_paper(r->yn, r->target_n, 3, r->s, r->s)},
+                 {"perceptual", perceptual},
+                 {"step_ms", am->step_ms}};
+        for (size_t k = 0; k < sizeof m / sizeof *m; k++) {
+            snprintf(names[n], sizeof names[n], "%s.%s", arm_names[a], m[k].k);
+            keys[n] = names[n];
+            vals[n++] = m[k].v;
+        }
+    }
+    keys[n] = "peak_rss_mb";
+    vals[n++] = peak_rss_mb();
+    return r->io->metrics(r->io->ctx, r->step, n, keys, vals);
+}
+
+static int save_images(run *r, char *err, size_t errlen)
+{
+    for (int a = 0; a < PGN_ARMS; a++) {
+        if (!r->arms[a].on)
+            continue;
+        char name[96], path[1200];
+        snprintf(name, sizeof name, "%s-step%06lld.png", arm_names[a], (long long)r->step);
+        snprintf(path, sizeof path, "%s/%s", r->io->dir, name);
+        if (pgn_image_save_png(path, r->arms[a].y, r->s, r->s, err, errlen) ||
+            r->io->artifact(r->io->ctx, name, path, "image", r->step))
+            return -1;
+    }
+    return 0;
+}
+
+static int setup(run *r, char *err, size_t errlen)
+{
+    const pgn_train_params *p = r->p;
+    nn_err e;
+    if (nn_ctx_init(&r->ctx, r->io->threads, &e)) {
+        snprintf(err, errlen, "%s", e.msg);
+        return -1;
+    }
+    r->s = p->size;
+    r->count = (size_t)3 * r->s * r->s;
+    if (pgn_image_load_square(p->image, r->s, &r->target, err, errlen))
+        return -1;
+    const char *weights = p->teacher_weights[0] ? p->teacher_weights : r->io->teacher_weights;
+    if (pgn_teacher_open(&r->teacher, weights, 0, &e)) {
+        snprintf(err, errlen, "%s", e.msg);
+        return -1;
+    }
+    r->teacher_open = 1;
+    if (pgn_teacher_set_target(&r->ctx, &r->teacher, r->target, 1, r->s, r->s, PGN_SPACE_UNIT, &e)) {
+        snprintf(err, errlen, "%s", e.msg);
+        return -1;
+    }
+    r->target_n = malloc(r->count * sizeof(float));
+    r->yn = malloc(r->count * sizeof(float));
+    r->noise = malloc(r->count * sizeof(float));
+    if (!r->target_n || !r->yn || !r->noise) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    pgn_to_normalised(r->target_n, r->target, 1, r->s, r->s, PGN_SPACE_UNIT);
+    pgn_dip_noise(r->noise, r->count, p->seed);
+    for (int a = 0; a < PGN_ARMS; a++) {
+        arm *am = &r->arms[a];
+        am->on = p->arms[a];
+        if (!am->on)
+            continue;
+        /* Same seed for every arm: the arms start from identical weights (§5.1). */
+        int np;
+        if (pgn_dip_init(&am->net, p->seed, &e) || pgn_dip_set_input(&r->ctx, &am->net, r->noise, 1, r->s, r->s, &e)) {
+            snprintf(err, errlen, "%s", e.msg);
+            return -1;
+        }
+        const nn_param *ps = pgn_dip_params(&am->net, &np);
+        if (nn_adam_init(&am->opt, ps, np, (float)p->lr, 0.9f, 0.999f, 1e-8f, 0.0f, &e)) {
+            snprintf(err, errlen, "%s", e.msg);
+            return -1;
+        }
+        am->y = malloc(r->count * sizeof(float));
+        am->grad = malloc(r->count * sizeof(float));
+        if (!am->y || !am->grad) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void teardown(run *r)
+{
+    for (int a = 0; a < PGN_ARMS; a++) {
+        if (!r->arms[a].on)
+            continue;
+        pgn_dip_free(&r->arms[a].net);
+        nn_adam_free(&r->arms[a].opt);
+        free(r->arms[a].y);
+        free(r->arms[a].grad);
+    }
+    if (r->teacher_open)
+        pgn_teacher_close(&r->teacher);
+    free(r->target);
+    free(r->target_n);
+    free(r->yn);
+    free(r->noise);
+    nn_ctx_free(&r->ctx);
+}
+
+/* One optimisation step of one arm. */
+static int arm_step(run *r, int a, char *err, size_t errlen)
+{
+    arm *am = &r->arms[a];
+    nn_err e;
+    double t0 = now_ms();
+    pgn_dip_zero_grad(&am->net);
+    if (pgn_dip_forward(&r->ctx, &am->net, am->y, &e))
+        goto fail;
+    if (a == PGN_ARM_VGG) {
+        if (pgn_teacher_loss_grad(&r->ctx, &r->teacher, am->y, 1, r->s, r->s, PGN_SPACE_UNIT, NULL, &am->loss,
+                                  am->grad, &e))
+            goto fail;
+    } else {
+        am->loss = mse_loss_grad(r, am->y, am->grad);
+    }
+    if (!isfinite(am->loss)) {
+        snprintf(err, errlen, "arm %s diverged at step %lld (loss %g)", arm_names[a], (long long)r->step + 1, am->loss);
+        return -1;
+    }
+    if (pgn_dip_backward(&r->ctx, &am->net, am->grad, &e))
+        goto fail;
+    nn_adam_step(&am->opt);
+    am->step_ms = now_ms() - t0;
+    return 0;
+fail:
+    snprintf(err, errlen, "arm %s, step %lld: %s", arm_names[a], (long long)r->step + 1, e.msg);
+    return -1;
+}
+
+int pgn_train_run(const pgn_train_params *p, const pgn_job_io *io, char *err, size_t errlen)
+{
+    /* Each arm's net is ~200 KB of layer state: keep it off the worker thread's stack. */
+    run *rp = calloc(1, sizeof *rp);
+    if (!rp) {
+        snprintf(err, errlen, "out of memory");
+        return PGN_FAILED;
+    }
+#define r (*rp)
+    r.p = p;
+    r.io = io;
+    int rc = PGN_FAILED;
+    if (setup(&r, err, errlen))
+        goto out;
+    if (io->resume_checkpoint && load_checkpoint(&r, err, errlen))
+        goto out;
+    if (r.step == 0) {
+        char path[1200];
+        snprintf(path, sizeof path, "%s/target.png", io->dir);
+        if (pgn_image_save_png(path, r.target, r.s, r.s, err, errlen) ||
+            io->artifact(io->ctx, "target.png", path, "image", -1))
+            goto out;
+    }
+    io->progress(io->ctx, r.step, p->steps);
+    int64_t last_ck = r.step;
+    while (r.step < p->steps) {
+        for (int a = 0; a < PGN_ARMS; a++)
+            if (r.arms[a].on && arm_step(&r, a, err, errlen))
+                goto out;
+        r.step++;
+        int last = r.step == p->steps;
+        if ((r.step % p->log_every == 0 || last) && log_metrics(&r, err, errlen))
+            goto out;
+        if ((r.step % p->image_every == 0 || last) && save_images(&r, err, errlen))
+            goto out;
+        if (r.step % p->checkpoint_every == 0 || last) {
+            if (write_checkpoint(&r, err, errlen))
+                goto out;
+            last_ck = r.step;
+        }
+        io->progress(io->ctx, r.step, p->steps);
+        pgn_stop stop = last ? PGN_CONTINUE : io->should_stop(io->ctx);
+        if (stop == PGN_STOP_CANCEL) {
+            rc = PGN_STOPPED;
+            goto out;
+        }
+        if (stop == PGN_STOP_PAUSE || stop == PGN_STOP_SHUTDOWN) {
+            if (last_ck != r.step && write_checkpoint(&r, err, errlen))
+                goto out;
+            rc = PGN_STOPPED;
+            goto out;
+        }
+    }
+    rc = PGN_DONE;
+out:
+    teardown(&r);
+#undef r
+    free(rp);
+    return rc;
+}
