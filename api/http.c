@@ -20,6 +20,11 @@
 
 #include "api/http_internal.h"
 
+#include <semaphore.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #define MAX_SEGS 32            /* path segments a route may have */
 #define MAX_PARAMS 4           /* as http_request.params */
 #define DEFAULT_MAX_BODY (1u << 20)
@@ -117,7 +122,8 @@ void http_problem(http_response *res, int status, const char *detail, json_t *ex
 
 void http_json(http_response *res, int status, json_t *body)
 {
-    char *s = json_dumps(body ? body : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
+    /* 9 significant digits round-trip a float32 exactly and keep metric curves small. */
+    char *s = json_dumps(body ? body : json_null(), JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(9));
     json_decref(body);
     if (!s) {
         http_problem(res, 500, "the response could not be encoded as JSON", NULL);
@@ -586,7 +592,11 @@ static enum MHD_Result dispatch(http_server *srv, struct MHD_Connection *c, cons
             free(res.body);
             ret = http_sse_start_(srv, c, &r, sh, hctx, is_api);
         } else {
+            /* At most a few handlers compute at once: 50 clients must not become 50 runnable
+             * threads taking the cores from a training job (waiting threads cost nothing). */
+            sem_wait(&srv->busy);
             h(&r, &res, hctx);
+            sem_post(&srv->busy);
             if (res.status == 0) {
                 free(res.body);
                 memset(&res, 0, sizeof res);
@@ -600,11 +610,25 @@ static enum MHD_Result dispatch(http_server *srv, struct MHD_Connection *c, cons
     return ret;
 }
 
+/* Handlers running at the same time (request threads beyond it wait for a turn). */
+#define HANDLERS_AT_ONCE 2
+
+void http_thread_nice(const http_server *srv)
+{
+    static __thread int done;
+    if (!done && srv->nice) {
+        /* Linux: a thread id is a process id for setpriority, so this lowers this thread only. */
+        setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), srv->nice);
+    }
+    done = 1;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_size, void **con_cls)
 {
     http_server *srv = cls;
+    http_thread_nice(srv);
     req_ctx *rc = *con_cls;
     if (!rc) {
         /* first call: headers only. Refuse a declared oversized body before reading it. */
@@ -697,6 +721,7 @@ static void free_server(http_server *srv)
     pthread_rwlock_destroy(&srv->rt_lock);
     pthread_mutex_destroy(&srv->mu);
     pthread_cond_destroy(&srv->cond);
+    sem_destroy(&srv->busy);
     free(srv);
 }
 
@@ -750,6 +775,8 @@ int http_start(http_server **out, const http_config *cfg, char *err, size_t errl
         return -1;
     }
     srv->max_body = cfg->max_body ? cfg->max_body : DEFAULT_MAX_BODY;
+    srv->nice = cfg->nice;
+    sem_init(&srv->busy, 0, HANDLERS_AT_ONCE);
     if (cfg->static_dir && *cfg->static_dir) {
         srv->static_dir = strdup(cfg->static_dir);
         size_t l = srv->static_dir ? strlen(srv->static_dir) : 0;

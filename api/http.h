@@ -77,6 +77,8 @@ typedef struct http_config {
     size_t max_body;          /* bodies over this get 413 without calling the handler */
     int threads;              /* connection threads */
     const char *static_dir;   /* served at "/" (GET only, no directory listing, index.html), or NULL */
+    int nice;                 /* request and stream threads run at this nice value (0: unchanged), so
+                               * that serving never takes the cores from a training job */
 } http_config;
 
 int http_start(http_server **srv, const http_config *cfg, char *err, size_t errlen);
@@ -89,6 +91,8 @@ int http_route(http_server *srv, const char *method, const char *pattern, http_h
  * instead of opening the stream. */
 typedef int (*http_sse_guard)(const http_request *r, http_response *res, void *ctx);
 int http_route_sse(http_server *srv, const char *pattern, http_sse_guard guard, http_sse_handler h, void *ctx);
+/* Applies the configured nice value to the calling thread once (request and stream threads). */
+void http_thread_nice(const http_server *srv);
 /* Stops accepting, tells SSE streams to end, waits for handlers. */
 void http_stop(http_server *srv);
 

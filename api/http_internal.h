@@ -5,6 +5,7 @@
 
 #include <microhttpd.h>
 #include <pthread.h>
+#include <semaphore.h>
 
 #include "api/http.h"
 
@@ -28,6 +29,8 @@ struct http_server {
     int port;
     size_t max_body;
     char *static_dir;
+    int nice;
+    sem_t busy;                /* bounds the handlers computing at once */
 
     pthread_rwlock_t rt_lock;  /* the routing table (routes may be added while serving) */
     struct http_route_ent *routes;

@@ -201,6 +201,7 @@ static void *sse_thread(void *arg)
 {
     http_sse *s = arg;
     http_server *srv = s->srv;
+    http_thread_nice(srv);
     s->h(&s->req, s, s->ctx);
     pthread_mutex_lock(&s->mu);
     s->handler_done = 1;

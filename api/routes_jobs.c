@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "api/auth.h"
+#include "api/response_cache.h"
 #include "api/routes.h"
 #include "daemon/jobtypes.h"
 
@@ -328,6 +329,21 @@ static void metrics(const http_request *r, http_response *res, void *ctx)
         for (char *save, *tok = strtok_r(buf, ",", &save); tok && nk < 64; tok = strtok_r(NULL, ",", &save))
             keys[nk++] = tok;
     }
+    /* The body only changes when the job moves on (step, state, a resume's truncation). */
+    char key[512];
+    snprintf(key, sizeof key, "metrics/%lld/%lld/%d/%lld/%lld|%s|%lld|%lld", (long long)j.id, (long long)j.step,
+             (int)j.state, (long long)j.checkpoint_step, (long long)j.finished_ms, keys_s ? keys_s : "",
+             (long long)since, (long long)max_points);
+    size_t cached_len;
+    char *cached = response_cache_get(key, &cached_len);
+    if (cached) {
+        res->status = 200;
+        snprintf(res->content_type, sizeof res->content_type, "application/json");
+        res->body = cached;
+        res->body_len = cached_len;
+        store_job_free(&j);
+        return;
+    }
     store_series *sr = NULL;
     int ns = 0;
     store_err err;
@@ -347,6 +363,8 @@ static void metrics(const http_request *r, http_response *res, void *ctx)
     }
     store_series_free(sr, ns);
     http_json(res, 200, json_pack("{s:I, s:o}", "job", (json_int_t)j.id, "series", series));
+    if (res->body)
+        response_cache_put(key, res->body, res->body_len);
     store_job_free(&j);
 }
 

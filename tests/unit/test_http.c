@@ -366,7 +366,7 @@ static int setup(void **state)
         snprintf(p, sizeof p, "%s/%s", tmpdir, files[i][0]);
         write_file(p, files[i][1]);
     }
-    http_config cfg = {"127.0.0.1", 0, MAX_BODY, 8, wwwdir};
+    http_config cfg = {"127.0.0.1", 0, MAX_BODY, 8, wwwdir, 0};
     char err[256];
     if (http_start(&srv, &cfg, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
@@ -910,7 +910,7 @@ static void s_poller(const http_request *r, http_sse *s, void *ctx)
 static void test_sse_stop(void **state)
 {
     http_server *s2;
-    http_config cfg = {"127.0.0.1", 0, 1024, 4, NULL};
+    http_config cfg = {"127.0.0.1", 0, 1024, 4, NULL, 0};
     char err[256];
     assert_int_equal(http_start(&s2, &cfg, err, sizeof err), 0);
     int p2 = http_port(s2);
@@ -982,15 +982,15 @@ static void test_start_errors(void **state)
 {
     http_server *s;
     char err[256];
-    http_config bad = {"not-an-address", 0, 0, 1, NULL};
+    http_config bad = {"not-an-address", 0, 0, 1, NULL, 0};
     assert_int_equal(http_start(&s, &bad, err, sizeof err), -1);
     assert_non_null(strstr(err, "not-an-address"));
     /* the port in use */
-    http_config same = {"127.0.0.1", port, 0, 1, NULL};
+    http_config same = {"127.0.0.1", port, 0, 1, NULL, 0};
     assert_int_equal(http_start(&s, &same, err, sizeof err), -1);
     assert_true(err[0] != 0);
     /* IPv6 loopback, where the host has it */
-    http_config v6 = {"::1", 0, 0, 1, NULL};
+    http_config v6 = {"::1", 0, 0, 1, NULL, 0};
     if (http_start(&s, &v6, err, sizeof err) == 0) {
         assert_true(http_port(s) > 0);
         http_stop(s);
