@@ -112,13 +112,16 @@ static void bench_vgg(nn_ctx *ctx, int reps, int n, int size)
     vgg19 v;
     if (vgg19_init(&v, 0, &e))
         die(&e);
-    /* The teacher runs its backward-data pass as Winograd. PGND_WINOGRAD=1 also runs the forward
-     * as Winograd (faster still, but its rounding flips a few ReLU / L1-sign decisions);
-     * PGND_WINOGRAD=0 runs everything direct. */
+    /* The teacher's own policy by default (Winograd backward-data for batches up to 2).
+     * PGND_WINOGRAD=1 also runs the forward as Winograd (faster still, but its rounding flips a few
+     * ReLU / L1-sign decisions); PGND_WINOGRAD=0 runs everything direct. */
     const char *wenv = getenv("PGND_WINOGRAD");
     int wino = wenv && *wenv && atoi(wenv) == 1, direct = wenv && *wenv && atoi(wenv) == 0;
-    for (int i = 0; i < VGG19_CONVS; i++)
-        v.conv[i].winograd = wino ? NN_WINO_FWD | NN_WINO_BWD_DATA : direct ? 0 : NN_WINO_BWD_DATA;
+    if (wino || direct) {
+        v.winograd_auto = 0;
+        for (int i = 0; i < VGG19_CONVS; i++)
+            v.conv[i].winograd = wino ? NN_WINO_FWD | NN_WINO_BWD_DATA : 0;
+    }
     size_t count = (size_t)n * 3 * size * size;
     float *x = nn_alloc(count * sizeof(float)), *y = nn_alloc(count * sizeof(float)),
           *g = nn_alloc(count * sizeof(float));

@@ -24,11 +24,9 @@ int vgg19_init(vgg19 *v, uint64_t seed, nn_err *e)
             return nn_err_prefix(e, "vgg19 conv %d", i);
         v->conv[i].frozen = 1;
         v->conv[i].post_relu = 1; /* every VGG conv up to relu5_1 is followed by its ReLU */
-        /* The forward stays direct: it decides every ReLU and L1 sign, and Winograd's different
-         * rounding would flip a few of them. The backward-data pass only carries the gradient,
-         * where Winograd's ~1e-6 relative rounding is harmless, at half the cost. */
-        v->conv[i].winograd = NN_WINO_BWD_DATA;
+        v->conv[i].winograd = NN_WINO_BWD_DATA; /* see winograd_policy */
     }
+    v->winograd_auto = 1;
     nn_pool2d_init(&v->pool, 0, 2, 2, 0);
     return 0;
 }
@@ -52,8 +50,20 @@ void vgg19_free(vgg19 *v)
     memset(v, 0, sizeof *v);
 }
 
+/* The forward stays direct: it decides every ReLU and L1 sign, and Winograd's different rounding
+ * would flip a few of them. The backward-data pass only carries the gradient, where Winograd's
+ * ~1e-6 relative rounding is harmless, at half the cost; but its workspace grows with the batch
+ * (+79 MB at 8x3x128x128), so batches above 2 run direct. Read when a shape is first seen. */
+static void winograd_policy(vgg19 *v, int n)
+{
+    if (v->winograd_auto)
+        for (int i = 0; i < VGG19_CONVS; i++)
+            v->conv[i].winograd = n <= 2 ? NN_WINO_BWD_DATA : 0;
+}
+
 static int forward(nn_ctx *ctx, vgg19 *v, const float *x, int n, int h, int w, nn_err *e)
 {
+    winograd_policy(v, n);
     if (h < 16 || w < 16)
         return nn_errf(e, "vgg19: input %dx%d is smaller than 16x16 (four 2x2 pools)", h, w);
     if (nn_act_from_nchw(ctx, &v->x, x, n, 3, h, w, e))

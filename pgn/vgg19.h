@@ -19,6 +19,7 @@ typedef struct vgg19 {
     nn_act grad[2];             /* gradients, ping-pong between consecutive layers */
     nn_act x;                   /* the input of the last forward, NCHW */
     double *ps, *tap_ps;        /* per-sample sums, grown to the batch size */
+    int winograd_auto;          /* pick Winograd per batch size (0: conv[i].winograd as set) */
     int ps_cap;
     nn_act dx;
 } vgg19;
