@@ -103,7 +103,8 @@ install: $(B)/pgnd
 	install -D -m 0644 systemd/pgnd.service $(DESTDIR)/etc/systemd/system/pgnd.service
 	install -D -m 0644 pgnd.conf.example $(DESTDIR)$(PREFIX)/share/pgnd/pgnd.conf.example
 	mkdir -p $(DESTDIR)$(PREFIX)/share/pgnd/web && cp -r web/. $(DESTDIR)$(PREFIX)/share/pgnd/web/
-	sed -i 's|/usr/local/bin/pgnd|$(PREFIX)/bin/pgnd|' $(DESTDIR)/etc/systemd/system/pgnd.service
+	[ -e $(DESTDIR)/etc/pgnd/pgnd.conf ] || install -D -m 0644 pgnd.conf.example $(DESTDIR)/etc/pgnd/pgnd.conf
+	sed -i 's|/usr/local/|$(PREFIX)/|g' $(DESTDIR)/etc/systemd/system/pgnd.service
 
 clean:
 	rm -rf $(B)
