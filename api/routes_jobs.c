@@ -154,6 +154,22 @@ static void list(const http_request *r, http_response *res, void *ctx)
         http_problem(res, 422, "before must be a job id and limit a whole number from 1 to 500", NULL);
         return;
     }
+    /* Readers polling the list share one rendering for up to 250 ms (or until the next event). */
+    char key[512];
+    pthread_mutex_lock(&d->lock);
+    long long last_event = (long long)d->last_event;
+    pthread_mutex_unlock(&d->lock);
+    snprintf(key, sizeof key, "jobs/%lld/%lld|%s|%s|%lld|%lld", last_event, (long long)(store_now_ms() / 250),
+             state ? state : "", type ? type : "", (long long)before_id, (long long)limit);
+    size_t cached_len;
+    char *cached = response_cache_get(key, &cached_len);
+    if (cached) {
+        res->status = 200;
+        snprintf(res->content_type, sizeof res->content_type, "application/json");
+        res->body = cached;
+        res->body_len = cached_len;
+        return;
+    }
     store_job *jobs = NULL;
     int n = 0;
     store_err err;
@@ -173,6 +189,8 @@ static void list(const http_request *r, http_response *res, void *ctx)
     }
     store_jobs_free(jobs, n);
     http_json(res, 200, out);
+    if (res->body)
+        response_cache_put(key, res->body, res->body_len);
 }
 
 static void get(const http_request *r, http_response *res, void *ctx)

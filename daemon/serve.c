@@ -18,6 +18,10 @@
 #include "nn/weights.h"
 #include "pgn/teacher.h"
 
+#ifndef SERVE_NICE
+#define SERVE_NICE 19
+#endif
+
 /* sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET. */
 static void sd_notify(const char *msg)
 {
@@ -187,10 +191,10 @@ int serve_run(const pgnd_config *cfg, int ready_fd)
 
     http_server *srv = NULL;
     struct stat st;
-    /* Serving runs at nice 10: under load the training job keeps its cores (the API answers a
-     * little later instead of the job stepping much slower). */
+    /* Serving runs niced: under load the training job keeps its cores (the API answers a little
+     * later instead of the job stepping much slower). */
     http_config hc = {cfg->listen_host, cfg->listen_port, (size_t)cfg->max_body, 8,
-                      cfg->web_dir[0] && stat(cfg->web_dir, &st) == 0 ? cfg->web_dir : NULL, 10};
+                      cfg->web_dir[0] && stat(cfg->web_dir, &st) == 0 ? cfg->web_dir : NULL, SERVE_NICE};
     if (http_start(&srv, &hc, err, sizeof err)) {
         daemon_log(&d, "error", "cannot listen on %s:%d: %s", cfg->listen_host, cfg->listen_port, err);
         store_close(d.store);
