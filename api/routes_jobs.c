@@ -42,6 +42,20 @@ json_t *api_job_json(const store_job *j)
     return o;
 }
 
+/* 1 when a cached JSON body for key answered the request. */
+static int answer_from_cache(const char *key, http_response *res)
+{
+    size_t len;
+    char *body = response_cache_get(key, &len);
+    if (!body)
+        return 0;
+    res->status = 200;
+    snprintf(res->content_type, sizeof res->content_type, "application/json");
+    res->body = body;
+    res->body_len = len;
+    return 1;
+}
+
 static int get_job(pgnd_daemon *d, const http_request *r, store_job *j, http_response *res)
 {
     int64_t id;
@@ -62,6 +76,13 @@ static int get_job(pgnd_daemon *d, const http_request *r, store_job *j, http_res
         return -1;
     }
     return 0;
+}
+
+/* A reader's view of job {id}: authorised (role read) and loaded, or res filled. */
+static int read_job(pgnd_daemon *d, const http_request *r, store_job *j, http_response *res)
+{
+    api_identity who;
+    return auth_check(d->store, r, ROLE_READ, &who, res) || get_job(d, r, j, res) ? -1 : 0;
 }
 
 static void submit(const http_request *r, http_response *res, void *ctx)
@@ -161,15 +182,8 @@ static void list(const http_request *r, http_response *res, void *ctx)
     pthread_mutex_unlock(&d->lock);
     snprintf(key, sizeof key, "jobs/%lld/%lld|%s|%s|%lld|%lld", last_event, (long long)(store_now_ms() / 250),
              state ? state : "", type ? type : "", (long long)before_id, (long long)limit);
-    size_t cached_len;
-    char *cached = response_cache_get(key, &cached_len);
-    if (cached) {
-        res->status = 200;
-        snprintf(res->content_type, sizeof res->content_type, "application/json");
-        res->body = cached;
-        res->body_len = cached_len;
+    if (answer_from_cache(key, res))
         return;
-    }
     store_job *jobs = NULL;
     int n = 0;
     store_err err;
@@ -196,9 +210,8 @@ static void list(const http_request *r, http_response *res, void *ctx)
 static void get(const http_request *r, http_response *res, void *ctx)
 {
     pgnd_daemon *d = ctx;
-    api_identity who;
     store_job j;
-    if (auth_check(d->store, r, ROLE_READ, &who, res) || get_job(d, r, &j, res))
+    if (read_job(d, r, &j, res))
         return;
     http_json(res, 200, api_job_json(&j));
     store_job_free(&j);
@@ -319,9 +332,8 @@ static void del(const http_request *r, http_response *res, void *ctx)
 static void metrics(const http_request *r, http_response *res, void *ctx)
 {
     pgnd_daemon *d = ctx;
-    api_identity who;
     store_job j;
-    if (auth_check(d->store, r, ROLE_READ, &who, res) || get_job(d, r, &j, res))
+    if (read_job(d, r, &j, res))
         return;
     const char *keys_s = http_query(r, "keys"), *since_s = http_query(r, "since_step"), *mp_s = http_query(r, "max_points");
     int64_t since = -1, max_points = 1000;
@@ -352,13 +364,7 @@ static void metrics(const http_request *r, http_response *res, void *ctx)
     snprintf(key, sizeof key, "metrics/%lld/%lld/%d/%lld/%lld|%s|%lld|%lld", (long long)j.id, (long long)j.step,
              (int)j.state, (long long)j.checkpoint_step, (long long)j.finished_ms, keys_s ? keys_s : "",
              (long long)since, (long long)max_points);
-    size_t cached_len;
-    char *cached = response_cache_get(key, &cached_len);
-    if (cached) {
-        res->status = 200;
-        snprintf(res->content_type, sizeof res->content_type, "application/json");
-        res->body = cached;
-        res->body_len = cached_len;
+    if (answer_from_cache(key, res)) {
         store_job_free(&j);
         return;
     }
@@ -398,9 +404,8 @@ static json_t *file_json(int64_t job, const store_file *f)
 static void artifacts(const http_request *r, http_response *res, void *ctx)
 {
     pgnd_daemon *d = ctx;
-    api_identity who;
     store_job j;
-    if (auth_check(d->store, r, ROLE_READ, &who, res) || get_job(d, r, &j, res))
+    if (read_job(d, r, &j, res))
         return;
     store_file *files = NULL;
     int n = 0;
@@ -424,9 +429,8 @@ static void artifacts(const http_request *r, http_response *res, void *ctx)
 static void artifact(const http_request *r, http_response *res, void *ctx)
 {
     pgnd_daemon *d = ctx;
-    api_identity who;
     store_job j;
-    if (auth_check(d->store, r, ROLE_READ, &who, res) || get_job(d, r, &j, res))
+    if (read_job(d, r, &j, res))
         return;
     store_file f;
     store_err err;

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 static int level_rank(const char *l)
@@ -79,4 +80,21 @@ int64_t daemon_wait_event(pgnd_daemon *d, int64_t after_id, int timeout_ms)
     int64_t last = d->last_event;
     pthread_mutex_unlock(&d->lock);
     return last;
+}
+
+int daemon_mkdirs(const char *path)
+{
+    char tmp[1200];
+    if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = tmp + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, 0750) && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    return mkdir(tmp, 0750) && errno != EEXIST ? -1 : 0;
 }

@@ -33,6 +33,8 @@ void daemon_wake(pgnd_daemon *d);
 int64_t daemon_wait_event(pgnd_daemon *d, int64_t after_id, int timeout_ms);
 /* Sleeps until the next broadcast (event, new job, stop) or timeout_ms. */
 void daemon_nap(pgnd_daemon *d, int timeout_ms);
+/* mkdir -p with mode 0750; 0 or -1 (errno set). */
+int daemon_mkdirs(const char *path);
 /* Logs to stderr ("pgnd: level: message"), honouring cfg.log_level. */
 void daemon_log(pgnd_daemon *d, const char *level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

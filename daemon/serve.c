@@ -43,20 +43,6 @@ static void sd_notify(const char *msg)
     close(fd);
 }
 
-static int mkdir_p(const char *path)
-{
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(tmp, 0750) && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    return mkdir(tmp, 0750) && errno != EEXIST ? -1 : 0;
-}
-
 /* The teacher's weights are checked at start (keys and shapes), not loaded: each job loads them. */
 static int check_teacher(pgnd_daemon *d)
 {
@@ -152,7 +138,7 @@ int serve_run(const pgnd_config *cfg, int ready_fd)
 
     char db[1100], jobs[1100], err[512];
     snprintf(jobs, sizeof jobs, "%s/jobs", cfg->state_dir);
-    if (mkdir_p(cfg->state_dir) || mkdir_p(jobs)) {
+    if (daemon_mkdirs(cfg->state_dir) || daemon_mkdirs(jobs)) {
         daemon_log(&d, "error", "cannot create the state directory %s: %s", cfg->state_dir, strerror(errno));
         return 1;
     }

@@ -21,20 +21,6 @@ void job_dir(const pgnd_daemon *d, int64_t id, char *buf, size_t len)
     snprintf(buf, len, "%s/jobs/%lld", d->cfg.state_dir, (long long)id);
 }
 
-static int mkdirs(const char *path)
-{
-    char tmp[1200];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(tmp, 0750) && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    return mkdir(tmp, 0750) && errno != EEXIST ? -1 : 0;
-}
-
 /* What the running job sees; one per job run. */
 typedef struct run_ctx {
     pgnd_daemon *d;
@@ -196,7 +182,7 @@ void worker_run_job(pgnd_daemon *d, int64_t id)
         finish(d, id, JOB_FAILED, "this pgnd has no such job type");
         goto out;
     }
-    if (mkdirs(dir)) {
+    if (daemon_mkdirs(dir)) {
         snprintf(msg, sizeof msg, "cannot create the job directory %s: %s", dir, strerror(errno));
         finish(d, id, JOB_FAILED, msg);
         goto out;

@@ -109,6 +109,16 @@ int http_do(int port, const char *method, const char *path, const char *body, co
     return 0;
 }
 
+int http_status(int port, const char *method, const char *path, const char *body, const char *headers)
+{
+    http_reply r;
+    if (http_do(port, method, path, body, headers, &r))
+        return -1;
+    int st = r.status;
+    http_reply_free(&r);
+    return st;
+}
+
 void http_reply_free(http_reply *r)
 {
     free(r->body);

@@ -18,6 +18,8 @@ typedef struct http_reply {
  * Returns 0 and fills r, or -1 on a connection error. */
 int http_do(int port, const char *method, const char *path, const char *body, const char *headers, http_reply *r);
 void http_reply_free(http_reply *r);
+/* Just the status of a request (-1 on a connection error). */
+int http_status(int port, const char *method, const char *path, const char *body, const char *headers);
 /* The value of header `name` in r (static buffer) or NULL. */
 const char *http_reply_header(const http_reply *r, const char *name);
 /* Parses the body as JSON (NULL if it is not). */

@@ -67,15 +67,6 @@ static char *train_job(char *buf, size_t len, int steps, const char *arms)
     return buf;
 }
 
-static int status_of(int port, const char *method, const char *path, const char *body, const char *auth)
-{
-    http_reply r;
-    assert_int_equal(http_do(port, method, path, body, auth, &r), 0);
-    int st = r.status;
-    http_reply_free(&r);
-    return st;
-}
-
 static void health_info_and_types(void **s)
 {
     http_reply r;
@@ -138,8 +129,8 @@ static void a_job_runs_to_the_end(void **s)
     http_reply_free(&r);
     /* Deleting a finished job removes it and its files. */
     snprintf(path, sizeof path, "/api/v1/jobs/%lld", id);
-    assert_int_equal(status_of(srv.port, "DELETE", path, NULL, NULL), 204);
-    assert_int_equal(status_of(srv.port, "GET", path, NULL, NULL), 404);
+    assert_int_equal(http_status(srv.port, "DELETE", path, NULL, NULL), 204);
+    assert_int_equal(http_status(srv.port, "GET", path, NULL, NULL), 404);
     char dir[512];
     snprintf(dir, sizeof dir, "%s/jobs/%lld", srv.state_dir, id);
     assert_int_not_equal(access(dir, F_OK), 0);
@@ -153,23 +144,23 @@ static void cancel_pause_resume(void **s)
     assert_non_null(j);
     json_decref(j);
     snprintf(path, sizeof path, "/api/v1/jobs/%lld/resume", id);
-    assert_int_equal(status_of(srv.port, "POST", path, "", NULL), 409); /* running: cannot resume */
+    assert_int_equal(http_status(srv.port, "POST", path, "", NULL), 409); /* running: cannot resume */
     snprintf(path, sizeof path, "/api/v1/jobs/%lld", id);
-    assert_int_equal(status_of(srv.port, "DELETE", path, NULL, NULL), 409); /* not terminal */
+    assert_int_equal(http_status(srv.port, "DELETE", path, NULL, NULL), 409); /* not terminal */
     snprintf(path, sizeof path, "/api/v1/jobs/%lld/pause", id);
-    assert_int_equal(status_of(srv.port, "POST", path, "", NULL), 202);
+    assert_int_equal(http_status(srv.port, "POST", path, "", NULL), 202);
     j = wait_job_state(srv.port, id, "paused", 30000, NULL);
     assert_non_null(j);
     long long ck = json_integer_value(json_object_get(j, "checkpoint_step"));
     assert_true(ck >= 15);
     json_decref(j);
     snprintf(path, sizeof path, "/api/v1/jobs/%lld/resume", id);
-    assert_int_equal(status_of(srv.port, "POST", path, "", NULL), 202);
+    assert_int_equal(http_status(srv.port, "POST", path, "", NULL), 202);
     j = wait_job_step(srv.port, id, ck + 10, 60000, NULL);
     assert_non_null(j);
     json_decref(j);
     snprintf(path, sizeof path, "/api/v1/jobs/%lld/cancel", id);
-    assert_int_equal(status_of(srv.port, "POST", path, "", NULL), 202);
+    assert_int_equal(http_status(srv.port, "POST", path, "", NULL), 202);
     j = wait_job_state(srv.port, id, "cancelled", 30000, NULL);
     assert_non_null(j);
     json_decref(j);
@@ -316,7 +307,7 @@ static void parallel_submitters_each_recorded_once(void **s)
     /* Clean the queue so later tests are not behind 200 jobs. */
     for (int i = 0; i < 200; i++) {
         snprintf(path, sizeof path, "/api/v1/jobs/%lld/cancel", all[i]);
-        status_of(srv.port, "POST", path, "", NULL);
+        http_status(srv.port, "POST", path, "", NULL);
     }
 }
 

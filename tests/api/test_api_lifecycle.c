@@ -81,15 +81,6 @@ static void interrupted_job_resumes(int sig)
 static void sigterm_mid_job_then_restart_resumes(void **s) { interrupted_job_resumes(SIGTERM); }
 static void kill9_mid_job_then_restart_resumes(void **s) { interrupted_job_resumes(SIGKILL); }
 
-static int status_of(int port, const char *method, const char *path, const char *body, const char *auth)
-{
-    http_reply r;
-    assert_int_equal(http_do(port, method, path, body, auth, &r), 0);
-    int st = r.status;
-    http_reply_free(&r);
-    return st;
-}
-
 static void tokens_and_roles(void **s)
 {
     char dir[] = "/tmp/pgnd-auth-XXXXXX", admin[320], reader[320], alice[320], bob[320], out[256];
@@ -108,20 +99,20 @@ static void tokens_and_roles(void **s)
     }
     pgnd_proc p;
     assert_int_equal(pgnd_start(&p, dir, NULL), 0);
-    assert_int_equal(status_of(p.port, "GET", "/api/v1/jobs", NULL, NULL), 401);
-    assert_int_equal(status_of(p.port, "GET", "/api/v1/jobs", NULL, "Authorization: Bearer pgnd_wrong\r\n"), 401);
-    assert_int_equal(status_of(p.port, "GET", "/api/v1/jobs", NULL, reader), 200);
+    assert_int_equal(http_status(p.port, "GET", "/api/v1/jobs", NULL, NULL), 401);
+    assert_int_equal(http_status(p.port, "GET", "/api/v1/jobs", NULL, "Authorization: Bearer pgnd_wrong\r\n"), 401);
+    assert_int_equal(http_status(p.port, "GET", "/api/v1/jobs", NULL, reader), 200);
     char body[512];
     snprintf(body, sizeof body,
              "{\"type\": \"train\", \"params\": {\"image\": \"" IMAGE "\", \"size\": 64, \"steps\": 100000,"
              " \"arms\": [\"mse\"]}}");
-    assert_int_equal(status_of(p.port, "POST", "/api/v1/jobs", body, reader), 403);
+    assert_int_equal(http_status(p.port, "POST", "/api/v1/jobs", body, reader), 403);
     long long id = submit(p.port, 100000, alice);
     char path[128];
     snprintf(path, sizeof path, "/api/v1/jobs/%lld/cancel", id);
-    assert_int_equal(status_of(p.port, "POST", path, "", bob), 403);    /* someone else's job */
-    assert_int_equal(status_of(p.port, "POST", path, "", reader), 403); /* read-only */
-    assert_int_equal(status_of(p.port, "POST", path, "", alice), 202);  /* her own */
+    assert_int_equal(http_status(p.port, "POST", path, "", bob), 403);    /* someone else's job */
+    assert_int_equal(http_status(p.port, "POST", path, "", reader), 403); /* read-only */
+    assert_int_equal(http_status(p.port, "POST", path, "", alice), 202);  /* her own */
     /* The event stream refuses an anonymous client and accepts a session cookie. */
     assert_int_equal(sse_read(p.port, "/api/v1/events", NULL, 1, 1500, NULL, NULL), 0);
     http_reply r;
@@ -136,7 +127,7 @@ static void tokens_and_roles(void **s)
     /* Revoked tokens stop working at once. */
     const char *rv[] = {"token", "revoke", "viewer", NULL};
     assert_int_equal(pgnd_cli(dir, out, sizeof out, rv), 0);
-    assert_int_equal(status_of(p.port, "GET", "/api/v1/jobs", NULL, reader), 401);
+    assert_int_equal(http_status(p.port, "GET", "/api/v1/jobs", NULL, reader), 401);
     assert_int_equal(pgnd_stop(&p, SIGTERM, 30000), 0);
 }
 
