@@ -277,6 +277,9 @@ static int setup(run *r, char *err, size_t errlen)
         return -1;
     }
     r->teacher_open = 1;
+    char desc[1400], msg[1500];
+    snprintf(msg, sizeof msg, "teacher: %s", pgn_teacher_describe(&r->teacher, desc, sizeof desc));
+    r->io->log(r->io->ctx, r->teacher.random ? "warn" : "info", msg);
     if (pgn_teacher_set_target(&r->ctx, &r->teacher, r->target, 1, r->s, r->s, PGN_SPACE_UNIT, &e)) {
         snprintf(err, errlen, "%s", e.msg);
         return -1;
