@@ -168,6 +168,10 @@ int serve_run(const pgnd_config *cfg, int ready_fd)
         store_close(d.store);
         return 1;
     }
+    /* The event log is for live views and reconnects, not an archive: keep the newest 100,000. */
+    int pruned = 0;
+    if (store_events_prune(d.store, 100000, &pruned, &se))
+        daemon_log(&d, "warn", "cannot prune old events: %s", se.msg);
     int requeued = 0;
     if (store_requeue_running(d.store, &requeued, &se))
         daemon_log(&d, "error", "cannot re-queue interrupted jobs: %s", se.msg);

@@ -113,3 +113,27 @@ int store_events_since(pgnd_store *s, int64_t job, int64_t after_id, int limit, 
     *n = count;
     return 0;
 }
+
+int store_events_prune(pgnd_store *s, int64_t keep, int *deleted, store_err *err)
+{
+    if (deleted)
+        *deleted = 0;
+    sdb_lock(s);
+    int rc = sdb_begin(s, err);
+    if (rc == 0) {
+        /* Ids only grow, so the newest `keep` events are those above max(id) - keep. */
+        sqlite3_stmt *st = sdb_prepare(s, "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1", err);
+        if (!st)
+            rc = -1;
+        else {
+            sqlite3_bind_int64(st, 1, keep);
+            rc = sqlite3_step(st) == SQLITE_DONE ? 0 : sdb_dbfail(s, err, "pruning events");
+            if (rc == 0 && deleted)
+                *deleted = sqlite3_changes(s->db);
+            sqlite3_finalize(st);
+        }
+        rc = sdb_end(s, rc, err);
+    }
+    sdb_unlock(s);
+    return rc;
+}

@@ -114,6 +114,8 @@ int store_event_append(pgnd_store *s, int64_t job, const char *type, const char 
 int store_events_since(pgnd_store *s, int64_t job, int64_t after_id, int limit, store_event **out, int *n,
                        store_err *err);
 void store_events_free(store_event *ev, int n);
+/* Keeps the newest `keep` events (a client further behind gets the newest ones it can). */
+int store_events_prune(pgnd_store *s, int64_t keep, int *deleted, store_err *err);
 
 /* ---- artifacts and checkpoints (files under the job's directory) ---- */
 typedef struct store_file {

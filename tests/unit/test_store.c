@@ -839,6 +839,7 @@ static void test_events(void **state)
     /* NULL data is stored as {}; an unknown job is refused. */
     int64_t id;
     OK(store_event_append(f->s, a, "state", NULL, &id, E));
+    int64_t newest = id;
     OK(store_events_since(f->s, a, ids[8], 10, &ev, &n, E));
     assert_int_equal(n, 1);
     assert_string_equal(ev[0].data_json, "{}");
@@ -846,6 +847,15 @@ static void test_events(void **state)
     store_err err;
     assert_int_equal(store_event_append(f->s, 555, "log", "{}", &id, &err), STORE_NOT_FOUND);
     assert_int_equal(store_event_append(f->s, a, "", "{}", &id, &err), -1);
+    /* Pruning keeps the newest events: 10 exist (9 + the NULL-data one), keep 4. */
+    int deleted = -1;
+    OK(store_events_prune(f->s, 4, &deleted, E));
+    assert_int_equal(deleted, 6);
+    OK(store_events_since(f->s, 0, 0, 0, &ev, &n, E));
+    assert_int_equal(n, 4);
+    assert_int_equal(ev[0].id, ids[6]);
+    assert_int_equal(ev[3].id, newest);
+    store_events_free(ev, n);
 }
 
 /* ---- artifacts and checkpoints ---- */
