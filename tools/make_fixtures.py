@@ -5,7 +5,8 @@
 
 Writes layers.safetensors and adam_convnet.safetensors (documented in tests/fixtures/README.md)
 and, if tools/fixtures_weights.py exists, its weights_* fixtures (likewise the teacher_* fixtures
-of tools/fixtures_teacher.py and the dip_* / quality fixtures of tools/fixtures_dip.py). The output
+of tools/fixtures_teacher.py, the dip_* / quality fixtures of tools/fixtures_dip.py and the PGN
+fixtures of tools/fixtures_pgn_resnet.py / fixtures_pgn_unet.py). The output
 is byte-for-byte reproducible: every random tensor comes from a generator seeded by its case name,
 and torch runs on one thread so reductions always sum in the same order.
 """
@@ -325,33 +326,17 @@ def main():
         size = safetensors_py.write(path, tensors, meta)
         print(f"wrote {path}: {len(tensors)} tensors, {size} bytes")
 
-    # Weights fixtures belong to another generator; run it when present so one command rebuilds all.
-    if os.path.exists(os.path.join(TOOLS, "fixtures_weights.py")):
-        import fixtures_weights
+    # The other fixture families have generators of their own; run each so one command rebuilds all.
+    import importlib
 
-        fixtures_weights.write_all(outdir)
-        print("wrote weights fixtures (tools/fixtures_weights.py)")
-    else:
-        print("note: tools/fixtures_weights.py not present, weights_* fixtures skipped")
-
-    # VGG-19 teacher (perceptual loss) fixtures, likewise.
-    if os.path.exists(os.path.join(TOOLS, "fixtures_teacher.py")):
-        import fixtures_teacher
-
-        fixtures_teacher.write_all(outdir)
-        print("wrote teacher fixtures (tools/fixtures_teacher.py)")
-    else:
-        print("note: tools/fixtures_teacher.py not present, teacher_* fixtures skipped")
-
-    # DIP skip net (dip*.safetensors) and metric (quality.safetensors) fixtures, likewise.
-    if os.path.exists(os.path.join(TOOLS, "fixtures_dip.py")):
-        import fixtures_dip
-
-        fixtures_dip.write_all(outdir)
-        print("wrote dip and quality fixtures (tools/fixtures_dip.py)")
-    else:
-        print("note: tools/fixtures_dip.py not present, dip_* and quality fixtures skipped")
-
+    for module, what in [("fixtures_weights", "weights_*"), ("fixtures_teacher", "teacher_*"),
+                         ("fixtures_dip", "dip_* and quality"), ("fixtures_pgn_resnet", "pgn_resnet*"),
+                         ("fixtures_pgn_unet", "pgn_unet*")]:
+        if os.path.exists(os.path.join(TOOLS, module + ".py")):
+            importlib.import_module(module).write_all(outdir)
+            print(f"wrote {what} fixtures (tools/{module}.py)")
+        else:
+            print(f"note: tools/{module}.py not present, {what} fixtures skipped")
 
 if __name__ == "__main__":
     main()
