@@ -1,0 +1,611 @@
+#include "pgn/pgn_unet.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BN_EPS 1e-5f
+#define BN_MOMENTUM 0.1f
+
+static const int DOWN[5] = {64, 64, 128, 256, 512};
+
+/* Decoder step j: which sep, which skip (sep index of the skip, or -1 for x_original). */
+static const int DEC_SEP[5] = {PGN_UNET_SEP_UP3, PGN_UNET_SEP_UP2, PGN_UNET_SEP_UP1, PGN_UNET_SEP_UP0,
+                               PGN_UNET_SEP_ORIG2};
+static const int DEC_SKIP[5] = {3, 2, 1, 0, -1};
+
+/* ------------------------------------------------------------------ construction */
+
+typedef struct builder {
+    pgn_unet *u;
+    int nmod;
+    nn_rng rng;
+} builder;
+
+static int gcd(int a, int b)
+{
+    while (b) {
+        int t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+static int add_conv(builder *b, const char *prefix, nn_conv2d *c, int cin, int cout, int k, int stride, int groups,
+                    int bias, nn_err *e)
+{
+    pgn_unet_module *m = &b->u->mod[b->nmod++];
+    snprintf(m->prefix, sizeof m->prefix, "%s", prefix);
+    m->conv = c;
+    int p = (k - 1) / 2;
+    if (nn_conv2d_init(c, cin, cout, k, k, stride, stride, p, p, groups, NN_PAD_ZERO, bias, &b->rng, e))
+        return nn_err_prefix(e, "pgn unet %s", prefix);
+    return 0;
+}
+
+static int add_bn(builder *b, const char *prefix, nn_batchnorm2d *l, int c, nn_err *e)
+{
+    pgn_unet_module *m = &b->u->mod[b->nmod++];
+    snprintf(m->prefix, sizeof m->prefix, "%s", prefix);
+    m->bn = l;
+    if (nn_batchnorm2d_init(l, c, BN_EPS, BN_MOMENTUM, e))
+        return nn_err_prefix(e, "pgn unet %s", prefix);
+    l->training = 1;
+    return 0;
+}
+
+/* Block registration order: cdw1, cpw1, cdw2, cpw2, bn1, bn2, c1 (pgn-checkpoint-keys.md 2.2). */
+static int add_blaze(builder *b, const char *prefix, pgn_unet_blaze *k, int cin, int cout, int stride, nn_err *e)
+{
+    char p[32];
+    k->cin = cin;
+    k->cout = cout;
+    k->stride = stride;
+#define SUB(s) (snprintf(p, sizeof p, "%s.%s", prefix, s), p)
+    if (add_conv(b, SUB("cdw1"), &k->cdw1, cin, cout, 5, stride, cin, 0, e) ||
+        add_conv(b, SUB("cpw1"), &k->cpw1, cout, cout, 1, 1, 1, 0, e) ||
+        add_conv(b, SUB("cdw2"), &k->cdw2, cout, cout, 5, 1, cout, 0, e) ||
+        add_conv(b, SUB("cpw2"), &k->cpw2, cout, cout, 1, 1, 1, 0, e) || add_bn(b, SUB("bn1"), &k->bn1, cout, e) ||
+        add_bn(b, SUB("bn2"), &k->bn2, cout, e))
+        return -1;
+    if (stride == 2 && add_conv(b, SUB("c1"), &k->c1, cin, cout, 1, 2, 1, 0, e))
+        return -1;
+#undef SUB
+    return 0;
+}
+
+static int add_sep(builder *b, const char *prefix, pgn_unet_sep *s, int cin, int cout, int k, nn_err *e)
+{
+    char p[32];
+    snprintf(p, sizeof p, "%s.0", prefix);
+    if (add_conv(b, p, &s->c0, cin, cout, k, 1, gcd(cin, cout), 1, e))
+        return -1;
+    snprintf(p, sizeof p, "%s.1", prefix);
+    return add_conv(b, p, &s->c1, cout, cout, 1, 1, 1, 1, e);
+}
+
+int pgn_unet_init(pgn_unet *u, uint64_t seed, nn_err *e)
+{
+    memset(u, 0, sizeof *u);
+    builder b = {.u = u};
+    nn_rng_seed(&b.rng, seed);
+    pgn_unet_sep *s = u->sep;
+    int rc = add_conv(&b, "layer0.0", &u->l0_conv, 6, 64, 7, 2, 1, 0, e) || add_bn(&b, "layer0.1", &u->l0_bn, 64, e) ||
+             add_blaze(&b, "layer1.1", &u->blk[0], 64, 64, 1, e) || add_blaze(&b, "layer2", &u->blk[1], 64, 128, 2, e) ||
+             add_blaze(&b, "layer3", &u->blk[2], 128, 256, 2, e) ||
+             add_blaze(&b, "layer4", &u->blk[3], 256, 512, 2, e) ||
+             add_sep(&b, "conv_original_size0", &s[PGN_UNET_SEP_ORIG0], 6, 64, 3, e) ||
+             add_sep(&b, "conv_original_size1", &s[PGN_UNET_SEP_ORIG1], 64, 64, 3, e);
+    for (int i = 0; i < 5 && !rc; i++) {
+        char p[32];
+        snprintf(p, sizeof p, "layer%d_1x1", i);
+        rc = add_sep(&b, p, &s[PGN_UNET_SEP_SKIP0 + i], DOWN[i], DOWN[i], 1, e);
+    }
+    rc = rc || add_sep(&b, "conv_original_size2", &s[PGN_UNET_SEP_ORIG2], 192, 64, 3, e) ||
+         add_sep(&b, "conv_up0", &s[PGN_UNET_SEP_UP0], 320, 128, 3, e) ||
+         add_sep(&b, "conv_up1", &s[PGN_UNET_SEP_UP1], 320, 256, 3, e) ||
+         add_sep(&b, "conv_up2", &s[PGN_UNET_SEP_UP2], 640, 256, 3, e) ||
+         add_sep(&b, "conv_up3", &s[PGN_UNET_SEP_UP3], 768, 512, 3, e) ||
+         add_conv(&b, "conv_last", &u->last, 64, 3, 1, 1, 1, 1, e);
+    if (rc) {
+        pgn_unet_free(u);
+        return -1;
+    }
+    if (b.nmod != PGN_UNET_MODULES) {
+        pgn_unet_free(u);
+        return nn_errf(e, "pgn unet: built %d modules, expected %d", b.nmod, PGN_UNET_MODULES);
+    }
+    int np = 0;
+    for (int m = 0; m < b.nmod; m++) {
+        pgn_unet_module *md = &u->mod[m];
+        if (md->conv) {
+            u->params[np++] = (nn_param){&md->conv->weight, &md->conv->dweight};
+            if (md->conv->geo.has_bias)
+                u->params[np++] = (nn_param){&md->conv->bias, &md->conv->dbias};
+        } else {
+            u->params[np++] = (nn_param){&md->bn->gamma, &md->bn->dgamma};
+            u->params[np++] = (nn_param){&md->bn->beta, &md->bn->dbeta};
+        }
+    }
+    if (np != PGN_UNET_PARAM_TENSORS) {
+        pgn_unet_free(u);
+        return nn_errf(e, "pgn unet: %d parameter tensors, expected %d", np, PGN_UNET_PARAM_TENSORS);
+    }
+    nn_eltwise_init(&u->relu, NN_RELU, 0.0f);
+    nn_upsample2x_init(&u->upsample, 1);
+    nn_pool2d_init(&u->pool, 1, 3, 2, 1);
+    u->training = 1;
+    return 0;
+}
+
+static void free_acts(nn_act *a, int n)
+{
+    for (int i = 0; i < n; i++)
+        nn_act_free(&a[i]);
+}
+
+void pgn_unet_free(pgn_unet *u)
+{
+    for (int m = 0; m < PGN_UNET_MODULES; m++) {
+        if (u->mod[m].conv)
+            nn_conv2d_free(u->mod[m].conv);
+        if (u->mod[m].bn)
+            nn_batchnorm2d_free(u->mod[m].bn);
+    }
+    nn_act *l0[] = {&u->l0_c, &u->l0_pre, &u->l0_out, &u->l0_gc, &u->l0_gpre, &u->l0_gout, &u->pool_out,
+                    &u->pool_g, &u->orig_g, &u->orig0_g, &u->x, &u->out, &u->dout};
+    for (size_t i = 0; i < sizeof l0 / sizeof *l0; i++)
+        nn_act_free(l0[i]);
+    for (int k = 0; k < 4; k++) {
+        free_acts(u->blk[k].t, PGN_UNET_B_ACTS);
+        free_acts(u->blk[k].g, PGN_UNET_B_ACTS);
+        nn_act_free(&u->blk[k].out);
+    }
+    free_acts(u->blk_gout, 4);
+    for (int i = 0; i < PGN_UNET_SEPS; i++) {
+        nn_act *a[] = {&u->sep[i].a0, &u->sep[i].pre, &u->sep[i].out, &u->sep[i].g0, &u->sep[i].gpre};
+        for (size_t j = 0; j < sizeof a / sizeof *a; j++)
+            nn_act_free(a[j]);
+    }
+    free_acts(u->skip_g, 5);
+    free_acts(u->up, 5);
+    free_acts(u->cat, 5);
+    free_acts(u->up_g, 5);
+    free_acts(u->cat_g, 5);
+    free_acts(u->dec_g, 5);
+    nn_eltwise_free(&u->relu);
+    nn_upsample2x_free(&u->upsample);
+    nn_pool2d_free(&u->pool);
+    memset(u, 0, sizeof *u);
+}
+
+void pgn_unet_set_training(pgn_unet *u, int training)
+{
+    u->training = training ? 1 : 0;
+    for (int m = 0; m < PGN_UNET_MODULES; m++)
+        if (u->mod[m].bn)
+            u->mod[m].bn->training = u->training;
+}
+
+int pgn_unet_check_size(int h, int w, nn_err *e)
+{
+    if (h <= 0 || w <= 0 || h % 32 || w % 32)
+        return nn_errf(e,
+                       "pgn unet: input %dx%d is not supported: height and width must be positive multiples of 32 "
+                       "(five stride-2 levels)",
+                       h, w);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ forward */
+
+#define TRY(call, what)                                                                                                \
+    do {                                                                                                               \
+        if (call)                                                                                                      \
+            return nn_err_prefix(e, "pgn unet %s", what);                                                              \
+    } while (0)
+
+static const char *sep_name(const pgn_unet *u, const pgn_unet_sep *s)
+{
+    for (int m = 0; m < PGN_UNET_MODULES; m++)
+        if (u->mod[m].conv == &s->c0)
+            return u->mod[m].prefix;
+    return "sep";
+}
+
+static int sep_forward(nn_ctx *ctx, pgn_unet *u, pgn_unet_sep *s, const nn_act *x, nn_err *e)
+{
+    const char *name = sep_name(u, s);
+    TRY(nn_conv2d_forward(ctx, &s->c0, x, &s->a0, e), name);
+    TRY(nn_conv2d_forward(ctx, &s->c1, &s->a0, &s->pre, e), name);
+    TRY(nn_eltwise_forward(ctx, &u->relu, &s->pre, &s->out, e), name);
+    return 0;
+}
+
+/* gout: gradient of s->out; gx (may be NULL) receives the input gradient (accumulated). */
+static int sep_backward(nn_ctx *ctx, pgn_unet *u, pgn_unet_sep *s, const nn_act *x, const nn_act *gout, nn_act *gx,
+                        nn_err *e)
+{
+    const char *name = sep_name(u, s);
+    nn_act_grad_reset(&s->gpre);
+    nn_act_grad_reset(&s->g0);
+    TRY(nn_eltwise_backward(ctx, &u->relu, &s->pre, gout, &s->gpre, e), name);
+    TRY(nn_conv2d_backward(ctx, &s->c1, &s->a0, &s->gpre, &s->g0, 1, e), name);
+    TRY(nn_conv2d_backward(ctx, &s->c0, x, &s->g0, gx, 1, e), name);
+    return 0;
+}
+
+static int blaze_forward(nn_ctx *ctx, pgn_unet *u, pgn_unet_blaze *k, const nn_act *x, const char *name, nn_err *e)
+{
+    nn_act *t = k->t;
+    TRY(nn_conv2d_forward(ctx, &k->cdw1, x, &t[PGN_UNET_B_DW1], e), name);
+    TRY(nn_conv2d_forward(ctx, &k->cpw1, &t[PGN_UNET_B_DW1], &t[PGN_UNET_B_PW1], e), name);
+    TRY(nn_batchnorm2d_forward(ctx, &k->bn1, &t[PGN_UNET_B_PW1], &t[PGN_UNET_B_PRE1], e), name);
+    TRY(nn_eltwise_forward(ctx, &u->relu, &t[PGN_UNET_B_PRE1], &t[PGN_UNET_B_ACT1], e), name);
+    TRY(nn_conv2d_forward(ctx, &k->cdw2, &t[PGN_UNET_B_ACT1], &t[PGN_UNET_B_DW2], e), name);
+    TRY(nn_conv2d_forward(ctx, &k->cpw2, &t[PGN_UNET_B_DW2], &t[PGN_UNET_B_PW2], e), name);
+    TRY(nn_batchnorm2d_forward(ctx, &k->bn2, &t[PGN_UNET_B_PW2], &t[PGN_UNET_B_BN2], e), name);
+    const nn_act *res = x;
+    if (k->stride == 2) {
+        TRY(nn_conv2d_forward(ctx, &k->c1, x, &t[PGN_UNET_B_RES], e), name);
+        res = &t[PGN_UNET_B_RES];
+    }
+    TRY(nn_add_forward(ctx, &t[PGN_UNET_B_BN2], res, &t[PGN_UNET_B_PRE2], e), name);
+    TRY(nn_eltwise_forward(ctx, &u->relu, &t[PGN_UNET_B_PRE2], &k->out, e), name);
+    return 0;
+}
+
+/* gout: gradient of k->out; gx receives the input gradient (accumulated; both paths). */
+static int blaze_backward(nn_ctx *ctx, pgn_unet *u, pgn_unet_blaze *k, const nn_act *x, const nn_act *gout,
+                          nn_act *gx, const char *name, nn_err *e)
+{
+    nn_act *t = k->t, *g = k->g;
+    for (int i = 0; i < PGN_UNET_B_ACTS; i++)
+        nn_act_grad_reset(&g[i]);
+    TRY(nn_eltwise_backward(ctx, &u->relu, &t[PGN_UNET_B_PRE2], gout, &g[PGN_UNET_B_PRE2], e), name);
+    if (k->stride == 2) {
+        TRY(nn_add_backward(ctx, &g[PGN_UNET_B_PRE2], &g[PGN_UNET_B_BN2], &g[PGN_UNET_B_RES], e), name);
+        TRY(nn_conv2d_backward(ctx, &k->c1, x, &g[PGN_UNET_B_RES], gx, 1, e), name);
+    } else
+        TRY(nn_add_backward(ctx, &g[PGN_UNET_B_PRE2], &g[PGN_UNET_B_BN2], gx, e), name);
+    TRY(nn_batchnorm2d_backward(ctx, &k->bn2, &t[PGN_UNET_B_PW2], &g[PGN_UNET_B_BN2], &g[PGN_UNET_B_PW2], e), name);
+    TRY(nn_conv2d_backward(ctx, &k->cpw2, &t[PGN_UNET_B_DW2], &g[PGN_UNET_B_PW2], &g[PGN_UNET_B_DW2], 1, e), name);
+    TRY(nn_conv2d_backward(ctx, &k->cdw2, &t[PGN_UNET_B_ACT1], &g[PGN_UNET_B_DW2], &g[PGN_UNET_B_ACT1], 1, e), name);
+    TRY(nn_eltwise_backward(ctx, &u->relu, &t[PGN_UNET_B_PRE1], &g[PGN_UNET_B_ACT1], &g[PGN_UNET_B_PRE1], e), name);
+    TRY(nn_batchnorm2d_backward(ctx, &k->bn1, &t[PGN_UNET_B_PW1], &g[PGN_UNET_B_PRE1], &g[PGN_UNET_B_PW1], e), name);
+    TRY(nn_conv2d_backward(ctx, &k->cpw1, &t[PGN_UNET_B_DW1], &g[PGN_UNET_B_PW1], &g[PGN_UNET_B_DW1], 1, e), name);
+    TRY(nn_conv2d_backward(ctx, &k->cdw1, x, &g[PGN_UNET_B_DW1], gx, 1, e), name);
+    return 0;
+}
+
+static const char *const BLK_NAME[4] = {"layer1.1", "layer2", "layer3", "layer4"};
+
+/* Forward on u->x (already set). */
+static int net_forward(nn_ctx *ctx, pgn_unet *u, nn_err *e)
+{
+    const nn_act *x = &u->x;
+    u->forwarded = 0;
+    if (x->c != PGN_UNET_IN_CHANNELS)
+        return nn_errf(e, "pgn unet: input has %d channels, expected %d", x->c, PGN_UNET_IN_CHANNELS);
+    if (pgn_unet_check_size(x->h, x->w, e))
+        return -1;
+    if (u->training && (long)x->n * (x->h / 32) * (x->w / 32) < 2)
+        return nn_errf(e,
+                       "pgn unet: a train-mode forward of [%d, 6, %d, %d] is not possible: the deepest batch norm "
+                       "would see one value per channel (batch statistics need n * H/32 * W/32 >= 2)",
+                       x->n, x->h, x->w);
+    pgn_unet_sep *s = u->sep;
+    if (sep_forward(ctx, u, &s[PGN_UNET_SEP_ORIG0], x, e) ||
+        sep_forward(ctx, u, &s[PGN_UNET_SEP_ORIG1], &s[PGN_UNET_SEP_ORIG0].out, e))
+        return -1;
+    TRY(nn_conv2d_forward(ctx, &u->l0_conv, x, &u->l0_c, e), "layer0");
+    TRY(nn_batchnorm2d_forward(ctx, &u->l0_bn, &u->l0_c, &u->l0_pre, e), "layer0");
+    TRY(nn_eltwise_forward(ctx, &u->relu, &u->l0_pre, &u->l0_out, e), "layer0");
+    if (sep_forward(ctx, u, &s[PGN_UNET_SEP_SKIP0], &u->l0_out, e))
+        return -1;
+    TRY(nn_pool2d_forward(ctx, &u->pool, &u->l0_out, &u->pool_out, e), "layer1.0");
+    const nn_act *in = &u->pool_out;
+    for (int k = 0; k < 4; k++) {
+        if (blaze_forward(ctx, u, &u->blk[k], in, BLK_NAME[k], e) ||
+            sep_forward(ctx, u, &s[PGN_UNET_SEP_SKIP1 + k], &u->blk[k].out, e))
+            return -1;
+        in = &u->blk[k].out;
+    }
+    const nn_act *d = &s[PGN_UNET_SEP_SKIP4].out;
+    for (int j = 0; j < 5; j++) {
+        const nn_act *skip = DEC_SKIP[j] >= 0 ? &s[PGN_UNET_SEP_SKIP0 + DEC_SKIP[j]].out : &s[PGN_UNET_SEP_ORIG1].out;
+        TRY(nn_upsample2x_forward(ctx, &u->upsample, d, &u->up[j], e), "upsample");
+        TRY(nn_concat_forward(ctx, &u->up[j], skip, &u->cat[j], e), "concat");
+        if (sep_forward(ctx, u, &s[DEC_SEP[j]], &u->cat[j], e))
+            return -1;
+        d = &s[DEC_SEP[j]].out;
+    }
+    TRY(nn_conv2d_forward(ctx, &u->last, d, &u->out, e), "conv_last");
+    u->forwarded = u->training;
+    return 0;
+}
+
+int pgn_unet_forward(nn_ctx *ctx, pgn_unet *u, const float *x, int n, int h, int w, float *o, nn_err *e)
+{
+    u->forwarded = 0;
+    if (n < 1)
+        return nn_errf(e, "pgn unet: batch size %d", n);
+    if (pgn_unet_check_size(h, w, e) || nn_act_from_nchw(ctx, &u->x, x, n, PGN_UNET_IN_CHANNELS, h, w, e) ||
+        net_forward(ctx, u, e))
+        return -1;
+    return o ? nn_act_to_nchw(ctx, &u->out, o, e) : 0;
+}
+
+int pgn_unet_forward_pair(nn_ctx *ctx, pgn_unet *u, const nn_act *yhat, const nn_act *y, nn_err *e)
+{
+    u->forwarded = 0;
+    if (yhat->c != 3 || y->c != 3 || yhat->n != y->n || yhat->h != y->h || yhat->w != y->w)
+        return nn_errf(e, "pgn unet: inputs [%d, %d, %d, %d] and [%d, %d, %d, %d] are not two matching RGB batches",
+                       yhat->n, yhat->c, yhat->h, yhat->w, y->n, y->c, y->h, y->w);
+    if (pgn_unet_check_size(yhat->h, yhat->w, e))
+        return -1;
+    TRY(nn_concat_forward(ctx, yhat, y, &u->x, e), "input concat");
+    return net_forward(ctx, u, e);
+}
+
+/* ------------------------------------------------------------------ backward */
+
+int pgn_unet_backward_act(nn_ctx *ctx, pgn_unet *u, const nn_act *dout, nn_err *e)
+{
+    if (!u->forwarded)
+        return nn_errf(e, "pgn unet: backward without a train-mode forward before it");
+    if (dout->n != u->out.n || dout->c != u->out.c || dout->h != u->out.h || dout->w != u->out.w)
+        return nn_errf(e, "pgn unet: output gradient [%d, %d, %d, %d] does not match the output [%d, %d, %d, %d]",
+                       dout->n, dout->c, dout->h, dout->w, u->out.n, u->out.c, u->out.h, u->out.w);
+    pgn_unet_sep *s = u->sep;
+    nn_act *resets[] = {&u->l0_gc, &u->l0_gpre, &u->l0_gout, &u->pool_g, &u->orig_g, &u->orig0_g};
+    for (size_t i = 0; i < sizeof resets / sizeof *resets; i++)
+        nn_act_grad_reset(resets[i]);
+    for (int i = 0; i < 5; i++) {
+        nn_act_grad_reset(&u->skip_g[i]);
+        nn_act_grad_reset(&u->up_g[i]);
+        nn_act_grad_reset(&u->cat_g[i]);
+        nn_act_grad_reset(&u->dec_g[i]);
+    }
+    for (int k = 0; k < 4; k++)
+        nn_act_grad_reset(&u->blk_gout[k]);
+
+    /* Decoder, last step first. dec_g[j] = gradient of decoder step j's output. */
+    TRY(nn_conv2d_backward(ctx, &u->last, &s[PGN_UNET_SEP_ORIG2].out, dout, &u->dec_g[4], 1, e), "conv_last");
+    for (int j = 4; j >= 0; j--) {
+        nn_act *gskip = DEC_SKIP[j] >= 0 ? &u->skip_g[DEC_SKIP[j]] : &u->orig_g;
+        if (sep_backward(ctx, u, &s[DEC_SEP[j]], &u->cat[j], &u->dec_g[j], &u->cat_g[j], e))
+            return -1;
+        TRY(nn_concat_backward(ctx, &u->cat_g[j], u->up[j].c, &u->up_g[j], gskip, e), "concat");
+        nn_act *gprev = j > 0 ? &u->dec_g[j - 1] : &u->skip_g[4];
+        TRY(nn_upsample2x_backward(ctx, &u->upsample, &u->up_g[j], gprev, e), "upsample");
+    }
+    /* Full-resolution branch: the input gradient is not needed. */
+    if (sep_backward(ctx, u, &s[PGN_UNET_SEP_ORIG1], &s[PGN_UNET_SEP_ORIG0].out, &u->orig_g, &u->orig0_g, e) ||
+        sep_backward(ctx, u, &s[PGN_UNET_SEP_ORIG0], &u->x, &u->orig0_g, NULL, e))
+        return -1;
+    /* Encoder, deepest first: each level's output gets its skip's and the next block's gradients. */
+    for (int k = 3; k >= 0; k--) {
+        nn_act *gin = k > 0 ? &u->blk_gout[k - 1] : &u->pool_g;
+        const nn_act *in = k > 0 ? &u->blk[k - 1].out : &u->pool_out;
+        if (sep_backward(ctx, u, &s[PGN_UNET_SEP_SKIP1 + k], &u->blk[k].out, &u->skip_g[k + 1], &u->blk_gout[k], e) ||
+            blaze_backward(ctx, u, &u->blk[k], in, &u->blk_gout[k], gin, BLK_NAME[k], e))
+            return -1;
+    }
+    TRY(nn_pool2d_backward(ctx, &u->pool, &u->l0_out, &u->pool_g, &u->l0_gout, e), "layer1.0");
+    if (sep_backward(ctx, u, &s[PGN_UNET_SEP_SKIP0], &u->l0_out, &u->skip_g[0], &u->l0_gout, e))
+        return -1;
+    TRY(nn_eltwise_backward(ctx, &u->relu, &u->l0_pre, &u->l0_gout, &u->l0_gpre, e), "layer0");
+    TRY(nn_batchnorm2d_backward(ctx, &u->l0_bn, &u->l0_c, &u->l0_gpre, &u->l0_gc, e), "layer0");
+    TRY(nn_conv2d_backward(ctx, &u->l0_conv, &u->x, &u->l0_gc, NULL, 1, e), "layer0");
+    return 0;
+}
+
+#undef TRY
+
+int pgn_unet_backward(nn_ctx *ctx, pgn_unet *u, const float *dout, nn_err *e)
+{
+    if (!u->forwarded)
+        return nn_errf(e, "pgn unet: backward without a train-mode forward before it");
+    if (nn_act_from_nchw(ctx, &u->dout, dout, u->out.n, u->out.c, u->out.h, u->out.w, e))
+        return -1;
+    return pgn_unet_backward_act(ctx, u, &u->dout, e);
+}
+
+/* ------------------------------------------------------------------ parameters */
+
+const nn_param *pgn_unet_params(const pgn_unet *u, int *count)
+{
+    if (count)
+        *count = PGN_UNET_PARAM_TENSORS;
+    return u->params;
+}
+
+void pgn_unet_zero_grad(pgn_unet *u) { nn_params_zero_grad(u->params, PGN_UNET_PARAM_TENSORS); }
+
+size_t pgn_unet_param_count(const pgn_unet *u)
+{
+    size_t n = 0;
+    for (int i = 0; i < PGN_UNET_PARAM_TENSORS; i++)
+        n += u->params[i].value ? u->params[i].value->numel : 0;
+    return n;
+}
+
+nn_act *pgn_unet_relu_input(pgn_unet *u, int i, const char **name)
+{
+    static const char *const NAMES[PGN_UNET_RELUS] = {
+        "layer0.2",     "layer1.1.r1",  "layer1.1.r2",  "layer2.r1",   "layer2.r2",
+        "layer3.r1",    "layer3.r2",    "layer4.r1",    "layer4.r2",   "conv_original_size0.2",
+        "conv_original_size1.2", "layer0_1x1.2", "layer1_1x1.2", "layer2_1x1.2", "layer3_1x1.2",
+        "layer4_1x1.2", "conv_original_size2.2", "conv_up0.2", "conv_up1.2", "conv_up2.2",
+        "conv_up3.2"};
+    if (i < 0 || i >= PGN_UNET_RELUS)
+        return NULL;
+    if (name)
+        *name = NAMES[i];
+    if (i == 0)
+        return &u->l0_pre;
+    if (i < 9)
+        return &u->blk[(i - 1) / 2].t[(i - 1) % 2 ? PGN_UNET_B_PRE2 : PGN_UNET_B_PRE1];
+    /* seps 9..20 in pgn_unet.sep[] order (= state-dict order) */
+    return &u->sep[i - 9].pre;
+}
+
+/* ------------------------------------------------------------------ state dict */
+
+static const char *const BN_SUFFIX[5] = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"};
+
+typedef struct want_key {
+    char name[64];
+    int ndim;
+    int64_t shape[4];
+    int is_count;   /* num_batches_tracked: a 0-dim integer */
+    nn_tensor *dst; /* float destination */
+    long *count_dst;
+} want_key;
+
+static int expected_keys(pgn_unet *u, want_key *k)
+{
+    int n = 0;
+    for (int m = 0; m < PGN_UNET_MODULES; m++) {
+        pgn_unet_module *md = &u->mod[m];
+        if (md->conv) {
+            nn_tensor *ts[2] = {&md->conv->weight, &md->conv->bias};
+            int nt = md->conv->geo.has_bias ? 2 : 1;
+            for (int j = 0; j < nt; j++, n++) {
+                snprintf(k[n].name, sizeof k[n].name, "%s.%s", md->prefix, j ? "bias" : "weight");
+                k[n].ndim = ts[j]->ndim;
+                memcpy(k[n].shape, ts[j]->shape, sizeof k[n].shape);
+                k[n].is_count = 0;
+                k[n].dst = ts[j];
+                k[n].count_dst = NULL;
+            }
+        } else {
+            nn_tensor *ts[4] = {&md->bn->gamma, &md->bn->beta, &md->bn->running_mean, &md->bn->running_var};
+            for (int j = 0; j < 5; j++, n++) {
+                snprintf(k[n].name, sizeof k[n].name, "%s.%s", md->prefix, BN_SUFFIX[j]);
+                k[n].is_count = j == 4;
+                k[n].ndim = j == 4 ? 0 : 1;
+                k[n].shape[0] = md->bn->c;
+                k[n].dst = j < 4 ? ts[j] : NULL;
+                k[n].count_dst = j == 4 ? &md->bn->num_batches_tracked : NULL;
+            }
+        }
+    }
+    return n;
+}
+
+static size_t appendf(char *buf, size_t len, size_t at, const char *fmt, ...)
+{
+    if (at >= len)
+        return at;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf + at, len - at, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return at;
+    return at + (size_t)n < len ? at + (size_t)n : len;
+}
+
+static int is_float_dtype(nn_dtype t) { return t == NN_F32 || t == NN_F64 || t == NN_F16 || t == NN_BF16; }
+static int is_count_dtype(nn_dtype t)
+{
+    return t == NN_I64 || t == NN_I32 || t == NN_I16 || t == NN_I8 || t == NN_U8 || t == NN_F32 || t == NN_F64;
+}
+
+int pgn_unet_check_state(const pgn_unet *u, const nn_weights *w, char *report, size_t len)
+{
+    want_key k[PGN_UNET_STATE_KEYS];
+    int nk = expected_keys((pgn_unet *)u, k), problems = 0;
+    size_t at = 0;
+    if (len)
+        report[0] = 0;
+    for (int i = 0; i < nk; i++) {
+        const nn_weight_entry *t = nn_weights_find(w, k[i].name);
+        if (!t) {
+            at = appendf(report, len, at, "missing key %s\n", k[i].name);
+            problems++;
+            continue;
+        }
+        if (t->ndim != k[i].ndim || (t->ndim && memcmp(t->shape, k[i].shape, (size_t)t->ndim * sizeof *t->shape))) {
+            char have[96], exp[96];
+            nn_shape_str(have, sizeof have, t->ndim, t->shape);
+            nn_shape_str(exp, sizeof exp, k[i].ndim, k[i].shape);
+            at = appendf(report, len, at, "key %s has shape %s, expected %s\n", k[i].name, have, exp);
+            problems++;
+        } else if (k[i].is_count ? !is_count_dtype(t->dtype) : !is_float_dtype(t->dtype)) {
+            at = appendf(report, len, at, "key %s has dtype %s, expected %s\n", k[i].name, nn_dtype_name(t->dtype),
+                         k[i].is_count ? "an integer" : "a floating type");
+            problems++;
+        } else if (!t->data) {
+            at = appendf(report, len, at, "key %s was not loaded\n", k[i].name);
+            problems++;
+        }
+    }
+    for (int j = 0; j < w->count; j++) {
+        int found = 0;
+        for (int i = 0; i < nk && !found; i++)
+            found = !strcmp(w->entries[j].name, k[i].name);
+        if (!found) {
+            at = appendf(report, len, at, "unexpected key %s\n", w->entries[j].name);
+            problems++;
+        }
+    }
+    return problems;
+}
+
+static long count_value(const nn_weight_entry *t)
+{
+    switch (t->dtype) {
+    case NN_I64: return (long)*(const int64_t *)t->data;
+    case NN_I32: return (long)*(const int32_t *)t->data;
+    case NN_I16: return (long)*(const int16_t *)t->data;
+    case NN_I8: return (long)*(const int8_t *)t->data;
+    case NN_U8: return (long)*(const uint8_t *)t->data;
+    case NN_F32: return (long)*(const float *)t->data;
+    case NN_F64: return (long)*(const double *)t->data;
+    default: return 0;
+    }
+}
+
+int pgn_unet_load(pgn_unet *u, const nn_weights *w, nn_err *e)
+{
+    char report[8192];
+    int problems = pgn_unet_check_state(u, w, report, sizeof report);
+    if (problems) {
+        size_t n = strlen(report);
+        if (n && report[n - 1] == '\n')
+            report[--n] = 0;
+        for (char *p = report; (p = strchr(p, '\n'));)
+            *p = ';', p++;
+        return nn_errf(e, "%s is not a PGN UNet state dict (%d problem%s): %s", w->path ? w->path : "(weights)",
+                       problems, problems == 1 ? "" : "s", report);
+    }
+    want_key k[PGN_UNET_STATE_KEYS];
+    int nk = expected_keys(u, k);
+    for (int i = 0; i < nk; i++) {
+        if (k[i].is_count) {
+            *k[i].count_dst = count_value(nn_weights_find(w, k[i].name));
+            continue;
+        }
+        if (nn_weights_get_f32(w, k[i].name, k[i].dst, e))
+            return -1;
+    }
+    for (int m = 0; m < PGN_UNET_MODULES; m++)
+        if (u->mod[m].conv)
+            u->mod[m].conv->weights_stale = 1;
+    return 0;
+}
+
+int pgn_unet_load_file(pgn_unet *u, const char *path, nn_err *e)
+{
+    nn_weights w;
+    if (nn_weights_read(&w, path, e))
+        return nn_err_prefix(e, "pgn unet state dict");
+    int rc = pgn_unet_load(u, &w, e);
+    nn_weights_free(&w);
+    return rc;
+}
