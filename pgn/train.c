@@ -11,10 +11,11 @@
 #include "nn/weights.h"
 #include "pgn/dip.h"
 #include "pgn/image.h"
+#include "pgn/pgn_net.h"
 #include "pgn/quality.h"
 #include "pgn/teacher.h"
 
-static const char *const arm_names[PGN_ARMS] = {"vgg", "mse"};
+static const char *const arm_names[PGN_ARMS] = {"vgg", "mse", "pgn"};
 
 const char *pgn_arm_name(int arm) { return arm_names[arm]; }
 
@@ -33,11 +34,15 @@ typedef struct run {
     pgn_teacher teacher;
     int teacher_open;
     arm arms[PGN_ARMS];
-    float *target, *target_n, *noise, *yn;
+    pgn_net net;     /* the pgn arm's PGN */
+    int net_open;
+    float *target, *target_n, *noise, *yn, *p_buf, *g_pred, *g_true;
     int s;         /* image side */
     size_t count;  /* 3*s*s */
     int64_t step;  /* steps done */
 } run;
+
+static int pgn_quality(run *r, arm *am, double out[6], nn_err *e);
 
 static double now_ms(void)
 {
@@ -201,9 +206,9 @@ static int load_checkpoint(run *r, char *err, size_t errlen)
 
 static int log_metrics(run *r, char *err, size_t errlen)
 {
-    const char *keys[PGN_ARMS * 10 + 1];
-    double vals[PGN_ARMS * 10 + 1];
-    char names[PGN_ARMS * 10][48];
+    const char *keys[PGN_ARMS * 16 + 1];
+    double vals[PGN_ARMS * 16 + 1];
+    char names[PGN_ARMS * 16][48];
     int n = 0;
     nn_err e;
     for (int a = 0; a < PGN_ARMS; a++) {
@@ -237,6 +242,20 @@ static int log_metrics(run *r, char *err, size_t errlen)
             snprintf(names[n], sizeof names[n], "%s.%s", arm_names[a], m[k].k);
             keys[n] = names[n];
             vals[n++] = m[k].v;
+        }
+        if (a == PGN_ARM_PGN) {
+            static const char *const q[6] = {"grad_cos", "grad_norm_ratio", "grad_rel_err",
+                                             "mse_dir_cos", "mse_dir_norm_ratio", "mse_dir_rel_err"};
+            double qv[6];
+            if (pgn_quality(r, am, qv, &e)) {
+                snprintf(err, errlen, "gradient quality: %s", e.msg);
+                return -1;
+            }
+            for (int k = 0; k < 6; k++) {
+                snprintf(names[n], sizeof names[n], "pgn.%s", q[k]);
+                keys[n] = names[n];
+                vals[n++] = qv[k];
+            }
         }
     }
     keys[n] = "peak_rss_mb";
@@ -292,6 +311,23 @@ static int setup(run *r, char *err, size_t errlen)
         return -1;
     }
     pgn_to_normalised(r->target_n, r->target, 1, r->s, r->s, PGN_SPACE_UNIT);
+    if (p->arms[PGN_ARM_PGN]) {
+        if (pgn_net_load(&r->net, p->pgn_checkpoint, &e)) {
+            snprintf(err, errlen, "%s", e.msg);
+            return -1;
+        }
+        r->net_open = 1;
+        char msg[1400];
+        snprintf(msg, sizeof msg, "pgn arm: %s from %s", r->net.desc, p->pgn_checkpoint);
+        r->io->log(r->io->ctx, "info", msg);
+        r->p_buf = malloc(r->count * sizeof(float));
+        r->g_pred = malloc(r->count * sizeof(float));
+        r->g_true = malloc(r->count * sizeof(float));
+        if (!r->p_buf || !r->g_pred || !r->g_true) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+    }
     pgn_dip_noise(r->noise, r->count, p->seed);
     for (int a = 0; a < PGN_ARMS; a++) {
         arm *am = &r->arms[a];
@@ -331,11 +367,76 @@ static void teardown(run *r)
     }
     if (r->teacher_open)
         pgn_teacher_close(&r->teacher);
+    if (r->net_open)
+        pgn_net_free(&r->net);
+    free(r->p_buf);
+    free(r->g_pred);
+    free(r->g_true);
     free(r->target);
     free(r->target_n);
     free(r->yn);
     free(r->noise);
     nn_ctx_free(&r->ctx);
+}
+
+/* The pgn arm's gradient w.r.t. the [0,1] image: the PGN's prediction in normalised space, taken
+ * through 1/std, plus lambda * MSE's. Its "loss" is the proxy-target view, mean (y_hat - p)^2 / s. */
+static int pgn_arm_grad(run *r, arm *am, nn_err *e)
+{
+    size_t plane = (size_t)r->s * r->s;
+    pgn_to_normalised(r->yn, am->y, 1, r->s, r->s, PGN_SPACE_UNIT);
+    if (pgn_net_predict(&r->ctx, &r->net, r->yn, r->target_n, 1, r->s, r->s, r->p_buf, r->g_pred, e))
+        return -1;
+    double proxy = 0;
+    for (size_t i = 0; i < r->count; i++) {
+        double d = (double)r->yn[i] - r->p_buf[i];
+        proxy += d * d;
+        am->grad[i] = r->g_pred[i] / pgn_imagenet_std[i / plane];
+    }
+    am->loss = proxy / (double)r->count / r->net.head.grad_scale;
+    if (r->p->lambda_mse > 0) {
+        float *mg = r->g_true; /* free until the metrics need it */
+        am->loss += r->p->lambda_mse * mse_loss_grad(r, am->y, mg);
+        for (size_t i = 0; i < r->count; i++)
+            am->grad[i] += (float)r->p->lambda_mse * mg[i];
+    }
+    return 0;
+}
+
+/* How well a gradient field g matches the true one t: cosine, norm ratio, relative error. */
+static void compare_fields(const float *g, const float *t, size_t n, double *cos, double *ratio, double *rel)
+{
+    double gt = 0, gg = 0, tt = 0, dd = 0;
+    for (size_t i = 0; i < n; i++) {
+        gt += (double)g[i] * t[i], gg += (double)g[i] * g[i], tt += (double)t[i] * t[i];
+        dd += ((double)g[i] - t[i]) * ((double)g[i] - t[i]);
+    }
+    *cos = gg > 0 && tt > 0 ? gt / sqrt(gg * tt) : 0;
+    *ratio = tt > 0 ? sqrt(gg / tt) : 0;
+    *rel = tt > 0 ? sqrt(dd / tt) : 0;
+}
+
+/* The pgn arm's gradient quality at its current image, next to the MSE direction's. */
+static int pgn_quality(run *r, arm *am, double out[6], nn_err *e)
+{
+    pgn_to_normalised(r->yn, am->y, 1, r->s, r->s, PGN_SPACE_UNIT);
+    if (pgn_net_predict(&r->ctx, &r->net, r->yn, r->target_n, 1, r->s, r->s, NULL, r->g_pred, e) ||
+        pgn_teacher_loss_grad(&r->ctx, &r->teacher, r->yn, 1, r->s, r->s, PGN_SPACE_NORMALISED, NULL, NULL,
+                              r->g_true, e))
+        return -1;
+    compare_fields(r->g_pred, r->g_true, r->count, &out[0], &out[1], &out[2]);
+    /* The trivial predictor, the MSE direction y_hat - y, at its best scale (least squares onto
+     * the true field): its norm ratio and relative error are then comparable with the PGN's. */
+    double dt = 0, dd = 0;
+    for (size_t i = 0; i < r->count; i++) {
+        r->g_pred[i] = r->yn[i] - r->target_n[i];
+        dt += (double)r->g_pred[i] * r->g_true[i], dd += (double)r->g_pred[i] * r->g_pred[i];
+    }
+    float alpha = dd > 0 ? (float)(dt / dd) : 0.0f;
+    for (size_t i = 0; i < r->count; i++)
+        r->g_pred[i] *= alpha;
+    compare_fields(r->g_pred, r->g_true, r->count, &out[3], &out[4], &out[5]);
+    return 0;
 }
 
 /* One optimisation step of one arm. */
@@ -351,8 +452,10 @@ static int arm_step(run *r, int a, char *err, size_t errlen)
         if (pgn_teacher_loss_grad(&r->ctx, &r->teacher, am->y, 1, r->s, r->s, PGN_SPACE_UNIT, NULL, &am->loss,
                                   am->grad, &e))
             goto fail;
-    } else {
+    } else if (a == PGN_ARM_MSE) {
         am->loss = mse_loss_grad(r, am->y, am->grad);
+    } else if (pgn_arm_grad(r, am, &e)) {
+        goto fail;
     }
     if (!isfinite(am->loss)) {
         snprintf(err, errlen, "arm %s diverged at step %lld (loss %g)", arm_names[a], (long long)r->step + 1, am->loss);

@@ -2,7 +2,11 @@
  * initialisation, fitted to one target image, one per arm:
  *   vgg  the teacher's perceptual loss P (VGG-19, §2.2),
  *   mse  mean squared error in normalised space,
- *   (pgn, the PGN's proxy-target gradient, joins with the PGN issue).
+ *   pgn  a trained PGN's predicted gradient (§2.5: the PGN runs in eval mode on y_hat and y and is
+ *        never backpropagated; the generator regresses to its proxy target), optionally plus
+ *        lambda * MSE; its metrics add the cosine, norm ratio and relative error of the predicted
+ *        gradient against the teacher's, next to the same for the MSE direction (y_hat - y) at its
+ *        least-squares scale, the trivial predictor a PGN must beat.
  * Adam, lr 0.01 by default, N steps (paper: 3000). Metrics per arm at the log steps (§5.4): L1 and
  * L2 in normalised space, PSNR and SSIM on [0,1] images, the paper's SSIM variant on normalised
  * tensors, the perceptual value, step time and memory; generated images as PNG artifacts;
@@ -15,7 +19,7 @@
 
 #include "pgn/job.h"
 
-enum { PGN_ARM_VGG = 0, PGN_ARM_MSE = 1, PGN_ARMS = 2 };
+enum { PGN_ARM_VGG = 0, PGN_ARM_MSE = 1, PGN_ARM_PGN = 2, PGN_ARMS = 3 };
 
 typedef struct pgn_train_params {
     char image[1024];       /* target photograph (PNG or JPEG) */
@@ -27,6 +31,8 @@ typedef struct pgn_train_params {
     uint64_t seed;          /* DIP initialisation and input noise */
     int log_every, image_every, checkpoint_every;
     char teacher_weights[1024]; /* "" = the daemon's (or random) */
+    char pgn_checkpoint[1024];  /* the pgn arm's network (pgnd's or the authors' checkpoint) */
+    double lambda_mse;          /* pgn arm: + lambda * MSE (the paper: 0 for DIP) */
 } pgn_train_params;
 
 const char *pgn_arm_name(int arm);

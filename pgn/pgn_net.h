@@ -1,0 +1,27 @@
+/* A trained perceptual gradient network ready to predict: either backbone (ResNet-N or UNet),
+ * found from the checkpoint's keys, in eval mode, with its proxy head. Loads pgnd's own
+ * checkpoints and the authors' (plain state dicts, v0, v2 with backbone_to_grad_params). */
+#ifndef PGN_PGN_NET_H
+#define PGN_PGN_NET_H
+
+#include "pgn/pgn_resnet.h"
+#include "pgn/pgn_unet.h"
+#include "pgn/proxy.h"
+
+typedef struct pgn_net {
+    pgn_resnet *resnet; /* exactly one is set */
+    pgn_unet *unet;
+    pgn_proxy head;
+    float *x, *o;       /* the UNet's concatenated input; the backbone output (reused) */
+    size_t cap;
+    char desc[256];     /* "resnet4, grad scale 0.025" */
+} pgn_net;
+
+int pgn_net_load(pgn_net *n, const char *path, nn_err *e);
+void pgn_net_free(pgn_net *n);
+/* From y_hat and y (NCHW [b, 3, h, w], normalised space): the proxy target p and the predicted
+ * gradient g = dP/dy_hat (either may be NULL). The PGN never backpropagates (stop-gradient). */
+int pgn_net_predict(nn_ctx *ctx, pgn_net *n, const float *yhat, const float *y, int b, int h, int w, float *p,
+                    float *g, nn_err *e);
+
+#endif
