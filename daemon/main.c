@@ -6,6 +6,7 @@
 
 #include "api/auth.h"
 #include "daemon/config.h"
+#include "daemon/model_cmd.h"
 #include "daemon/run_cmd.h"
 #include "daemon/selfcheck.h"
 #include "daemon/serve.h"
@@ -23,6 +24,7 @@ static void usage(FILE *f)
             "       pgnd token add NAME --role read|submit|admin [--config FILE]\n"
             "       pgnd token list|revoke NAME [--config FILE]\n"
             "       pgnd weights inspect FILE                     list a weights file; is it a usable teacher?\n"
+            "       pgnd model summary unet|resnet4|resnet6|resnet8|dip [--size H [W]] [--batch N]\n"
             "       pgnd selfcheck [--threads N]                  short engine check, prints what it computed\n"
             "       pgnd --version\n");
 }
@@ -178,6 +180,33 @@ int main(int argc, char **argv)
             return 2;
         }
         return weights_inspect(stdout, stderr, argv[3]);
+    }
+    if (!strcmp(cmd, "model")) {
+        int h = 224, w = -1, batch = 1;
+        if (argc < 4 || strcmp(argv[2], "summary")) {
+            fprintf(stderr, "usage: pgnd model summary ARCH [--size H [W]] [--batch N]\n");
+            return 2;
+        }
+        for (int i = 4; i < argc; i++) {
+            if (!strcmp(argv[i], "--size") && i + 1 < argc) {
+                h = atoi(argv[++i]);
+                if (i + 1 < argc && argv[i + 1][0] != '-')
+                    w = atoi(argv[++i]);
+            } else if (!strcmp(argv[i], "--batch") && i + 1 < argc)
+                batch = atoi(argv[++i]);
+            else {
+                fprintf(stderr, "pgnd model summary: unknown argument '%s'\n", argv[i]);
+                return 2;
+            }
+        }
+        if (w < 0)
+            w = h;
+        if (h < 1 || w < 1 || batch < 1) {
+            fprintf(stderr, "pgnd model summary: sizes and batch must be positive\n");
+            return 2;
+        }
+        model_summary sum;
+        return model_summary_run(argv[3], batch, h, w, stdout, stderr, &sum) ? 1 : 0;
     }
     if (!strcmp(cmd, "check-config")) {
         if (argc != 3) {

@@ -396,3 +396,11 @@ int nn_conv2d_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, const nn_a
         return -1;
     return nn_pad2d_backward(ctx, &l->dxpad, dx, l->geo.ph, l->geo.pw, NN_PAD_REFLECT, e);
 }
+
+int nn_conv2d_last_input(const nn_conv2d *l, int *n, int *h, int *w)
+{
+    if (!l->prims)
+        return -1; /* new shapes go to the head of the list */
+    *n = l->prims->n, *h = l->prims->h, *w = l->prims->w;
+    return 0;
+}

@@ -102,6 +102,9 @@ int nn_conv2d_init(nn_conv2d *l, int cin, int cout, int kh, int kw, int sh, int 
                    int pad_mode, int has_bias, nn_rng *rng /* NULL: zero weights */, nn_err *e);
 void nn_conv2d_free(nn_conv2d *l);
 int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_act *y, nn_err *e);
+/* Input dims (after explicit padding) of the shape most recently prepared, for summaries.
+ * -1 before the first forward. */
+int nn_conv2d_last_input(const nn_conv2d *l, int *n, int *h, int *w);
 /* Frozen layers only: frees the PyTorch-layout weights (and gradient) once oneDNN's copies exist,
  * so a frozen net holds its weights once per layout oneDNN needs instead of once more. Later
  * shapes copy from oneDNN's copies. */
