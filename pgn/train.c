@@ -206,9 +206,9 @@ static int load_checkpoint(run *r, char *err, size_t errlen)
 
 static int log_metrics(run *r, char *err, size_t errlen)
 {
-    const char *keys[PGN_ARMS * 16 + 1];
-    double vals[PGN_ARMS * 16 + 1];
-    char names[PGN_ARMS * 16][48];
+    const char *keys[PGN_ARMS * 16 + 16];
+    double vals[PGN_ARMS * 16 + 16];
+    char names[PGN_ARMS * 16 + 15][48];
     int n = 0;
     nn_err e;
     for (int a = 0; a < PGN_ARMS; a++) {
@@ -256,6 +256,30 @@ static int log_metrics(run *r, char *err, size_t errlen)
                 keys[n] = names[n];
                 vals[n++] = qv[k];
             }
+        }
+    }
+    /* Ratios as the paper reports them (§5.4): PGN/VGG, PGN/MSE, VGG/MSE of each quality figure. */
+    static const char *const q[] = {"l1", "l2", "perceptual", "ssim", "psnr"};
+    static const int pairs[3][2] = {{PGN_ARM_PGN, PGN_ARM_VGG}, {PGN_ARM_PGN, PGN_ARM_MSE}, {PGN_ARM_VGG, PGN_ARM_MSE}};
+    int base = n;
+    for (int k = 0; k < 3; k++) {
+        int a = pairs[k][0], b = pairs[k][1];
+        if (!r->arms[a].on || !r->arms[b].on)
+            continue;
+        for (size_t i = 0; i < sizeof q / sizeof *q; i++) {
+            double va = NAN, vb = NAN;
+            for (int j = 0; j < base; j++) { /* the values logged above */
+                char want[48];
+                snprintf(want, sizeof want, "%s.%s", arm_names[a], q[i]);
+                if (!strcmp(keys[j], want))
+                    va = vals[j];
+                snprintf(want, sizeof want, "%s.%s", arm_names[b], q[i]);
+                if (!strcmp(keys[j], want))
+                    vb = vals[j];
+            }
+            snprintf(names[n], sizeof names[n], "ratio.%s_%s.%s", arm_names[a], arm_names[b], q[i]);
+            keys[n] = names[n];
+            vals[n++] = vb != 0 ? va / vb : NAN;
         }
     }
     keys[n] = "peak_rss_mb";
