@@ -13,6 +13,7 @@
 #include "pgn/image.h"
 #include "pgn/pgn_net.h"
 #include "pgn/quality.h"
+#include "pgn/viz.h"
 #include "pgn/teacher.h"
 
 static const char *const arm_names[PGN_ARMS] = {"vgg", "mse", "pgn"};
@@ -287,8 +288,42 @@ static int log_metrics(run *r, char *err, size_t errlen)
     return r->io->metrics(r->io->ctx, r->step, n, keys, vals);
 }
 
+/* The pgn arm's gradient-field panels at its current image (§7). */
+static int save_fields(run *r, char *err, size_t errlen)
+{
+    arm *am = &r->arms[PGN_ARM_PGN];
+    nn_err e;
+    float *p_true = malloc(r->count * sizeof(float));
+    if (!p_true) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    pgn_to_normalised(r->yn, am->y, 1, r->s, r->s, PGN_SPACE_UNIT);
+    if (pgn_net_predict(&r->ctx, &r->net, r->yn, r->target_n, 1, r->s, r->s, r->p_buf, r->g_pred, &e) ||
+        pgn_teacher_loss_grad(&r->ctx, &r->teacher, r->yn, 1, r->s, r->s, PGN_SPACE_NORMALISED, NULL, NULL, r->g_true,
+                              &e)) {
+        free(p_true);
+        snprintf(err, errlen, "gradient fields: %s", e.msg);
+        return -1;
+    }
+    float step = 0.5f * (float)r->count * r->net.head.grad_scale; /* N s / 2: the proxy a perfect PGN gives */
+    for (size_t i = 0; i < r->count; i++)
+        p_true[i] = r->yn[i] - step * r->g_true[i];
+    pgn_fields f = {r->s, r->s, r->target_n, r->yn, r->g_true, r->g_pred, p_true, r->p_buf};
+    char name[96], path[1200];
+    snprintf(name, sizeof name, "fields-step%06lld.png", (long long)r->step);
+    snprintf(path, sizeof path, "%s/%s", r->io->dir, name);
+    int rc = pgn_viz_fields_png(path, &f, err, errlen);
+    free(p_true);
+    if (rc || r->io->artifact(r->io->ctx, name, path, "fields", r->step))
+        return -1;
+    return 0;
+}
+
 static int save_images(run *r, char *err, size_t errlen)
 {
+    if (r->arms[PGN_ARM_PGN].on && save_fields(r, err, errlen))
+        return -1;
     for (int a = 0; a < PGN_ARMS; a++) {
         if (!r->arms[a].on)
             continue;

@@ -178,6 +178,10 @@ static void pgn_arm_runs_and_is_compared(void **s)
     }
     json_decref(m);
     http_reply_free(&r);
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/artifacts", id);
+    assert_int_equal(http_do(srv.port, "GET", path, NULL, NULL, &r), 0);
+    assert_non_null(strstr(r.body, "fields-step000010.png")); /* the gradient-field panels */
+    http_reply_free(&r);
     /* The pgn arm without a checkpoint, or with a file that holds no PGN. */
     expect_problem("POST", "/api/v1/jobs",
                    "{\"type\": \"train\", \"params\": {\"image\": \"" IMAGE "\", \"size\": 64, \"arms\": [\"pgn\"]}}",
