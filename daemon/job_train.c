@@ -15,6 +15,10 @@ static const param_spec params[] = {
      "Losses to train with, each its own generator from the same initialisation (pgn needs pgn_checkpoint)"},
     {"pgn_checkpoint", P_FILE, "\"\"", 0, 0, NULL, NULL,
      "PGN for the pgn arm: a pgnd checkpoint or the authors' released .pth (ResNet-N or UNet)"},
+    {"stop_divergence", P_NUMBER, "0", 0, 1000, NULL, "x",
+     "Stability mode: stop an arm once its perceptual loss reaches this many times its first value (the paper: 2; 0: off)"},
+    {"stop_plateau", P_INT, "0", 0, 10000000, NULL, "steps",
+     "Stability mode: stop an arm whose perceptual loss has not improved for this many steps (the paper: 2000; 0: off)"},
     {"lambda_mse", P_NUMBER, "0", 0, 1000, NULL, NULL, "pgn arm: add lambda * MSE to its gradient (the paper: 0 for DIP)"},
     {"lr", P_NUMBER, "0.01", 1e-6, 1.0, NULL, NULL, "Adam learning rate (the paper: 0.01)"},
     {"seed", P_INT, "0", 0, 2147483647, NULL, NULL, "Seed of the generators' initialisation and input noise"},
@@ -74,6 +78,8 @@ static int run(const char *params_json, const pgn_job_io *io, char *err, size_t 
     const char *ck = json_string_value(json_object_get(j, "pgn_checkpoint"));
     snprintf(p.pgn_checkpoint, sizeof p.pgn_checkpoint, "%s", ck ? ck : "");
     p.lambda_mse = json_number_value(json_object_get(j, "lambda_mse"));
+    p.stop_divergence = json_number_value(json_object_get(j, "stop_divergence"));
+    p.stop_plateau = (int)json_integer_value(json_object_get(j, "stop_plateau"));
     size_t i;
     json_t *a;
     json_array_foreach(json_object_get(j, "arms"), i, a) for (int k = 0; k < PGN_ARMS; k++) if (

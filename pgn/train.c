@@ -26,6 +26,10 @@ typedef struct arm {
     nn_adam opt;
     float *y, *grad; /* output in [0,1] space and dL/dy */
     double step_ms, loss;
+    /* stability mode */
+    int stopped, stop_reason;
+    int64_t stop_step, best_step;
+    double p_init, p_best; /* p_init < 0: not seen yet */
 } arm;
 
 typedef struct run {
@@ -44,6 +48,9 @@ typedef struct run {
 } run;
 
 static int pgn_quality(run *r, arm *am, double out[6], nn_err *e);
+
+/* An arm reports at this step: it runs, or it stopped at this very step (its last values). */
+static int reports(const run *r, int a) { return r->arms[a].on && (!r->arms[a].stopped || r->arms[a].stop_step == r->step); }
 
 static double now_ms(void)
 {
@@ -154,10 +161,21 @@ static int write_checkpoint(run *r, char *err, size_t errlen)
             strcat(arms_s, arm_names[a]);
         }
     snprintf(adam_s, sizeof adam_s, "%ld", adam_steps);
-    const char *mk[] = {"format", "step", "seed", "adam_steps", "arms", "generator"};
-    const char *mv[] = {"pgnd train checkpoint v1", step_s, seed_s, adam_s, arms_s, "dip-skip"};
+    const char *mk[6 + PGN_ARMS] = {"format", "step", "seed", "adam_steps", "arms", "generator"};
+    const char *mv[6 + PGN_ARMS] = {"pgnd train checkpoint v1", step_s, seed_s, adam_s, arms_s, "dip-skip"};
+    char stab_k[PGN_ARMS][32], stab_v[PGN_ARMS][160];
+    int nm = 6;
+    for (int a = 0; a < PGN_ARMS; a++) /* stability state: stopped reason stop_step p_init p_best best_step */
+        if (r->arms[a].on) {
+            arm *am = &r->arms[a];
+            snprintf(stab_k[a], sizeof stab_k[a], "stability.%s", arm_names[a]);
+            snprintf(stab_v[a], sizeof stab_v[a], "%d %d %lld %.17g %.17g %lld", am->stopped, am->stop_reason,
+                     (long long)am->stop_step, am->p_init, am->p_best, (long long)am->best_step);
+            mk[nm] = stab_k[a];
+            mv[nm++] = stab_v[a];
+        }
     nn_err e;
-    int rc = nn_safetensors_write(path, l.n, names, l.t, 6, mk, mv, &e);
+    int rc = nn_safetensors_write(path, l.n, names, l.t, nm, mk, mv, &e);
     free(names);
     ck_free(&l);
     if (rc) {
@@ -190,6 +208,16 @@ static int load_checkpoint(run *r, char *err, size_t errlen)
             snprintf(err, errlen, "cannot resume: %s", e.msg);
             rc = -1;
         }
+    for (int a = 0; !rc && a < PGN_ARMS; a++) {
+        char k[32];
+        snprintf(k, sizeof k, "stability.%s", arm_names[a]);
+        const nn_weight_meta *m = nn_weights_meta(&w, k);
+        arm *am = &r->arms[a];
+        long long ss, bs;
+        if (am->on && m && sscanf(m->str, "%d %d %lld %lf %lf %lld", &am->stopped, &am->stop_reason, &ss, &am->p_init,
+                                  &am->p_best, &bs) == 6)
+            am->stop_step = ss, am->best_step = bs;
+    }
     if (!rc) {
         r->step = atoll(st->str);
         for (int a = 0; a < PGN_ARMS; a++)
@@ -214,7 +242,7 @@ static int log_metrics(run *r, char *err, size_t errlen)
     nn_err e;
     for (int a = 0; a < PGN_ARMS; a++) {
         arm *am = &r->arms[a];
-        if (!am->on)
+        if (!reports(r, a))
             continue;
         double perceptual;
         if (pgn_teacher_loss_grad(&r->ctx, &r->teacher, am->y, 1, r->s, r->s, PGN_SPACE_UNIT, NULL, &perceptual, NULL,
@@ -265,7 +293,7 @@ static int log_metrics(run *r, char *err, size_t errlen)
     int base = n;
     for (int k = 0; k < 3; k++) {
         int a = pairs[k][0], b = pairs[k][1];
-        if (!r->arms[a].on || !r->arms[b].on)
+        if (!reports(r, a) || !reports(r, b))
             continue;
         for (size_t i = 0; i < sizeof q / sizeof *q; i++) {
             double va = NAN, vb = NAN;
@@ -322,10 +350,10 @@ static int save_fields(run *r, char *err, size_t errlen)
 
 static int save_images(run *r, char *err, size_t errlen)
 {
-    if (r->arms[PGN_ARM_PGN].on && save_fields(r, err, errlen))
+    if (reports(r, PGN_ARM_PGN) && save_fields(r, err, errlen))
         return -1;
     for (int a = 0; a < PGN_ARMS; a++) {
-        if (!r->arms[a].on)
+        if (!reports(r, a))
             continue;
         char name[96], path[1200];
         snprintf(name, sizeof name, "%s-step%06lld.png", arm_names[a], (long long)r->step);
@@ -391,6 +419,7 @@ static int setup(run *r, char *err, size_t errlen)
     for (int a = 0; a < PGN_ARMS; a++) {
         arm *am = &r->arms[a];
         am->on = p->arms[a];
+        am->p_init = -1;
         if (!am->on)
             continue;
         /* Same seed for every arm: the arms start from identical weights (§5.1). */
@@ -530,6 +559,57 @@ fail:
     return -1;
 }
 
+/* Stability mode: after step r->step, stops the arms that diverged or reached a plateau. Returns
+ * the number of arms still running, or -1 on error. */
+static int stability(run *r, char *err, size_t errlen)
+{
+    const pgn_train_params *p = r->p;
+    int running = 0;
+    for (int a = 0; a < PGN_ARMS; a++) {
+        arm *am = &r->arms[a];
+        if (!am->on || am->stopped)
+            continue;
+        if (p->stop_divergence <= 0 && p->stop_plateau <= 0) {
+            running++;
+            continue;
+        }
+        double pv = am->loss; /* the vgg arm's loss is P itself */
+        if (a != PGN_ARM_VGG) {
+            nn_err e;
+            if (pgn_teacher_loss_grad(&r->ctx, &r->teacher, am->y, 1, r->s, r->s, PGN_SPACE_UNIT, NULL, &pv, NULL, &e)) {
+                snprintf(err, errlen, "stability: %s", e.msg);
+                return -1;
+            }
+        }
+        if (am->p_init < 0)
+            am->p_init = am->p_best = pv, am->best_step = r->step;
+        if (pv < am->p_best)
+            am->p_best = pv, am->best_step = r->step;
+        if (p->stop_divergence > 0 && pv >= p->stop_divergence * am->p_init)
+            am->stop_reason = 1;
+        else if (p->stop_plateau > 0 && r->step - am->best_step >= p->stop_plateau)
+            am->stop_reason = 2;
+        if (!am->stop_reason) {
+            running++;
+            continue;
+        }
+        am->stopped = 1;
+        am->stop_step = r->step;
+        char k1[48], k2[48], msg[256];
+        snprintf(k1, sizeof k1, "%s.stop_step", arm_names[a]);
+        snprintf(k2, sizeof k2, "%s.stop_reason", arm_names[a]);
+        const char *keys[] = {k1, k2};
+        double vals[] = {(double)r->step, (double)am->stop_reason};
+        snprintf(msg, sizeof msg, "arm %s stopped at step %lld: %s (perceptual %.6g, first %.6g, best %.6g at step %lld)",
+                 arm_names[a], (long long)r->step, am->stop_reason == 1 ? "diverged" : "plateau", pv, am->p_init,
+                 am->p_best, (long long)am->best_step);
+        r->io->log(r->io->ctx, "info", msg);
+        if (r->io->metrics(r->io->ctx, r->step, 2, keys, vals))
+            return -1;
+    }
+    return running;
+}
+
 int pgn_train_run(const pgn_train_params *p, const pgn_job_io *io, char *err, size_t errlen)
 {
     /* Each arm's net is ~200 KB of layer state: keep it off the worker thread's stack. */
@@ -557,10 +637,13 @@ int pgn_train_run(const pgn_train_params *p, const pgn_job_io *io, char *err, si
     int64_t last_ck = r.step;
     while (r.step < p->steps) {
         for (int a = 0; a < PGN_ARMS; a++)
-            if (r.arms[a].on && arm_step(&r, a, err, errlen))
+            if (r.arms[a].on && !r.arms[a].stopped && arm_step(&r, a, err, errlen))
                 goto out;
         r.step++;
-        int last = r.step == p->steps;
+        int running = stability(&r, err, errlen);
+        if (running < 0)
+            goto out;
+        int last = r.step == p->steps || running == 0;
         if ((r.step % p->log_every == 0 || last) && log_metrics(&r, err, errlen))
             goto out;
         if ((r.step % p->image_every == 0 || last) && save_images(&r, err, errlen))
@@ -582,6 +665,8 @@ int pgn_train_run(const pgn_train_params *p, const pgn_job_io *io, char *err, si
             rc = PGN_STOPPED;
             goto out;
         }
+        if (running == 0)
+            break; /* stability mode: every arm has stopped */
     }
     rc = PGN_DONE;
 out:

@@ -33,6 +33,12 @@ typedef struct pgn_train_params {
     char teacher_weights[1024]; /* "" = the daemon's (or random) */
     char pgn_checkpoint[1024];  /* the pgn arm's network (pgnd's or the authors' checkpoint) */
     double lambda_mse;          /* pgn arm: + lambda * MSE (the paper: 0 for DIP) */
+    /* Stability mode (§5.2; off when 0): an arm stops once its perceptual loss reaches
+     * stop_divergence x its first value (diverged), or has not improved for stop_plateau steps;
+     * the step and reason are logged as <arm>.stop_step / <arm>.stop_reason (1 diverged, 2
+     * plateau). The paper: 10,000 steps, 2.0 and 2,000. */
+    double stop_divergence;
+    int stop_plateau;
 } pgn_train_params;
 
 const char *pgn_arm_name(int arm);

@@ -192,6 +192,30 @@ static void pgn_arm_runs_and_is_compared(void **s)
                    422, "holds neither a PGN ResNet nor a PGN UNet");
 }
 
+/* Stability mode stops an arm by its rule and ends the job when no arm runs. A divergence factor
+ * of 0.5 fires at the first step (the loss is >= half of itself), which makes the test exact. */
+static void stability_mode_stops_arms(void **s)
+{
+    char body[512], path[160];
+    snprintf(body, sizeof body,
+             "{\"type\": \"train\", \"params\": {\"image\": \"" IMAGE "\", \"size\": 64, \"steps\": 500,"
+             " \"arms\": [\"mse\"], \"stop_divergence\": 0.5, \"log_every\": 5}}");
+    long long id = submit(srv.port, body, NULL, 201);
+    json_t *j = wait_job_state(srv.port, id, "succeeded|failed", 60000, NULL);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(j, "state")), "succeeded");
+    assert_int_equal(json_integer_value(json_object_get(j, "step")), 1);
+    json_decref(j);
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/metrics?keys=mse.stop_step,mse.stop_reason", id);
+    http_reply r;
+    assert_int_equal(http_do(srv.port, "GET", path, NULL, NULL, &r), 0);
+    json_t *m = http_reply_json(&r), *series = json_object_get(m, "series");
+    assert_int_equal(json_number_value(json_array_get(json_object_get(json_object_get(series, "mse.stop_step"), "values"), 0)), 1);
+    assert_int_equal(json_number_value(json_array_get(json_object_get(json_object_get(series, "mse.stop_reason"), "values"), 0)), 1);
+    json_decref(m);
+    http_reply_free(&r);
+}
+
 static void cancel_pause_resume(void **s)
 {
     char body[512], path[128];
@@ -363,6 +387,7 @@ int main(void)
         cmocka_unit_test(bad_input_is_refused_precisely),
         cmocka_unit_test(a_job_runs_to_the_end),
         cmocka_unit_test(pgn_arm_runs_and_is_compared),
+        cmocka_unit_test(stability_mode_stops_arms),
         cmocka_unit_test(cancel_pause_resume),
         cmocka_unit_test(events_replay_after_reconnect),
         cmocka_unit_test(parallel_submitters_each_recorded_once),
