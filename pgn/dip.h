@@ -27,6 +27,7 @@
 #include "nn/adam.h"
 #include "nn/engine.h"
 #include "nn/weights.h"
+#include "pgn/state_dict.h"
 
 #define PGN_DIP_LEVELS 5
 #define PGN_DIP_CONVS 23
@@ -58,13 +59,8 @@ typedef struct pgn_dip_level {
     nn_act grad[PGN_DIP_ACTS]; /* their gradients during the backward */
 } pgn_dip_level;
 
-/* One state-dict module: a conv ("<prefix>.weight/.bias") or a BN ("<prefix>.weight/.bias/
- * .running_mean/.running_var/.num_batches_tracked"), in state-dict order. */
-typedef struct pgn_dip_module {
-    char prefix[32];
-    nn_conv2d *conv; /* exactly one of conv / bn is set */
-    nn_batchnorm2d *bn;
-} pgn_dip_module;
+/* One state-dict module (pgn/state_dict.h): a conv or a BN, in state-dict order. */
+typedef pgn_module pgn_dip_module;
 
 typedef struct pgn_dip {
     pgn_dip_level lv[PGN_DIP_LEVELS];

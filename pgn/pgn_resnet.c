@@ -364,154 +364,21 @@ int pgn_resnet_blocks_of(const nn_weights *w, int *blocks, nn_err *e)
     return 0;
 }
 
-static const char *const BN_SUFFIX[5] = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"};
-
-typedef struct want_key {
-    char name[64];
-    int ndim;
-    int64_t shape[4];
-    int is_count;   /* num_batches_tracked: a 0-dim integer */
-    nn_tensor *dst; /* float destination */
-    long *count_dst;
-} want_key;
-
-static int expected_keys(pgn_resnet *r, want_key *k)
-{
-    int n = 0;
-    for (int m = 0; m < r->nmod; m++) {
-        pgn_resnet_module *md = &r->mod[m];
-        if (md->conv) {
-            nn_tensor *ts[2] = {&md->conv->weight, &md->conv->bias};
-            for (int j = 0; j < 1 + md->conv->geo.has_bias; j++, n++) {
-                snprintf(k[n].name, sizeof k[n].name, "%s.%s", md->prefix, j ? "bias" : "weight");
-                k[n].ndim = ts[j]->ndim;
-                memcpy(k[n].shape, ts[j]->shape, sizeof k[n].shape);
-                k[n].is_count = 0;
-                k[n].dst = ts[j];
-                k[n].count_dst = NULL;
-            }
-        } else {
-            nn_tensor *ts[4] = {&md->bn->gamma, &md->bn->beta, &md->bn->running_mean, &md->bn->running_var};
-            for (int j = 0; j < 5; j++, n++) {
-                snprintf(k[n].name, sizeof k[n].name, "%s.%s", md->prefix, BN_SUFFIX[j]);
-                k[n].is_count = j == 4;
-                k[n].ndim = j == 4 ? 0 : 1;
-                k[n].shape[0] = md->bn->c;
-                k[n].dst = j < 4 ? ts[j] : NULL;
-                k[n].count_dst = j == 4 ? &md->bn->num_batches_tracked : NULL;
-            }
-        }
-    }
-    return n;
-}
-
-static size_t appendf(char *buf, size_t len, size_t at, const char *fmt, ...)
-{
-    if (at >= len)
-        return at;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf + at, len - at, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return at;
-    return at + (size_t)n < len ? at + (size_t)n : len;
-}
-
-static int is_float_dtype(nn_dtype t) { return t == NN_F32 || t == NN_F64 || t == NN_F16 || t == NN_BF16; }
-static int is_count_dtype(nn_dtype t)
-{
-    return t == NN_I64 || t == NN_I32 || t == NN_I16 || t == NN_I8 || t == NN_U8 || t == NN_F32 || t == NN_F64;
-}
-
 int pgn_resnet_check_state(const pgn_resnet *r, const nn_weights *w, char *report, size_t len)
 {
-    want_key k[PGN_RESNET_MAX_KEYS];
-    int nk = expected_keys((pgn_resnet *)r, k), problems = 0;
-    size_t at = 0;
-    if (len)
-        report[0] = 0;
-    for (int i = 0; i < nk; i++) {
-        const nn_weight_entry *t = nn_weights_find(w, k[i].name);
-        if (!t) {
-            at = appendf(report, len, at, "missing key %s\n", k[i].name);
-            problems++;
-            continue;
-        }
-        if (t->ndim != k[i].ndim || (t->ndim && memcmp(t->shape, k[i].shape, (size_t)t->ndim * sizeof *t->shape))) {
-            char have[96], exp[96];
-            nn_shape_str(have, sizeof have, t->ndim, t->shape);
-            nn_shape_str(exp, sizeof exp, k[i].ndim, k[i].shape);
-            at = appendf(report, len, at, "key %s has shape %s, expected %s\n", k[i].name, have, exp);
-            problems++;
-        } else if (k[i].is_count ? !is_count_dtype(t->dtype) : !is_float_dtype(t->dtype)) {
-            at = appendf(report, len, at, "key %s has dtype %s, expected %s\n", k[i].name, nn_dtype_name(t->dtype),
-                         k[i].is_count ? "an integer" : "a floating type");
-            problems++;
-        } else if (!t->data) {
-            at = appendf(report, len, at, "key %s was not loaded\n", k[i].name);
-            problems++;
-        }
-    }
-    for (int j = 0; j < w->count; j++) {
-        int found = 0;
-        for (int i = 0; i < nk && !found; i++)
-            found = !strcmp(w->entries[j].name, k[i].name);
-        if (!found) {
-            at = appendf(report, len, at, "unexpected key %s\n", w->entries[j].name);
-            problems++;
-        }
-    }
-    return problems;
-}
-
-static long count_value(const nn_weight_entry *t)
-{
-    switch (t->dtype) {
-    case NN_I64: return (long)*(const int64_t *)t->data;
-    case NN_I32: return (long)*(const int32_t *)t->data;
-    case NN_I16: return (long)*(const int16_t *)t->data;
-    case NN_I8: return (long)*(const int8_t *)t->data;
-    case NN_U8: return (long)*(const uint8_t *)t->data;
-    case NN_F32: return (long)*(const float *)t->data;
-    case NN_F64: return (long)*(const double *)t->data;
-    default: return 0;
-    }
+    return pgn_state_check(r->mod, r->nmod, w, report, len);
 }
 
 int pgn_resnet_load(pgn_resnet *r, const nn_weights *w, nn_err *e)
 {
-    char report[8192];
-    int problems = pgn_resnet_check_state(r, w, report, sizeof report);
-    if (problems) {
-        size_t n = strlen(report);
-        if (n && report[n - 1] == '\n')
-            report[--n] = 0;
-        for (char *p = report; (p = strchr(p, '\n'));)
-            *p = ';', p++;
-        /* A file of another depth lists dozens of keys: say what it holds first. */
-        char hint[64] = "";
-        int other;
-        nn_err ignored;
-        if (!pgn_resnet_blocks_of(w, &other, &ignored) && other != r->blocks)
-            snprintf(hint, sizeof hint, "; it holds a ResNet-%d", other);
-        return nn_errf(e, "%s is not a PGN ResNet-%d state dict (%d problem%s%s): %s", w->path ? w->path : "(weights)",
-                       r->blocks, problems, problems == 1 ? "" : "s", hint, report);
-    }
-    want_key k[PGN_RESNET_MAX_KEYS];
-    int nk = expected_keys(r, k);
-    for (int i = 0; i < nk; i++) {
-        if (k[i].is_count) {
-            *k[i].count_dst = count_value(nn_weights_find(w, k[i].name));
-            continue;
-        }
-        if (nn_weights_get_f32(w, k[i].name, k[i].dst, e))
-            return -1;
-    }
-    for (int m = 0; m < r->nmod; m++)
-        if (r->mod[m].conv)
-            r->mod[m].conv->weights_stale = 1;
-    return 0;
+    /* A file of another depth lists dozens of keys: say what it holds first. */
+    char hint[64] = "", what[32];
+    int other;
+    nn_err ignored;
+    if (!pgn_resnet_blocks_of(w, &other, &ignored) && other != r->blocks)
+        snprintf(hint, sizeof hint, "; it holds a ResNet-%d", other);
+    snprintf(what, sizeof what, "PGN ResNet-%d", r->blocks);
+    return pgn_state_load(r->mod, r->nmod, w, what, hint, e);
 }
 
 int pgn_resnet_load_file(pgn_resnet *r, const char *path, nn_err *e)

@@ -29,6 +29,7 @@
 #include "nn/adam.h"
 #include "nn/engine.h"
 #include "nn/weights.h"
+#include "pgn/state_dict.h"
 
 #define PGN_RESNET_MAX_BLOCKS 16
 #define PGN_RESNET_IN_CH 6
@@ -61,12 +62,8 @@ enum {
     PGN_RS_ACTS
 };
 
-/* One state-dict module: a conv ("<prefix>.weight" [, ".bias"]) or a BN, in state-dict order. */
-typedef struct pgn_resnet_module {
-    char prefix[32];
-    nn_conv2d *conv; /* exactly one of conv / bn is set */
-    nn_batchnorm2d *bn;
-} pgn_resnet_module;
+/* One state-dict module (pgn/state_dict.h): a conv or a BN, in state-dict order. */
+typedef pgn_module pgn_resnet_module;
 
 typedef struct pgn_resnet {
     int blocks;                /* N */

@@ -28,6 +28,7 @@
 #include "nn/adam.h"
 #include "nn/engine.h"
 #include "nn/weights.h"
+#include "pgn/state_dict.h"
 
 #define PGN_UNET_IN_CHANNELS 6
 #define PGN_UNET_OUT_CHANNELS 3
@@ -59,12 +60,8 @@ typedef struct pgn_unet_blaze {
     nn_act out;
 } pgn_unet_blaze;
 
-/* One state-dict module: a conv ("<prefix>.weight"[, ".bias"]) or a BN (5 keys). */
-typedef struct pgn_unet_module {
-    char prefix[32];
-    nn_conv2d *conv; /* exactly one of conv / bn is set */
-    nn_batchnorm2d *bn;
-} pgn_unet_module;
+/* One state-dict module (pgn/state_dict.h): a conv or a BN, in state-dict order. */
+typedef pgn_module pgn_unet_module;
 
 /* Indices into pgn_unet.sep[] (forward use order differs from state-dict order). */
 enum {
