@@ -122,3 +122,53 @@ float *fx_act_to(nn_ctx *ctx, const nn_act *a)
     }
     return out;
 }
+
+void fx_ok(int rc, const nn_err *e)
+{
+    if (rc) {
+        print_error("%s\n", e->msg);
+        fail();
+    }
+}
+
+void fx_expect_error(int rc, const nn_err *e, const char *needle)
+{
+    if (!rc) {
+        print_error("expected an error containing '%s'\n", needle);
+        fail();
+    }
+    if (!strstr(e->msg, needle)) {
+        print_error("error '%s' does not contain '%s'\n", e->msg, needle);
+        fail();
+    }
+}
+
+int fx_pin(nn_ctx *ctx, nn_act *a, const nn_weights *fx, const char *name, int *pinned)
+{
+    char key[96];
+    snprintf(key, sizeof key, "pin.%s.index", name);
+    const nn_weight_entry *ix = nn_weights_find(fx, key);
+    snprintf(key, sizeof key, "pin.%s.sign", name);
+    const nn_weight_entry *sg = nn_weights_find(fx, key);
+    if (!ix || !sg || ix->dtype != NN_I32 || sg->dtype != NN_I8 || ix->numel != sg->numel) {
+        print_error("fixture pins of %s missing or malformed\n", name);
+        fail();
+    }
+    const dnnl_memory_desc_t md = a->md;
+    float *buf = fx_act_to(ctx, a);
+    const size_t count = nn_act_count(a);
+    int flips = 0;
+    for (size_t j = 0; j < ix->numel; j++) {
+        const int32_t at = ((const int32_t *)ix->data)[j];
+        const int8_t sign = ((const int8_t *)sg->data)[j];
+        assert_true(at >= 0 && (size_t)at < count);
+        flips += (buf[at] > 0) != (sign > 0);
+        buf[at] = sign > 0 ? 1e-20f : -1e-20f;
+    }
+    *pinned += (int)ix->numel;
+    nn_err e;
+    fx_ok(nn_act_from_nchw(ctx, a, buf, a->n, a->c, a->h, a->w, &e), &e);
+    fx_ok(nn_act_convert(ctx, a, &md, &e), &e);
+    free(buf);
+    return flips;
+}

@@ -19,6 +19,15 @@ double fx_param(const nn_weights *w, const char *case_name, const char *key);
 /* String parameter, or NULL. Returned pointer valid until the next call. */
 const char *fx_param_str(const nn_weights *w, const char *case_name, const char *key);
 
+/* Fails the test with e's message when rc is not 0. */
+void fx_ok(int rc, const nn_err *e);
+/* Fails the test unless rc is an error whose message contains needle. */
+void fx_expect_error(int rc, const nn_err *e, const char *needle);
+/* Mask pinning: sets the activation's elements listed in the fixture's "pin.<name>.index" (I32)
+ * to +-1e-20 by "pin.<name>.sign" (I8), so a ReLU-like backward follows float64's decision where
+ * float32 rounding would flip it. Adds the count to *pinned; returns how many had flipped. */
+int fx_pin(nn_ctx *ctx, nn_act *a, const nn_weights *fx, const char *name, int *pinned);
+
 /* max |a - b| / max |b| (0 when b is all zero and a == b). */
 double fx_rel_err(const float *a, const float *b, size_t n);
 /* Asserts fx_rel_err <= tol, printing the label and the error on failure. */

@@ -27,33 +27,13 @@
 
 #define TOL 1e-4
 
-static void check_ok(int rc, const nn_err *e)
-{
-    if (rc) {
-        print_error("%s\n", e->msg);
-        fail();
-    }
-}
-
-static void expect_error(int rc, const nn_err *e, const char *needle)
-{
-    if (!rc) {
-        print_error("expected an error containing '%s'\n", needle);
-        fail();
-    }
-    if (!strstr(e->msg, needle)) {
-        print_error("error '%s' does not contain '%s'\n", e->msg, needle);
-        fail();
-    }
-}
-
 static void param_count_and_keys(void **state)
 {
     (void)state;
     nn_err e;
     pgn_dip *d = calloc(1, sizeof *d);
     assert_non_null(d);
-    check_ok(pgn_dip_init(d, 7, &e), &e);
+    fx_ok(pgn_dip_init(d, 7, &e), &e);
     assert_int_equal(pgn_dip_param_count(d), PGN_DIP_PARAM_COUNT);
     int n;
     const nn_param *p = pgn_dip_params(d, &n);
@@ -146,8 +126,8 @@ static float *load_f32(const nn_weights *fx, const char *name, size_t *numel)
     }
     nn_tensor dst;
     nn_err e;
-    check_ok(nn_tensor_alloc(&dst, t->ndim, t->shape, &e), &e);
-    check_ok(nn_weights_get_f32(fx, name, &dst, &e), &e);
+    fx_ok(nn_tensor_alloc(&dst, t->ndim, t->shape, &e), &e);
+    fx_ok(nn_weights_get_f32(fx, name, &dst, &e), &e);
     if (numel)
         *numel = dst.numel;
     float *out = malloc(dst.numel * sizeof *out);
@@ -181,32 +161,7 @@ static int pin_masks(nn_ctx *ctx, pgn_dip *d, const nn_weights *fx, int *pinned)
         } taps[] = {{&L->s_bn, PGN_DIP_S_BN},   {&L->d_bn1, PGN_DIP_D_BN1}, {&L->d_bn2, PGN_DIP_D_BN2},
                     {&L->c_bn3, PGN_DIP_C_BN3}, {&L->c_bn1, PGN_DIP_C_BN1}};
         for (size_t k = L->skip ? 0 : 1; k < sizeof taps / sizeof *taps; k++) {
-            char name[96];
-            const char *prefix = prefix_of(d, taps[k].bn);
-            snprintf(name, sizeof name, "pin.%s.index", prefix);
-            const nn_weight_entry *ix = nn_weights_find(fx, name);
-            snprintf(name, sizeof name, "pin.%s.sign", prefix);
-            const nn_weight_entry *sg = nn_weights_find(fx, name);
-            if (!ix || !sg || ix->dtype != NN_I32 || sg->dtype != NN_I8 || ix->numel != sg->numel) {
-                print_error("fixture pins of %s missing or malformed\n", prefix);
-                fail();
-            }
-            nn_act *a = &L->act[taps[k].act];
-            const dnnl_memory_desc_t md = a->md;
-            float *buf = fx_act_to(ctx, a);
-            const size_t count = nn_act_count(a);
-            for (size_t j = 0; j < ix->numel; j++) {
-                const int32_t at = ((const int32_t *)ix->data)[j];
-                const int8_t sign = ((const int8_t *)sg->data)[j];
-                assert_true(at >= 0 && (size_t)at < count);
-                flips += (buf[at] > 0) != (sign > 0);
-                buf[at] = sign > 0 ? 1e-20f : -1e-20f;
-            }
-            *pinned += (int)ix->numel;
-            nn_err e;
-            check_ok(nn_act_from_nchw(ctx, a, buf, a->n, a->c, a->h, a->w, &e), &e);
-            check_ok(nn_act_convert(ctx, a, &md, &e), &e);
-            free(buf);
+            flips += fx_pin(ctx, &L->act[taps[k].act], fx, prefix_of(d, taps[k].bn), pinned);
         }
     }
     return flips;
@@ -275,11 +230,11 @@ static void forward_backward_match_torch(void **state)
     (void)state;
     nn_err e;
     nn_ctx ctx;
-    check_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
     pgn_dip *d = calloc(1, sizeof *d);
     assert_non_null(d);
-    check_ok(pgn_dip_init(d, 1, &e), &e);
-    check_ok(pgn_dip_load_file(d, "tests/fixtures/dip_state.safetensors", &e), &e);
+    fx_ok(pgn_dip_init(d, 1, &e), &e);
+    fx_ok(pgn_dip_load_file(d, "tests/fixtures/dip_state.safetensors", &e), &e);
 
     nn_weights fx, st;
     fx_open(&fx, "dip.safetensors");
@@ -292,11 +247,11 @@ static void forward_backward_match_torch(void **state)
     float *x = load_f32(&fx, "x", &nx), *dy = load_f32(&fx, "dy", NULL);
     const float *y_want = fx_get(&fx, "y", NULL);
     assert_int_equal(nx, (size_t)3 * h * w);
-    check_ok(pgn_dip_set_input(&ctx, d, x, 1, h, w, &e), &e);
+    fx_ok(pgn_dip_set_input(&ctx, d, x, 1, h, w, &e), &e);
     float *y = malloc(nx * sizeof *y);
     assert_non_null(y);
     pgn_dip_zero_grad(d);
-    check_ok(pgn_dip_forward(&ctx, d, y, &e), &e);
+    fx_ok(pgn_dip_forward(&ctx, d, y, &e), &e);
     fx_expect_close("y", y, y_want, nx, TOL);
     print_message("%dx%d output: relative error %.3g (max |y| %.3f)\n", h, w, fx_rel_err(y, y_want, nx),
                   max_abs(y_want, nx));
@@ -323,7 +278,7 @@ static void forward_backward_match_torch(void **state)
 
     /* The gradients as they come, flipped LeakyReLU masks and all: reported, and held to a
      * loose bound on the relative L2 error of all gradients together. */
-    check_ok(pgn_dip_backward(&ctx, d, dy, &e), &e);
+    fx_ok(pgn_dip_backward(&ctx, d, dy, &e), &e);
     double worst_zero, rel_l2;
     const char *worst_key;
     double worst = compare_grads(d, &fx, 0, &worst_zero, &rel_l2, &worst_key);
@@ -334,10 +289,10 @@ static void forward_backward_match_torch(void **state)
     /* The same with the masks pinned at PyTorch's near-zero LeakyReLU inputs: every gradient
      * within 1e-4 of max |value|. */
     pgn_dip_zero_grad(d);
-    check_ok(pgn_dip_forward(&ctx, d, NULL, &e), &e);
+    fx_ok(pgn_dip_forward(&ctx, d, NULL, &e), &e);
     int pinned;
     const int flips = pin_masks(&ctx, d, &fx, &pinned);
-    check_ok(pgn_dip_backward(&ctx, d, dy, &e), &e);
+    fx_ok(pgn_dip_backward(&ctx, d, dy, &e), &e);
     worst = compare_grads(d, &fx, TOL, &worst_zero, &rel_l2, &worst_key);
     print_message("pinned (%d masks pinned, %d of them flipped by the float32 forward): max relative error %.3g "
                   "(%s), relative L2 %.3g; zero-gradient parameters %.3g of their weight's gradient\n",
@@ -371,7 +326,7 @@ static void state_dict_refusals(void **state)
     nn_err e;
     pgn_dip *d = calloc(1, sizeof *d);
     assert_non_null(d);
-    check_ok(pgn_dip_init(d, 3, &e), &e);
+    fx_ok(pgn_dip_init(d, 3, &e), &e);
     const float w0 = d->lv[0].d_conv1.weight.data[0];
 
     nn_weights w;
@@ -390,7 +345,7 @@ static void state_dict_refusals(void **state)
     assert_non_null(strstr(report, "key 1.7.1.7.3.1.weight has shape [32, 65, 1, 3], expected [32, 64, 3, 3]\n"));
     assert_non_null(strstr(report, "unexpected key 1.7.1.7.1.7.2.bias_renamed\n"));
     assert_non_null(strstr(report, "unexpected key 4.num_batches\n"));
-    expect_error(pgn_dip_load(d, &w, &e), &e, "tests/fixtures/dip_state.safetensors is not a DIP skip-net state dict");
+    fx_expect_error(pgn_dip_load(d, &w, &e), &e, "tests/fixtures/dip_state.safetensors is not a DIP skip-net state dict");
     assert_non_null(strstr(e.msg, "(5 problems)"));
     assert_non_null(strstr(e.msg, "unexpected key 4.num_batches"));
     assert_true(d->lv[0].d_conv1.weight.data[0] == w0); /* nothing was loaded */
@@ -407,10 +362,10 @@ static void state_dict_refusals(void **state)
     nn_weights_free(&w);
 
     /* Another net's file, and a missing file: errors name the file. */
-    expect_error(pgn_dip_load_file(d, "tests/fixtures/quality.safetensors", &e), &e,
+    fx_expect_error(pgn_dip_load_file(d, "tests/fixtures/quality.safetensors", &e), &e,
                  "tests/fixtures/quality.safetensors is not a DIP skip-net state dict");
     assert_non_null(strstr(e.msg, "missing key 1.1.1.weight"));
-    expect_error(pgn_dip_load_file(d, "tests/fixtures/no_such_dip.safetensors", &e), &e, "no_such_dip.safetensors");
+    fx_expect_error(pgn_dip_load_file(d, "tests/fixtures/no_such_dip.safetensors", &e), &e, "no_such_dip.safetensors");
     assert_true(d->lv[0].d_conv1.weight.data[0] == w0);
     pgn_dip_free(d);
     free(d);
@@ -421,26 +376,26 @@ static void size_refusals(void **state)
     (void)state;
     nn_err e;
     nn_ctx ctx;
-    check_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
     pgn_dip *d = calloc(1, sizeof *d);
     assert_non_null(d);
-    check_ok(pgn_dip_init(d, 3, &e), &e);
+    fx_ok(pgn_dip_init(d, 3, &e), &e);
     float *x = calloc(3 * 96 * 64, sizeof *x);
     assert_non_null(x);
-    expect_error(pgn_dip_forward(&ctx, d, NULL, &e), &e, "before pgn_dip_set_input");
-    expect_error(pgn_dip_set_input(&ctx, d, x, 1, 32, 32, &e), &e, "input 32x32 is not supported");
-    expect_error(pgn_dip_set_input(&ctx, d, x, 1, 64, 48, &e), &e, "multiples of 32");
-    expect_error(pgn_dip_set_input(&ctx, d, x, 1, 100, 64, &e), &e, "input 100x64");
-    expect_error(pgn_dip_set_input(&ctx, d, x, 1, 64, 32, &e), &e, "at least 64");
+    fx_expect_error(pgn_dip_forward(&ctx, d, NULL, &e), &e, "before pgn_dip_set_input");
+    fx_expect_error(pgn_dip_set_input(&ctx, d, x, 1, 32, 32, &e), &e, "input 32x32 is not supported");
+    fx_expect_error(pgn_dip_set_input(&ctx, d, x, 1, 64, 48, &e), &e, "multiples of 32");
+    fx_expect_error(pgn_dip_set_input(&ctx, d, x, 1, 100, 64, &e), &e, "input 100x64");
+    fx_expect_error(pgn_dip_set_input(&ctx, d, x, 1, 64, 32, &e), &e, "at least 64");
     /* A non-square size that is allowed: 96x64 (deepest level 3x2). */
     pgn_dip_noise(x, 3 * 96 * 64, 5);
-    check_ok(pgn_dip_set_input(&ctx, d, x, 1, 96, 64, &e), &e);
-    expect_error(pgn_dip_backward(&ctx, d, x, &e), &e, "backward without a forward");
-    check_ok(pgn_dip_forward(&ctx, d, NULL, &e), &e);
+    fx_ok(pgn_dip_set_input(&ctx, d, x, 1, 96, 64, &e), &e);
+    fx_expect_error(pgn_dip_backward(&ctx, d, x, &e), &e, "backward without a forward");
+    fx_ok(pgn_dip_forward(&ctx, d, NULL, &e), &e);
     assert_int_equal(d->y.h, 96);
     assert_int_equal(d->y.w, 64);
     assert_int_equal(d->y.c, 3);
-    check_ok(pgn_dip_backward(&ctx, d, x, &e), &e);
+    fx_ok(pgn_dip_backward(&ctx, d, x, &e), &e);
     free(x);
     pgn_dip_free(d);
     free(d);
@@ -478,24 +433,24 @@ static void copy_state_gives_identical_nets(void **state)
     (void)state;
     nn_err e;
     nn_ctx ctx;
-    check_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
     pgn_dip *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
     assert_non_null(a);
     assert_non_null(b);
-    check_ok(pgn_dip_init(a, 100, &e), &e);
-    check_ok(pgn_dip_init(b, 200, &e), &e);
+    fx_ok(pgn_dip_init(a, 100, &e), &e);
+    fx_ok(pgn_dip_init(b, 200, &e), &e);
     enum { COUNT = 3 * 64 * 64 };
     float *x = malloc(COUNT * sizeof *x), *ya = malloc(COUNT * sizeof *ya), *yb = malloc(COUNT * sizeof *yb);
     assert_true(x && ya && yb);
     pgn_dip_noise(x, COUNT, 1);
-    check_ok(pgn_dip_set_input(&ctx, a, x, 1, 64, 64, &e), &e);
-    check_ok(pgn_dip_set_input(&ctx, b, x, 1, 64, 64, &e), &e);
-    check_ok(pgn_dip_forward(&ctx, a, ya, &e), &e);
-    check_ok(pgn_dip_forward(&ctx, b, yb, &e), &e);
+    fx_ok(pgn_dip_set_input(&ctx, a, x, 1, 64, 64, &e), &e);
+    fx_ok(pgn_dip_set_input(&ctx, b, x, 1, 64, 64, &e), &e);
+    fx_ok(pgn_dip_forward(&ctx, a, ya, &e), &e);
+    fx_ok(pgn_dip_forward(&ctx, b, yb, &e), &e);
     assert_true(fx_rel_err(yb, ya, COUNT) > 0.1);
     pgn_dip_copy_state(b, a);
-    check_ok(pgn_dip_forward(&ctx, a, ya, &e), &e);
-    check_ok(pgn_dip_forward(&ctx, b, yb, &e), &e);
+    fx_ok(pgn_dip_forward(&ctx, a, ya, &e), &e);
+    fx_ok(pgn_dip_forward(&ctx, b, yb, &e), &e);
     assert_memory_equal(ya, yb, COUNT * sizeof *ya);
     free(x);
     free(ya);
@@ -513,10 +468,10 @@ static void adam_fits_an_image(void **state)
     (void)state;
     nn_err e;
     nn_ctx ctx;
-    check_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
     pgn_dip *d = calloc(1, sizeof *d);
     assert_non_null(d);
-    check_ok(pgn_dip_init(d, 42, &e), &e);
+    fx_ok(pgn_dip_init(d, 42, &e), &e);
     enum { H = 64, W = 64, COUNT = 3 * H * W };
     float *x = malloc(COUNT * sizeof *x), *t = malloc(COUNT * sizeof *t);
     assert_true(x && t);
@@ -525,22 +480,22 @@ static void adam_fits_an_image(void **state)
         for (int i = 0; i < H; i++)
             for (int j = 0; j < W; j++)
                 t[(c * H + i) * W + j] = 0.5f + 0.4f * sinf(0.1f * (float)(i + 2 * c) + 0.07f * (float)j * (float)(c + 1));
-    check_ok(pgn_dip_set_input(&ctx, d, x, 1, H, W, &e), &e);
+    fx_ok(pgn_dip_set_input(&ctx, d, x, 1, H, W, &e), &e);
     nn_act target = {0}, dy = {0};
     fx_act_from(&ctx, &target, t, 1, 3, H, W);
     int np;
     const nn_param *p = pgn_dip_params(d, &np);
     nn_adam opt;
-    check_ok(nn_adam_init(&opt, p, np, 0.01f, 0.9f, 0.999f, 1e-8f, 0.0f, &e), &e);
+    fx_ok(nn_adam_init(&opt, p, np, 0.01f, 0.9f, 0.999f, 1e-8f, 0.0f, &e), &e);
     double first = 0, last = 0, best = INFINITY;
     for (int k = 0; k < 20; k++) {
         pgn_dip_zero_grad(d);
-        check_ok(pgn_dip_forward(&ctx, d, NULL, &e), &e);
+        fx_ok(pgn_dip_forward(&ctx, d, NULL, &e), &e);
         double loss;
-        check_ok(nn_mse_loss(&ctx, &d->y, &target, &loss, NULL, &e), &e);
+        fx_ok(nn_mse_loss(&ctx, &d->y, &target, &loss, NULL, &e), &e);
         nn_act_grad_reset(&dy);
-        check_ok(nn_mse_loss_backward(&ctx, &d->y, &target, 1.0f, &dy, &e), &e);
-        check_ok(pgn_dip_backward_act(&ctx, d, &dy, &e), &e);
+        fx_ok(nn_mse_loss_backward(&ctx, &d->y, &target, 1.0f, &dy, &e), &e);
+        fx_ok(pgn_dip_backward_act(&ctx, d, &dy, &e), &e);
         nn_adam_step(&opt);
         assert_true(isfinite(loss));
         if (k == 0)

@@ -35,26 +35,6 @@
 #define SD_FILE "tests/fixtures/pgn_resnet4_sd_legacy.pth"
 #define V2_FILE "tests/fixtures/pgn_resnet4_v2_legacy.pth"
 
-static void check_ok(int rc, const nn_err *e)
-{
-    if (rc) {
-        print_error("%s\n", e->msg);
-        fail();
-    }
-}
-
-static void expect_error(int rc, const nn_err *e, const char *needle)
-{
-    if (!rc) {
-        print_error("expected an error containing '%s'\n", needle);
-        fail();
-    }
-    if (!strstr(e->msg, needle)) {
-        print_error("error '%s' does not contain '%s'\n", e->msg, needle);
-        fail();
-    }
-}
-
 static double max_abs(const float *a, size_t n)
 {
     double m = 0;
@@ -81,7 +61,7 @@ static pgn_resnet *new_net(int blocks, uint64_t seed)
     nn_err e;
     pgn_resnet *r = calloc(1, sizeof *r);
     assert_non_null(r);
-    check_ok(pgn_resnet_init(r, blocks, seed, &e), &e);
+    fx_ok(pgn_resnet_init(r, blocks, seed, &e), &e);
     return r;
 }
 
@@ -115,8 +95,8 @@ static void param_counts_and_keys(void **state)
     }
     nn_err e;
     pgn_resnet r0;
-    expect_error(pgn_resnet_init(&r0, 0, 1, &e), &e, "0 residual blocks");
-    expect_error(pgn_resnet_init(&r0, PGN_RESNET_MAX_BLOCKS + 1, 1, &e), &e, "residual blocks");
+    fx_expect_error(pgn_resnet_init(&r0, 0, 1, &e), &e, "0 residual blocks");
+    fx_expect_error(pgn_resnet_init(&r0, PGN_RESNET_MAX_BLOCKS + 1, 1, &e), &e, "residual blocks");
 
     /* PyTorch default init: conv weights within +-1/sqrt(fan_in); BN weight 1, bias 0. */
     pgn_resnet *r = new_net(4, 3);
@@ -130,7 +110,7 @@ static void param_counts_and_keys(void **state)
     /* The module table gives exactly the state dict's keys, in its order (the 76 keys of the
      * spec's table; the file was asserted equal to it by the generator). */
     nn_weights w;
-    check_ok(nn_weights_read(&w, SD_FILE, &e), &e);
+    fx_ok(nn_weights_read(&w, SD_FILE, &e), &e);
     assert_int_equal(w.count, PGN_RESNET_STATE_KEYS(4));
     char report[256];
     assert_int_equal(pgn_resnet_check_state(r, &w, report, sizeof report), 0);
@@ -147,7 +127,7 @@ static void param_counts_and_keys(void **state)
     }
     assert_int_equal(k, 76);
     int blocks = 0;
-    check_ok(pgn_resnet_blocks_of(&w, &blocks, &e), &e);
+    fx_ok(pgn_resnet_blocks_of(&w, &blocks, &e), &e);
     assert_int_equal(blocks, 4);
     nn_weights_free(&w);
     del_net(r);
@@ -170,31 +150,7 @@ static int pin_masks(nn_ctx *ctx, pgn_resnet *r, const nn_weights *fx, int *pinn
     int flips = 0;
     *pinned = 0;
     for (int k = 0; k < nt; k++) {
-        char name[96];
-        snprintf(name, sizeof name, "pin.%s.index", taps[k].prefix);
-        const nn_weight_entry *ix = nn_weights_find(fx, name);
-        snprintf(name, sizeof name, "pin.%s.sign", taps[k].prefix);
-        const nn_weight_entry *sg = nn_weights_find(fx, name);
-        if (!ix || !sg || ix->dtype != NN_I32 || sg->dtype != NN_I8 || ix->numel != sg->numel) {
-            print_error("fixture pins of %s missing or malformed\n", taps[k].prefix);
-            fail();
-        }
-        nn_act *a = taps[k].a;
-        const dnnl_memory_desc_t md = a->md;
-        float *buf = fx_act_to(ctx, a);
-        const size_t count = nn_act_count(a);
-        for (size_t j = 0; j < ix->numel; j++) {
-            const int32_t at = ((const int32_t *)ix->data)[j];
-            const int8_t sign = ((const int8_t *)sg->data)[j];
-            assert_true(at >= 0 && (size_t)at < count);
-            flips += (buf[at] > 0) != (sign > 0);
-            buf[at] = sign > 0 ? 1e-20f : -1e-20f;
-        }
-        *pinned += (int)ix->numel;
-        nn_err e;
-        check_ok(nn_act_from_nchw(ctx, a, buf, a->n, a->c, a->h, a->w, &e), &e);
-        check_ok(nn_act_convert(ctx, a, &md, &e), &e);
-        free(buf);
+        flips += fx_pin(ctx, taps[k].a, fx, taps[k].prefix, pinned);
     }
     return flips;
 }
@@ -322,12 +278,12 @@ static void forward_backward_match_torch(void **state)
     (void)state;
     nn_err e;
     nn_ctx ctx;
-    check_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
     pgn_resnet *r = new_net(4, 1);
-    check_ok(pgn_resnet_load_file(r, SD_FILE, &e), &e);
+    fx_ok(pgn_resnet_load_file(r, SD_FILE, &e), &e);
     nn_weights fx, st;
     fx_open(&fx, "pgn_resnet.safetensors");
-    check_ok(nn_weights_read(&st, SD_FILE, &e), &e);
+    fx_ok(nn_weights_read(&st, SD_FILE, &e), &e);
     size_t nx, no;
     const float *yhat = fx_get(&fx, "yhat", &nx), *target = fx_get(&fx, "target", NULL);
     const float *dout = fx_get(&fx, "do", &no);
@@ -341,7 +297,7 @@ static void forward_backward_match_torch(void **state)
     /* Eval mode: running statistics as loaded; they do not change. */
     pgn_resnet_set_training(r, 0);
     const float rm0 = r->blk[1].bn2.running_mean.data[5];
-    check_ok(pgn_resnet_forward(&ctx, r, yhat, target, n, h, w, o, &e), &e);
+    fx_ok(pgn_resnet_forward(&ctx, r, yhat, target, n, h, w, o, &e), &e);
     fx_expect_close("o_eval", o, fx_get(&fx, "o_eval", NULL), no, TOL);
     print_message("eval output: relative error %.3g\n", fx_rel_err(o, fx_get(&fx, "o_eval", NULL), no));
     assert_true(r->blk[1].bn2.running_mean.data[5] == rm0);
@@ -349,7 +305,7 @@ static void forward_backward_match_torch(void **state)
     /* Train mode. */
     pgn_resnet_set_training(r, 1);
     pgn_resnet_zero_grad(r);
-    check_ok(pgn_resnet_forward(&ctx, r, yhat, target, n, h, w, o, &e), &e);
+    fx_ok(pgn_resnet_forward(&ctx, r, yhat, target, n, h, w, o, &e), &e);
     fx_expect_close("o", o, fx_get(&fx, "o", NULL), no, TOL);
     print_message("train output: relative error %.3g\n", fx_rel_err(o, fx_get(&fx, "o", NULL), no));
     double worst_stat = 0;
@@ -372,7 +328,7 @@ static void forward_backward_match_torch(void **state)
     print_message("BN running statistics: max relative error %.3g\n", worst_stat);
 
     /* Gradients as they come (any flipped LeakyReLU masks included). */
-    check_ok(pgn_resnet_backward(&ctx, r, dout, &e), &e);
+    fx_ok(pgn_resnet_backward(&ctx, r, dout, &e), &e);
     double worst_zero, worst_sum, rel_l2;
     char worst_key[64];
     double worst = compare_grads(r, &fx, 0, &worst_zero, &worst_sum, &rel_l2, worst_key);
@@ -382,10 +338,10 @@ static void forward_backward_match_torch(void **state)
 
     /* Pinned masks: every gradient within 1e-4. */
     pgn_resnet_zero_grad(r);
-    check_ok(pgn_resnet_forward(&ctx, r, yhat, target, n, h, w, NULL, &e), &e);
+    fx_ok(pgn_resnet_forward(&ctx, r, yhat, target, n, h, w, NULL, &e), &e);
     int pinned;
     const int flips = pin_masks(&ctx, r, &fx, &pinned);
-    check_ok(pgn_resnet_backward(&ctx, r, dout, &e), &e);
+    fx_ok(pgn_resnet_backward(&ctx, r, dout, &e), &e);
     worst = compare_grads(r, &fx, TOL, &worst_zero, &worst_sum, &rel_l2, worst_key);
     print_message("pinned (%d masks pinned, %d flipped by the float32 forward): max relative error %.3g (%s), sums "
                   "over cin %.3g, relative L2 %.3g; zero-gradient biases %.3g of their weight's gradient\n",
@@ -397,10 +353,10 @@ static void forward_backward_match_torch(void **state)
     fx_act_from(&ctx, &ya, yhat, n, 3, h, w);
     fx_act_from(&ctx, &ta, target, n, 3, h, w);
     pgn_resnet_set_training(r, 0);
-    check_ok(pgn_resnet_forward_act(&ctx, r, &ya, &ta, &e), &e);
+    fx_ok(pgn_resnet_forward_act(&ctx, r, &ya, &ta, &e), &e);
     float *o2 = fx_act_to(&ctx, pgn_resnet_output(r));
     /* running stats changed by the train forwards: compare with the array path instead */
-    check_ok(pgn_resnet_forward(&ctx, r, yhat, target, n, h, w, o, &e), &e);
+    fx_ok(pgn_resnet_forward(&ctx, r, yhat, target, n, h, w, o, &e), &e);
     assert_true(fx_rel_err(o2, o, no) <= 1e-6);
     free(o2);
     nn_act_free(&ya);
@@ -469,8 +425,8 @@ static void checkpoints_load(void **state)
     (void)state;
     nn_err e;
     pgn_resnet *a = new_net(4, 1), *b = new_net(4, 2);
-    check_ok(pgn_resnet_load_file(a, SD_FILE, &e), &e);
-    check_ok(pgn_resnet_load_file(b, V2_FILE, &e), &e);
+    fx_ok(pgn_resnet_load_file(a, SD_FILE, &e), &e);
+    fx_ok(pgn_resnet_load_file(b, V2_FILE, &e), &e);
     int np;
     const nn_param *pa = pgn_resnet_params(a, &np), *pb = pgn_resnet_params(b, NULL);
     for (int i = 0; i < np; i++)
@@ -480,12 +436,12 @@ static void checkpoints_load(void **state)
     assert_int_equal(a->stem_bn.num_batches_tracked, b->stem_bn.num_batches_tracked);
 
     nn_weights w;
-    check_ok(nn_weights_read(&w, V2_FILE, &e), &e);
+    fx_ok(nn_weights_read(&w, V2_FILE, &e), &e);
     int blocks = 0;
-    check_ok(pgn_resnet_blocks_of(&w, &blocks, &e), &e);
+    fx_ok(pgn_resnet_blocks_of(&w, &blocks, &e), &e);
     assert_int_equal(blocks, 4);
     pgn_proxy hd = pgn_proxy_default(PGN_GRAD_SCALE_UNET);
-    check_ok(pgn_proxy_from_meta(&hd, &w, &e), &e);
+    fx_ok(pgn_proxy_from_meta(&hd, &w, &e), &e);
     assert_true(hd.mode == PGN_PROXY_SIGMOID);
     assert_true(hd.grad_scale == 0.025f);
     assert_true(hd.kappa == 1.1f);
@@ -493,9 +449,9 @@ static void checkpoints_load(void **state)
     nn_weights_free(&w);
 
     /* The plain state dict has no meta: the defaults stay. */
-    check_ok(nn_weights_read(&w, SD_FILE, &e), &e);
+    fx_ok(nn_weights_read(&w, SD_FILE, &e), &e);
     hd = pgn_proxy_default(PGN_GRAD_SCALE_RESNET);
-    check_ok(pgn_proxy_from_meta(&hd, &w, &e), &e);
+    fx_ok(pgn_proxy_from_meta(&hd, &w, &e), &e);
     assert_true(hd.grad_scale == 0.025f && hd.mode == PGN_PROXY_SIGMOID);
     nn_weights_free(&w);
     del_net(a);
@@ -521,7 +477,7 @@ static void state_dict_refusals(void **state)
     pgn_resnet *r = new_net(4, 3);
     const float w0 = r->blk[0].conv1.weight.data[0];
     nn_weights w;
-    check_ok(nn_weights_read(&w, SD_FILE, &e), &e);
+    fx_ok(nn_weights_read(&w, SD_FILE, &e), &e);
     rename_entry(&w, "model.7.conv_block.1.bias", "model.7.conv_block.1.bias_x"); /* missing + unexpected */
     rename_entry(&w, "model.12.num_batches_tracked", "model.12.num_batches");     /* missing + unexpected */
     for (int i = 0; i < w.count; i++)
@@ -536,14 +492,14 @@ static void state_dict_refusals(void **state)
     assert_non_null(strstr(report, "key model.11.weight has shape [64, 64, 6, 3], expected [64, 128, 3, 3]\n"));
     assert_non_null(strstr(report, "unexpected key model.7.conv_block.1.bias_x\n"));
     assert_non_null(strstr(report, "unexpected key model.12.num_batches\n"));
-    expect_error(pgn_resnet_load(r, &w, &e), &e, SD_FILE " is not a PGN ResNet-4 state dict (5 problems)");
+    fx_expect_error(pgn_resnet_load(r, &w, &e), &e, SD_FILE " is not a PGN ResNet-4 state dict (5 problems)");
     assert_non_null(strstr(e.msg, "missing key model.7.conv_block.1.bias"));
     assert_non_null(strstr(e.msg, "unexpected key model.12.num_batches"));
     assert_true(r->blk[0].conv1.weight.data[0] == w0); /* nothing was loaded */
     nn_weights_free(&w);
 
     /* A wrong dtype. */
-    check_ok(nn_weights_read(&w, SD_FILE, &e), &e);
+    fx_ok(nn_weights_read(&w, SD_FILE, &e), &e);
     for (int i = 0; i < w.count; i++)
         if (!strcmp(w.entries[i].name, "model.4.weight"))
             w.entries[i].dtype = NN_I32; /* same byte count as the F32 it holds */
@@ -553,9 +509,9 @@ static void state_dict_refusals(void **state)
 
     /* A ResNet-6 refuses the ResNet-4 file; blocks_of tells the right N. */
     pgn_resnet *r6 = new_net(6, 3);
-    expect_error(pgn_resnet_load_file(r6, V2_FILE, &e), &e, "is not a PGN ResNet-6 state dict");
+    fx_expect_error(pgn_resnet_load_file(r6, V2_FILE, &e), &e, "is not a PGN ResNet-6 state dict");
     assert_non_null(strstr(e.msg, "; it holds a ResNet-4): missing key model.10.conv_block.0.weight"));
-    check_ok(nn_weights_read(&w, V2_FILE, &e), &e);
+    fx_ok(nn_weights_read(&w, V2_FILE, &e), &e);
     char big[8192];
     problems = pgn_resnet_check_state(r6, &w, big, sizeof big);
     assert_non_null(strstr(big, "missing key model.11.conv_block.4.weight\n"));
@@ -566,14 +522,14 @@ static void state_dict_refusals(void **state)
     del_net(r6);
 
     /* Another net's file; a missing file. */
-    expect_error(pgn_resnet_load_file(r, "tests/fixtures/dip_state.safetensors", &e), &e,
+    fx_expect_error(pgn_resnet_load_file(r, "tests/fixtures/dip_state.safetensors", &e), &e,
                  "dip_state.safetensors is not a PGN ResNet-4 state dict");
     assert_non_null(strstr(e.msg, "missing key model.0.weight"));
-    expect_error(pgn_resnet_load_file(r, "tests/fixtures/no_such_resnet.pth", &e), &e, "no_such_resnet.pth");
+    fx_expect_error(pgn_resnet_load_file(r, "tests/fixtures/no_such_resnet.pth", &e), &e, "no_such_resnet.pth");
     assert_true(r->blk[0].conv1.weight.data[0] == w0);
-    check_ok(nn_weights_read(&w, "tests/fixtures/dip_state.safetensors", &e), &e);
+    fx_ok(nn_weights_read(&w, "tests/fixtures/dip_state.safetensors", &e), &e);
     int blocks;
-    expect_error(pgn_resnet_blocks_of(&w, &blocks, &e), &e, "the state dict has 0 residual blocks");
+    fx_expect_error(pgn_resnet_blocks_of(&w, &blocks, &e), &e, "the state dict has 0 residual blocks");
     nn_weights_free(&w);
     del_net(r);
 }
@@ -583,32 +539,32 @@ static void size_refusals(void **state)
     (void)state;
     nn_err e;
     nn_ctx ctx;
-    check_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
     pgn_resnet *r = new_net(4, 5);
     enum { H = 10, W = 6, COUNT = 2 * 3 * H * W };
     float *x = calloc(COUNT, sizeof *x), *t = calloc(COUNT, sizeof *t), *o = calloc(COUNT, sizeof *o);
     assert_true(x && t && o);
     for (int i = 0; i < COUNT; i++)
         x[i] = sinf(0.37f * (float)i), t[i] = cosf(0.11f * (float)i);
-    expect_error(pgn_resnet_backward(&ctx, r, x, &e), &e, "backward without a forward");
-    expect_error(pgn_resnet_forward(&ctx, r, x, t, 1, 9, 6, NULL, &e), &e, "input 9x6 is not supported");
-    expect_error(pgn_resnet_forward(&ctx, r, x, t, 1, 10, 7, NULL, &e), &e, "must be even");
-    expect_error(pgn_resnet_forward(&ctx, r, x, t, 0, 10, 6, NULL, &e), &e, "batch size 0");
+    fx_expect_error(pgn_resnet_backward(&ctx, r, x, &e), &e, "backward without a forward");
+    fx_expect_error(pgn_resnet_forward(&ctx, r, x, t, 1, 9, 6, NULL, &e), &e, "input 9x6 is not supported");
+    fx_expect_error(pgn_resnet_forward(&ctx, r, x, t, 1, 10, 7, NULL, &e), &e, "must be even");
+    fx_expect_error(pgn_resnet_forward(&ctx, r, x, t, 0, 10, 6, NULL, &e), &e, "batch size 0");
     /* A non-square even size, batch 2: 10x6 (5x3 in the middle). */
-    check_ok(pgn_resnet_forward(&ctx, r, x, t, 2, H, W, o, &e), &e);
+    fx_ok(pgn_resnet_forward(&ctx, r, x, t, 2, H, W, o, &e), &e);
     assert_int_equal(r->act[PGN_RS_OUT].h, H);
     assert_int_equal(r->act[PGN_RS_OUT].w, W);
     assert_int_equal(r->act[PGN_RS_OUT].c, 3);
-    check_ok(pgn_resnet_backward(&ctx, r, x, &e), &e);
+    fx_ok(pgn_resnet_backward(&ctx, r, x, &e), &e);
     pgn_resnet_set_training(r, 0);
-    expect_error(pgn_resnet_backward(&ctx, r, x, &e), &e, "backward without a forward");
+    fx_expect_error(pgn_resnet_backward(&ctx, r, x, &e), &e, "backward without a forward");
     nn_act a = {0}, b = {0};
     fx_act_from(&ctx, &a, x, 1, 3, H, W);
     fx_act_from(&ctx, &b, t, 1, 3, 8, W);
-    expect_error(pgn_resnet_forward_act(&ctx, r, &a, &b, &e), &e, "not two 3-channel images");
+    fx_expect_error(pgn_resnet_forward_act(&ctx, r, &a, &b, &e), &e, "not two 3-channel images");
     fx_act_from(&ctx, &a, x, 1, 3, 7, W);
     fx_act_from(&ctx, &b, t, 1, 3, 7, W);
-    expect_error(pgn_resnet_forward_act(&ctx, r, &a, &b, &e), &e, "must be even");
+    fx_expect_error(pgn_resnet_forward_act(&ctx, r, &a, &b, &e), &e, "must be even");
     nn_act_free(&a);
     nn_act_free(&b);
     free(x);
@@ -625,7 +581,7 @@ static void adam_fits_through_proxy(void **state)
     (void)state;
     nn_err e;
     nn_ctx ctx;
-    check_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
     pgn_resnet *r = new_net(4, 42);
     enum { N = 2, H = 8, W = 8, COUNT = N * 3 * H * W };
     float yh[COUNT], tg[COUNT], o[COUNT], p[COUNT], dp[COUNT], dout[COUNT];
@@ -637,11 +593,11 @@ static void adam_fits_through_proxy(void **state)
     int np;
     const nn_param *pp = pgn_resnet_params(r, &np);
     nn_adam opt;
-    check_ok(nn_adam_init(&opt, pp, np, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, &e), &e);
+    fx_ok(nn_adam_init(&opt, pp, np, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, &e), &e);
     double first = 0, last = 0;
     for (int k = 0; k < 15; k++) {
         pgn_resnet_zero_grad(r);
-        check_ok(pgn_resnet_forward(&ctx, r, yh, tg, N, H, W, o, &e), &e);
+        fx_ok(pgn_resnet_forward(&ctx, r, yh, tg, N, H, W, o, &e), &e);
         pgn_proxy_forward(&hd, o, yh, N, H, W, p, NULL);
         double loss = 0;
         for (int i = 0; i < COUNT; i++) {
@@ -649,7 +605,7 @@ static void adam_fits_through_proxy(void **state)
             dp[i] = 2.0f * (p[i] - tg[i]) / COUNT;
         }
         pgn_proxy_backward(&hd, o, dp, NULL, N, H, W, dout);
-        check_ok(pgn_resnet_backward(&ctx, r, dout, &e), &e);
+        fx_ok(pgn_resnet_backward(&ctx, r, dout, &e), &e);
         nn_adam_step(&opt);
         assert_true(isfinite(loss));
         if (k == 0)

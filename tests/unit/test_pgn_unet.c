@@ -30,32 +30,12 @@
 #define TOL 1e-4
 #define STATE "tests/fixtures/pgn_unet_legacy.pth"
 
-static void check_ok(int rc, const nn_err *e)
-{
-    if (rc) {
-        print_error("%s\n", e->msg);
-        fail();
-    }
-}
-
-static void expect_error(int rc, const nn_err *e, const char *needle)
-{
-    if (!rc) {
-        print_error("expected an error containing '%s'\n", needle);
-        fail();
-    }
-    if (!strstr(e->msg, needle)) {
-        print_error("error '%s' does not contain '%s'\n", e->msg, needle);
-        fail();
-    }
-}
-
 static pgn_unet *new_unet(uint64_t seed)
 {
     nn_err e;
     pgn_unet *u = calloc(1, sizeof *u);
     assert_non_null(u);
-    check_ok(pgn_unet_init(u, seed, &e), &e);
+    fx_ok(pgn_unet_init(u, seed, &e), &e);
     return u;
 }
 
@@ -107,7 +87,7 @@ static void param_count_and_keys(void **state)
     /* The legacy state dict's keys, in order, are exactly the module table's. */
     nn_weights w;
     nn_err e;
-    check_ok(nn_weights_read(&w, STATE, &e), &e);
+    fx_ok(nn_weights_read(&w, STATE, &e), &e);
     assert_int_equal(w.count, PGN_UNET_STATE_KEYS);
     char report[256];
     assert_int_equal(pgn_unet_check_state(u, &w, report, sizeof report), 0);
@@ -153,8 +133,8 @@ static float *load_f32(const nn_weights *fx, const char *name, size_t *numel)
     }
     nn_tensor dst;
     nn_err e;
-    check_ok(nn_tensor_alloc(&dst, t->ndim, t->shape, &e), &e);
-    check_ok(nn_weights_get_f32(fx, name, &dst, &e), &e);
+    fx_ok(nn_tensor_alloc(&dst, t->ndim, t->shape, &e), &e);
+    fx_ok(nn_weights_get_f32(fx, name, &dst, &e), &e);
     if (numel)
         *numel = dst.numel;
     float *out = malloc(dst.numel * sizeof *out);
@@ -174,30 +154,7 @@ static int pin_masks(nn_ctx *ctx, pgn_unet *u, const nn_weights *fx, int *pinned
     for (int i = 0; i < PGN_UNET_RELUS; i++) {
         const char *rname;
         nn_act *a = pgn_unet_relu_input(u, i, &rname);
-        char name[96];
-        snprintf(name, sizeof name, "pin.%s.index", rname);
-        const nn_weight_entry *ix = nn_weights_find(fx, name);
-        snprintf(name, sizeof name, "pin.%s.sign", rname);
-        const nn_weight_entry *sg = nn_weights_find(fx, name);
-        if (!ix || !sg || ix->dtype != NN_I32 || sg->dtype != NN_I8 || ix->numel != sg->numel) {
-            print_error("fixture pins of %s missing or malformed\n", rname);
-            fail();
-        }
-        const dnnl_memory_desc_t md = a->md;
-        float *buf = fx_act_to(ctx, a);
-        const size_t count = nn_act_count(a);
-        for (size_t j = 0; j < ix->numel; j++) {
-            const int32_t at = ((const int32_t *)ix->data)[j];
-            const int8_t sign = ((const int8_t *)sg->data)[j];
-            assert_true(at >= 0 && (size_t)at < count);
-            flips += (buf[at] > 0) != (sign > 0);
-            buf[at] = sign > 0 ? 1e-20f : -1e-20f;
-        }
-        *pinned += (int)ix->numel;
-        nn_err e;
-        check_ok(nn_act_from_nchw(ctx, a, buf, a->n, a->c, a->h, a->w, &e), &e);
-        check_ok(nn_act_convert(ctx, a, &md, &e), &e);
-        free(buf);
+        flips += fx_pin(ctx, a, fx, rname, pinned);
     }
     return flips;
 }
@@ -270,12 +227,12 @@ static void forward_backward_match_torch(void **state)
     (void)state;
     nn_err e;
     nn_ctx ctx;
-    check_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
     pgn_unet *u = new_unet(1);
-    check_ok(pgn_unet_load_file(u, STATE, &e), &e);
+    fx_ok(pgn_unet_load_file(u, STATE, &e), &e);
     nn_weights fx, st;
     fx_open(&fx, "pgn_unet.safetensors");
-    check_ok(nn_weights_read(&st, STATE, &e), &e);
+    fx_ok(nn_weights_read(&st, STATE, &e), &e);
 
     const nn_weight_entry *xe = nn_weights_find(&fx, "x");
     assert_non_null(xe);
@@ -290,11 +247,11 @@ static void forward_backward_match_torch(void **state)
 
     /* Eval mode, the file's running statistics. */
     pgn_unet_set_training(u, 0);
-    check_ok(pgn_unet_forward(&ctx, u, x, n, h, w, o, &e), &e);
+    fx_ok(pgn_unet_forward(&ctx, u, x, n, h, w, o, &e), &e);
     const float *o_eval = fx_get(&fx, "o_eval", NULL);
     fx_expect_close("o_eval", o, o_eval, no, TOL);
     print_message("eval output: relative error %.3g (max |o| %.2f)\n", fx_rel_err(o, o_eval, no), max_abs(o_eval, no));
-    expect_error(pgn_unet_backward(&ctx, u, dy, &e), &e, "backward without a train-mode forward");
+    fx_expect_error(pgn_unet_backward(&ctx, u, dy, &e), &e, "backward without a train-mode forward");
     for (int m = 0; m < PGN_UNET_MODULES; m++) /* eval leaves the running statistics alone */
         if (u->mod[m].bn) {
             char name[96];
@@ -302,8 +259,8 @@ static void forward_backward_match_torch(void **state)
             const nn_weight_entry *t = nn_weights_find(&st, name);
             assert_non_null(t);
             nn_tensor tv;
-            check_ok(nn_tensor_alloc1(&tv, u->mod[m].bn->c, &e), &e);
-            check_ok(nn_weights_get_f32(&st, name, &tv, &e), &e);
+            fx_ok(nn_tensor_alloc1(&tv, u->mod[m].bn->c, &e), &e);
+            fx_ok(nn_weights_get_f32(&st, name, &tv, &e), &e);
             assert_memory_equal(tv.data, u->mod[m].bn->running_var.data, tv.numel * sizeof(float));
             nn_tensor_free(&tv);
         }
@@ -311,7 +268,7 @@ static void forward_backward_match_torch(void **state)
     /* Train mode: batch statistics. */
     pgn_unet_set_training(u, 1);
     pgn_unet_zero_grad(u);
-    check_ok(pgn_unet_forward(&ctx, u, x, n, h, w, o, &e), &e);
+    fx_ok(pgn_unet_forward(&ctx, u, x, n, h, w, o, &e), &e);
     const float *o_want = fx_get(&fx, "o", NULL);
     fx_expect_close("o", o, o_want, no, TOL);
     print_message("train output: relative error %.3g (max |o| %.2f)\n", fx_rel_err(o, o_want, no), max_abs(o_want, no));
@@ -342,7 +299,7 @@ static void forward_backward_match_torch(void **state)
     print_message("BN running statistics: max relative error %.3g\n", worst_stat);
 
     /* Gradients as they come. */
-    check_ok(pgn_unet_backward(&ctx, u, dy, &e), &e);
+    fx_ok(pgn_unet_backward(&ctx, u, dy, &e), &e);
     double worst_l2, rel_l2;
     const char *worst_key;
     double worst = compare_grads(u, &fx, 0, &worst_l2, &rel_l2, &worst_key);
@@ -352,17 +309,17 @@ static void forward_backward_match_torch(void **state)
 
     /* Pinned masks: every gradient within 1e-4. */
     pgn_unet_zero_grad(u);
-    check_ok(pgn_unet_forward(&ctx, u, x, n, h, w, NULL, &e), &e);
+    fx_ok(pgn_unet_forward(&ctx, u, x, n, h, w, NULL, &e), &e);
     int pinned;
     const int flips = pin_masks(&ctx, u, &fx, &pinned);
-    check_ok(pgn_unet_backward(&ctx, u, dy, &e), &e);
+    fx_ok(pgn_unet_backward(&ctx, u, dy, &e), &e);
     worst = compare_grads(u, &fx, TOL, &worst_l2, &rel_l2, &worst_key);
     print_message("pinned (%d masks, %d flipped by the float32 forward): max sample error %.3g (%s), L2 norms %.3g\n",
                   pinned, flips, worst, worst_key, worst_l2);
 
     /* A second backward accumulates: twice the gradients. */
     const float g0 = u->params[0].grad->data[5];
-    check_ok(pgn_unet_backward(&ctx, u, dy, &e), &e);
+    fx_ok(pgn_unet_backward(&ctx, u, dy, &e), &e);
     assert_true(fabsf(u->params[0].grad->data[5] - 2 * g0) <= 1e-5f * fabsf(g0) + 1e-30f);
 
     free(x);
@@ -394,7 +351,7 @@ static void state_dict_refusals(void **state)
     const float w0 = u->l0_conv.weight.data[0];
 
     nn_weights w;
-    check_ok(nn_weights_read(&w, STATE, &e), &e);
+    fx_ok(nn_weights_read(&w, STATE, &e), &e);
     rename_entry(&w, "layer3.c1.weight", "layer3.c2.weight");                       /* missing + unexpected */
     rename_entry(&w, "layer2.bn1.num_batches_tracked", "layer2.bn1.num_batches");    /* missing + unexpected */
     for (int i = 0; i < w.count; i++)
@@ -409,14 +366,14 @@ static void state_dict_refusals(void **state)
     assert_non_null(strstr(report, "key conv_up1.0.weight has shape [256, 1, 15, 3], expected [256, 5, 3, 3]\n"));
     assert_non_null(strstr(report, "unexpected key layer3.c2.weight\n"));
     assert_non_null(strstr(report, "unexpected key layer2.bn1.num_batches\n"));
-    expect_error(pgn_unet_load(u, &w, &e), &e, STATE " is not a PGN UNet state dict (5 problems)");
+    fx_expect_error(pgn_unet_load(u, &w, &e), &e, STATE " is not a PGN UNet state dict (5 problems)");
     assert_non_null(strstr(e.msg, "missing key layer3.c1.weight;"));
     assert_non_null(strstr(e.msg, "unexpected key layer2.bn1.num_batches"));
     assert_true(u->l0_conv.weight.data[0] == w0); /* nothing was loaded */
     nn_weights_free(&w);
 
     /* A wrong dtype. */
-    check_ok(nn_weights_read(&w, STATE, &e), &e);
+    fx_ok(nn_weights_read(&w, STATE, &e), &e);
     for (int i = 0; i < w.count; i++)
         if (!strcmp(w.entries[i].name, "layer4.bn2.num_batches_tracked"))
             w.entries[i].dtype = NN_BOOL;
@@ -426,11 +383,11 @@ static void state_dict_refusals(void **state)
     nn_weights_free(&w);
 
     /* Another net's file (the DIP's), and a missing file: errors name the file. */
-    expect_error(pgn_unet_load_file(u, "tests/fixtures/dip_state.safetensors", &e), &e,
+    fx_expect_error(pgn_unet_load_file(u, "tests/fixtures/dip_state.safetensors", &e), &e,
                  "tests/fixtures/dip_state.safetensors is not a PGN UNet state dict");
     assert_non_null(strstr(e.msg, "missing key layer0.0.weight"));
     assert_non_null(strstr(e.msg, "(296 problems)")); /* 115 missing + 181 unexpected */
-    expect_error(pgn_unet_load_file(u, "tests/fixtures/no_such_unet.pth", &e), &e, "no_such_unet.pth");
+    fx_expect_error(pgn_unet_load_file(u, "tests/fixtures/no_such_unet.pth", &e), &e, "no_such_unet.pth");
     assert_true(u->l0_conv.weight.data[0] == w0);
     del_unet(u);
 }
@@ -440,32 +397,32 @@ static void size_refusals(void **state)
     (void)state;
     nn_err e;
     nn_ctx ctx;
-    check_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
     pgn_unet *u = new_unet(5);
     enum { N = 1, H = 32, W = 64 };
     float *x = calloc(6 * 48 * 64, sizeof *x), *dy = calloc(3 * 48 * 64, sizeof *dy);
     assert_true(x && dy);
-    expect_error(pgn_unet_forward(&ctx, u, x, 1, 48, 48, NULL, &e), &e,
+    fx_expect_error(pgn_unet_forward(&ctx, u, x, 1, 48, 48, NULL, &e), &e,
                  "input 48x48 is not supported: height and width must be positive multiples of 32");
-    expect_error(pgn_unet_forward(&ctx, u, x, 1, 64, 48, NULL, &e), &e, "input 64x48");
-    expect_error(pgn_unet_check_size(100, 64, &e), &e, "multiples of 32");
-    expect_error(pgn_unet_forward(&ctx, u, x, 1, 32, 32, NULL, &e), &e, "deepest batch norm");
-    expect_error(pgn_unet_backward(&ctx, u, dy, &e), &e, "backward without a train-mode forward");
+    fx_expect_error(pgn_unet_forward(&ctx, u, x, 1, 64, 48, NULL, &e), &e, "input 64x48");
+    fx_expect_error(pgn_unet_check_size(100, 64, &e), &e, "multiples of 32");
+    fx_expect_error(pgn_unet_forward(&ctx, u, x, 1, 32, 32, NULL, &e), &e, "deepest batch norm");
+    fx_expect_error(pgn_unet_backward(&ctx, u, dy, &e), &e, "backward without a train-mode forward");
     /* Eval mode runs at 32x32 with batch 1; train mode at 32x64 (deepest level 1x2). */
     pgn_unet_set_training(u, 0);
-    check_ok(pgn_unet_forward(&ctx, u, x, 1, 32, 32, NULL, &e), &e);
+    fx_ok(pgn_unet_forward(&ctx, u, x, 1, 32, 32, NULL, &e), &e);
     pgn_unet_set_training(u, 1);
     for (int i = 0; i < 6 * H * W; i++)
         x[i] = (float)((i * 37) % 101) / 101.0f;
     for (int i = 0; i < 3 * H * W; i++)
         dy[i] = (float)((i * 53) % 97) / 97.0f - 0.5f;
-    check_ok(pgn_unet_forward(&ctx, u, x, N, H, W, NULL, &e), &e);
+    fx_ok(pgn_unet_forward(&ctx, u, x, N, H, W, NULL, &e), &e);
     assert_int_equal(u->out.n, N);
     assert_int_equal(u->out.c, 3);
     assert_int_equal(u->out.h, H);
     assert_int_equal(u->out.w, W);
     pgn_unet_zero_grad(u);
-    check_ok(pgn_unet_backward(&ctx, u, dy, &e), &e);
+    fx_ok(pgn_unet_backward(&ctx, u, dy, &e), &e);
     assert_true(nn_grad_norm(u->params, PGN_UNET_PARAM_TENSORS) > 0);
     free(x);
     free(dy);
@@ -480,7 +437,7 @@ static void pair_input_and_adam(void **state)
     (void)state;
     nn_err e;
     nn_ctx ctx;
-    check_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
     pgn_unet *u = new_unet(42);
     enum { N = 2, H = 32, W = 32, HW = H * W };
     float *x = malloc(N * 6 * HW * sizeof *x), *a = malloc(N * 3 * HW * sizeof *a), *b = malloc(N * 3 * HW * sizeof *b);
@@ -498,27 +455,27 @@ static void pair_input_and_adam(void **state)
     fx_act_from(&ctx, &aa, a, N, 3, H, W);
     fx_act_from(&ctx, &ab, b, N, 3, H, W);
     pgn_unet_set_training(u, 0); /* no running-statistics drift between the two forwards */
-    check_ok(pgn_unet_forward(&ctx, u, x, N, H, W, o1, &e), &e);
-    check_ok(pgn_unet_forward_pair(&ctx, u, &aa, &ab, &e), &e);
-    check_ok(nn_act_to_nchw(&ctx, &u->out, o2, &e), &e);
+    fx_ok(pgn_unet_forward(&ctx, u, x, N, H, W, o1, &e), &e);
+    fx_ok(pgn_unet_forward_pair(&ctx, u, &aa, &ab, &e), &e);
+    fx_ok(nn_act_to_nchw(&ctx, &u->out, o2, &e), &e);
     assert_memory_equal(o1, o2, N * 3 * HW * sizeof *o1);
-    expect_error(pgn_unet_forward_pair(&ctx, u, &aa, &u->x, &e), &e, "not two matching RGB batches");
+    fx_expect_error(pgn_unet_forward_pair(&ctx, u, &aa, &u->x, &e), &e, "not two matching RGB batches");
 
     pgn_unet_set_training(u, 1);
     fx_act_from(&ctx, &target, b, N, 3, H, W);
     int np;
     const nn_param *p = pgn_unet_params(u, &np);
     nn_adam opt;
-    check_ok(nn_adam_init(&opt, p, np, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, &e), &e);
+    fx_ok(nn_adam_init(&opt, p, np, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, &e), &e);
     double first = 0, last = 0;
     for (int k = 0; k < 8; k++) {
         pgn_unet_zero_grad(u);
-        check_ok(pgn_unet_forward_pair(&ctx, u, &aa, &ab, &e), &e);
+        fx_ok(pgn_unet_forward_pair(&ctx, u, &aa, &ab, &e), &e);
         double loss;
-        check_ok(nn_mse_loss(&ctx, &u->out, &target, &loss, NULL, &e), &e);
+        fx_ok(nn_mse_loss(&ctx, &u->out, &target, &loss, NULL, &e), &e);
         nn_act_grad_reset(&dy);
-        check_ok(nn_mse_loss_backward(&ctx, &u->out, &target, 1.0f, &dy, &e), &e);
-        check_ok(pgn_unet_backward_act(&ctx, u, &dy, &e), &e);
+        fx_ok(nn_mse_loss_backward(&ctx, &u->out, &target, 1.0f, &dy, &e), &e);
+        fx_ok(pgn_unet_backward_act(&ctx, u, &dy, &e), &e);
         nn_adam_step(&opt);
         assert_true(isfinite(loss));
         if (k == 0)
