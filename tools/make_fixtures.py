@@ -331,7 +331,7 @@ def main():
 
     for module, what in [("fixtures_weights", "weights_*"), ("fixtures_teacher", "teacher_*"),
                          ("fixtures_dip", "dip_* and quality"), ("fixtures_pgn_resnet", "pgn_resnet*"),
-                         ("fixtures_pgn_unet", "pgn_unet*")]:
+                         ("fixtures_pgn_unet", "pgn_unet*"), ("fixtures_autoencoder", "autoencoder*")]:
         if os.path.exists(os.path.join(TOOLS, module + ".py")):
             importlib.import_module(module).write_all(outdir)
             print(f"wrote {what} fixtures (tools/{module}.py)")
