@@ -182,13 +182,6 @@ static void free_acts(nn_act *a, int n)
         nn_act_free(&a[i]);
 }
 
-static void free_sep(pgn_ae_sep *s)
-{
-    nn_act *a[] = {&s->a0, &s->pre, &s->out, &s->g0, &s->gpre};
-    for (size_t j = 0; j < sizeof a / sizeof *a; j++)
-        nn_act_free(a[j]);
-}
-
 void pgn_autoencoder_free(pgn_autoencoder *ae)
 {
     for (int m = 0; m < ae->nmod; m++) {
@@ -202,14 +195,14 @@ void pgn_autoencoder_free(pgn_autoencoder *ae)
     for (size_t i = 0; i < sizeof l0 / sizeof *l0; i++)
         nn_act_free(l0[i]);
     for (int k = 0; k < 2; k++) {
-        free_acts(ae->blk[k].t, PGN_AE_B_ACTS);
-        free_acts(ae->blk[k].g, PGN_AE_B_ACTS);
+        free_acts(ae->blk[k].t, PGN_B_ACTS);
+        free_acts(ae->blk[k].g, PGN_B_ACTS);
         nn_act_free(&ae->blk[k].out);
     }
     free_acts(ae->blk_gout, 2);
-    free_sep(&ae->mid);
+    pgn_sep_free_acts(&ae->mid);
     for (int j = 0; j <= PGN_AE_MAX_LAYER; j++)
-        free_sep(&ae->dec[j]);
+        pgn_sep_free_acts(&ae->dec[j]);
     free_acts(ae->up, PGN_AE_MAX_LAYER + 1);
     free_acts(ae->up_g, PGN_AE_MAX_LAYER + 1);
     free_acts(ae->dec_g, PGN_AE_MAX_LAYER + 1);
@@ -274,71 +267,27 @@ static const char *conv_name(const pgn_autoencoder *ae, const nn_conv2d *c)
     return "conv";
 }
 
+/* The shared blocks (pgn/blaze.c), with this net's relu and its error prefix. */
 static int sep_forward(nn_ctx *ctx, pgn_autoencoder *ae, pgn_ae_sep *s, const nn_act *x, nn_err *e)
 {
-    const char *name = conv_name(ae, &s->c0);
-    TRY(nn_conv2d_forward(ctx, &s->c0, x, &s->a0, e), name);
-    TRY(nn_conv2d_forward(ctx, &s->c1, &s->a0, &s->pre, e), name);
-    TRY(nn_eltwise_forward(ctx, &ae->relu, &s->pre, &s->out, e), name);
-    return 0;
+    return pgn_sep_forward(ctx, s, &ae->relu, x, conv_name(ae, &s->c0), e) ? nn_err_prefix(e, "autoencoder") : 0;
 }
 
-/* gout: gradient of s->out; gx (may be NULL) receives the input gradient (accumulated). */
-static int sep_backward(nn_ctx *ctx, pgn_autoencoder *ae, pgn_ae_sep *s, const nn_act *x, const nn_act *gout,
-                        nn_act *gx, nn_err *e)
+static int sep_backward(nn_ctx *ctx, pgn_autoencoder *ae, pgn_ae_sep *s, const nn_act *x, const nn_act *gout, nn_act *gx,
+                        nn_err *e)
 {
-    const char *name = conv_name(ae, &s->c0);
-    nn_act_grad_reset(&s->gpre);
-    nn_act_grad_reset(&s->g0);
-    TRY(nn_eltwise_backward(ctx, &ae->relu, &s->pre, gout, &s->gpre, e), name);
-    TRY(nn_conv2d_backward(ctx, &s->c1, &s->a0, &s->gpre, &s->g0, 1, e), name);
-    TRY(nn_conv2d_backward(ctx, &s->c0, x, &s->g0, gx, 1, e), name);
-    return 0;
+    return pgn_sep_backward(ctx, s, &ae->relu, x, gout, gx, conv_name(ae, &s->c0), e) ? nn_err_prefix(e, "autoencoder") : 0;
 }
 
 static int blaze_forward(nn_ctx *ctx, pgn_autoencoder *ae, pgn_ae_blaze *k, const nn_act *x, nn_err *e)
 {
-    const char *name = conv_name(ae, &k->cdw1);
-    nn_act *t = k->t;
-    TRY(nn_conv2d_forward(ctx, &k->cdw1, x, &t[PGN_AE_B_DW1], e), name);
-    TRY(nn_conv2d_forward(ctx, &k->cpw1, &t[PGN_AE_B_DW1], &t[PGN_AE_B_PW1], e), name);
-    TRY(nn_batchnorm2d_forward(ctx, &k->bn1, &t[PGN_AE_B_PW1], &t[PGN_AE_B_PRE1], e), name);
-    TRY(nn_eltwise_forward(ctx, &ae->relu, &t[PGN_AE_B_PRE1], &t[PGN_AE_B_ACT1], e), name);
-    TRY(nn_conv2d_forward(ctx, &k->cdw2, &t[PGN_AE_B_ACT1], &t[PGN_AE_B_DW2], e), name);
-    TRY(nn_conv2d_forward(ctx, &k->cpw2, &t[PGN_AE_B_DW2], &t[PGN_AE_B_PW2], e), name);
-    TRY(nn_batchnorm2d_forward(ctx, &k->bn2, &t[PGN_AE_B_PW2], &t[PGN_AE_B_BN2], e), name);
-    const nn_act *res = x;
-    if (k->stride == 2) {
-        TRY(nn_conv2d_forward(ctx, &k->c1, x, &t[PGN_AE_B_RES], e), name);
-        res = &t[PGN_AE_B_RES];
-    }
-    TRY(nn_add_forward(ctx, &t[PGN_AE_B_BN2], res, &t[PGN_AE_B_PRE2], e), name);
-    TRY(nn_eltwise_forward(ctx, &ae->relu, &t[PGN_AE_B_PRE2], &k->out, e), name);
-    return 0;
+    return pgn_blaze_forward(ctx, k, &ae->relu, x, conv_name(ae, &k->cdw1), e) ? nn_err_prefix(e, "autoencoder") : 0;
 }
 
-/* gout: gradient of k->out; gx receives the input gradient (accumulated; both paths). */
 static int blaze_backward(nn_ctx *ctx, pgn_autoencoder *ae, pgn_ae_blaze *k, const nn_act *x, const nn_act *gout,
                           nn_act *gx, nn_err *e)
 {
-    const char *name = conv_name(ae, &k->cdw1);
-    nn_act *t = k->t, *g = k->g;
-    for (int i = 0; i < PGN_AE_B_ACTS; i++)
-        nn_act_grad_reset(&g[i]);
-    TRY(nn_eltwise_backward(ctx, &ae->relu, &t[PGN_AE_B_PRE2], gout, &g[PGN_AE_B_PRE2], e), name);
-    if (k->stride == 2) {
-        TRY(nn_add_backward(ctx, &g[PGN_AE_B_PRE2], &g[PGN_AE_B_BN2], &g[PGN_AE_B_RES], e), name);
-        TRY(nn_conv2d_backward(ctx, &k->c1, x, &g[PGN_AE_B_RES], gx, 1, e), name);
-    } else
-        TRY(nn_add_backward(ctx, &g[PGN_AE_B_PRE2], &g[PGN_AE_B_BN2], gx, e), name);
-    TRY(nn_batchnorm2d_backward(ctx, &k->bn2, &t[PGN_AE_B_PW2], &g[PGN_AE_B_BN2], &g[PGN_AE_B_PW2], e), name);
-    TRY(nn_conv2d_backward(ctx, &k->cpw2, &t[PGN_AE_B_DW2], &g[PGN_AE_B_PW2], &g[PGN_AE_B_DW2], 1, e), name);
-    TRY(nn_conv2d_backward(ctx, &k->cdw2, &t[PGN_AE_B_ACT1], &g[PGN_AE_B_DW2], &g[PGN_AE_B_ACT1], 1, e), name);
-    TRY(nn_eltwise_backward(ctx, &ae->relu, &t[PGN_AE_B_PRE1], &g[PGN_AE_B_ACT1], &g[PGN_AE_B_PRE1], e), name);
-    TRY(nn_batchnorm2d_backward(ctx, &k->bn1, &t[PGN_AE_B_PW1], &g[PGN_AE_B_PRE1], &g[PGN_AE_B_PW1], e), name);
-    TRY(nn_conv2d_backward(ctx, &k->cpw1, &t[PGN_AE_B_DW1], &g[PGN_AE_B_PW1], &g[PGN_AE_B_DW1], 1, e), name);
-    TRY(nn_conv2d_backward(ctx, &k->cdw1, x, &g[PGN_AE_B_DW1], gx, 1, e), name);
-    return 0;
+    return pgn_blaze_backward(ctx, k, &ae->relu, x, gout, gx, conv_name(ae, &k->cdw1), e) ? nn_err_prefix(e, "autoencoder") : 0;
 }
 
 /* The encoder's output (mid's input). */
@@ -501,7 +450,7 @@ nn_act *pgn_autoencoder_relu_input(pgn_autoencoder *ae, int i, const char **name
     i--;
     const int nb = ae->max_layer; /* blocks */
     if (i < 2 * nb)
-        return &ae->blk[i / 2].t[i % 2 ? PGN_AE_B_PRE2 : PGN_AE_B_PRE1];
+        return &ae->blk[i / 2].t[i % 2 ? PGN_B_PRE2 : PGN_B_PRE1];
     i -= 2 * nb;
     if (i == 0)
         return &ae->mid.pre;

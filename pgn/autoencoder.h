@@ -30,6 +30,7 @@
 #include "nn/engine.h"
 #include "nn/rng.h"
 #include "nn/weights.h"
+#include "pgn/blaze.h"
 #include "pgn/state_dict.h"
 
 #define PGN_AE_IN_CHANNELS 3
@@ -46,25 +47,8 @@ extern const int PGN_AE_MODULES[3];         /* 7, 15, 24 */
 extern const int PGN_AE_STATE_KEYS[3];      /* 16, 34, 53 */
 
 /* sep conv: c0 (kxk grouped) -> c1 (1x1) -> ReLU. pre = c1's output (the ReLU input). */
-typedef struct pgn_ae_sep {
-    nn_conv2d c0, c1;
-    nn_act a0, pre, out; /* activations of the last forward */
-    nn_act g0, gpre;     /* their gradients */
-} pgn_ae_sep;
-
-/* DoubleBlaze block. t[] in forward order; pre1 = bn1 output, pre2 = bn2 + residual. */
-enum {
-    PGN_AE_B_DW1, PGN_AE_B_PW1, PGN_AE_B_PRE1, PGN_AE_B_ACT1, PGN_AE_B_DW2, PGN_AE_B_PW2, PGN_AE_B_BN2,
-    PGN_AE_B_RES, PGN_AE_B_PRE2, PGN_AE_B_ACTS
-};
-typedef struct pgn_ae_blaze {
-    int cin, cout, stride;
-    nn_conv2d cdw1, cpw1, cdw2, cpw2, c1; /* c1 only when stride == 2 */
-    nn_batchnorm2d bn1, bn2;
-    nn_act t[PGN_AE_B_ACTS];
-    nn_act g[PGN_AE_B_ACTS];
-    nn_act out;
-} pgn_ae_blaze;
+typedef pgn_sep pgn_ae_sep;     /* pgn/blaze.h */
+typedef pgn_blaze pgn_ae_blaze;
 
 typedef struct pgn_autoencoder {
     int max_layer;

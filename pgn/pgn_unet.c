@@ -159,8 +159,8 @@ void pgn_unet_free(pgn_unet *u)
     for (size_t i = 0; i < sizeof l0 / sizeof *l0; i++)
         nn_act_free(l0[i]);
     for (int k = 0; k < 4; k++) {
-        free_acts(u->blk[k].t, PGN_UNET_B_ACTS);
-        free_acts(u->blk[k].g, PGN_UNET_B_ACTS);
+        free_acts(u->blk[k].t, PGN_B_ACTS);
+        free_acts(u->blk[k].g, PGN_B_ACTS);
         nn_act_free(&u->blk[k].out);
     }
     free_acts(u->blk_gout, 4);
@@ -215,69 +215,27 @@ static const char *sep_name(const pgn_unet *u, const pgn_unet_sep *s)
     return "sep";
 }
 
+/* The shared blocks (pgn/blaze.c), with this net's relu and its error prefix. */
 static int sep_forward(nn_ctx *ctx, pgn_unet *u, pgn_unet_sep *s, const nn_act *x, nn_err *e)
 {
-    const char *name = sep_name(u, s);
-    TRY(nn_conv2d_forward(ctx, &s->c0, x, &s->a0, e), name);
-    TRY(nn_conv2d_forward(ctx, &s->c1, &s->a0, &s->pre, e), name);
-    TRY(nn_eltwise_forward(ctx, &u->relu, &s->pre, &s->out, e), name);
-    return 0;
+    return pgn_sep_forward(ctx, s, &u->relu, x, sep_name(u, s), e) ? nn_err_prefix(e, "pgn unet") : 0;
 }
 
-/* gout: gradient of s->out; gx (may be NULL) receives the input gradient (accumulated). */
 static int sep_backward(nn_ctx *ctx, pgn_unet *u, pgn_unet_sep *s, const nn_act *x, const nn_act *gout, nn_act *gx,
                         nn_err *e)
 {
-    const char *name = sep_name(u, s);
-    nn_act_grad_reset(&s->gpre);
-    nn_act_grad_reset(&s->g0);
-    TRY(nn_eltwise_backward(ctx, &u->relu, &s->pre, gout, &s->gpre, e), name);
-    TRY(nn_conv2d_backward(ctx, &s->c1, &s->a0, &s->gpre, &s->g0, 1, e), name);
-    TRY(nn_conv2d_backward(ctx, &s->c0, x, &s->g0, gx, 1, e), name);
-    return 0;
+    return pgn_sep_backward(ctx, s, &u->relu, x, gout, gx, sep_name(u, s), e) ? nn_err_prefix(e, "pgn unet") : 0;
 }
 
 static int blaze_forward(nn_ctx *ctx, pgn_unet *u, pgn_unet_blaze *k, const nn_act *x, const char *name, nn_err *e)
 {
-    nn_act *t = k->t;
-    TRY(nn_conv2d_forward(ctx, &k->cdw1, x, &t[PGN_UNET_B_DW1], e), name);
-    TRY(nn_conv2d_forward(ctx, &k->cpw1, &t[PGN_UNET_B_DW1], &t[PGN_UNET_B_PW1], e), name);
-    TRY(nn_batchnorm2d_forward(ctx, &k->bn1, &t[PGN_UNET_B_PW1], &t[PGN_UNET_B_PRE1], e), name);
-    TRY(nn_eltwise_forward(ctx, &u->relu, &t[PGN_UNET_B_PRE1], &t[PGN_UNET_B_ACT1], e), name);
-    TRY(nn_conv2d_forward(ctx, &k->cdw2, &t[PGN_UNET_B_ACT1], &t[PGN_UNET_B_DW2], e), name);
-    TRY(nn_conv2d_forward(ctx, &k->cpw2, &t[PGN_UNET_B_DW2], &t[PGN_UNET_B_PW2], e), name);
-    TRY(nn_batchnorm2d_forward(ctx, &k->bn2, &t[PGN_UNET_B_PW2], &t[PGN_UNET_B_BN2], e), name);
-    const nn_act *res = x;
-    if (k->stride == 2) {
-        TRY(nn_conv2d_forward(ctx, &k->c1, x, &t[PGN_UNET_B_RES], e), name);
-        res = &t[PGN_UNET_B_RES];
-    }
-    TRY(nn_add_forward(ctx, &t[PGN_UNET_B_BN2], res, &t[PGN_UNET_B_PRE2], e), name);
-    TRY(nn_eltwise_forward(ctx, &u->relu, &t[PGN_UNET_B_PRE2], &k->out, e), name);
-    return 0;
+    return pgn_blaze_forward(ctx, k, &u->relu, x, name, e) ? nn_err_prefix(e, "pgn unet") : 0;
 }
 
-/* gout: gradient of k->out; gx receives the input gradient (accumulated; both paths). */
 static int blaze_backward(nn_ctx *ctx, pgn_unet *u, pgn_unet_blaze *k, const nn_act *x, const nn_act *gout,
                           nn_act *gx, const char *name, nn_err *e)
 {
-    nn_act *t = k->t, *g = k->g;
-    for (int i = 0; i < PGN_UNET_B_ACTS; i++)
-        nn_act_grad_reset(&g[i]);
-    TRY(nn_eltwise_backward(ctx, &u->relu, &t[PGN_UNET_B_PRE2], gout, &g[PGN_UNET_B_PRE2], e), name);
-    if (k->stride == 2) {
-        TRY(nn_add_backward(ctx, &g[PGN_UNET_B_PRE2], &g[PGN_UNET_B_BN2], &g[PGN_UNET_B_RES], e), name);
-        TRY(nn_conv2d_backward(ctx, &k->c1, x, &g[PGN_UNET_B_RES], gx, 1, e), name);
-    } else
-        TRY(nn_add_backward(ctx, &g[PGN_UNET_B_PRE2], &g[PGN_UNET_B_BN2], gx, e), name);
-    TRY(nn_batchnorm2d_backward(ctx, &k->bn2, &t[PGN_UNET_B_PW2], &g[PGN_UNET_B_BN2], &g[PGN_UNET_B_PW2], e), name);
-    TRY(nn_conv2d_backward(ctx, &k->cpw2, &t[PGN_UNET_B_DW2], &g[PGN_UNET_B_PW2], &g[PGN_UNET_B_DW2], 1, e), name);
-    TRY(nn_conv2d_backward(ctx, &k->cdw2, &t[PGN_UNET_B_ACT1], &g[PGN_UNET_B_DW2], &g[PGN_UNET_B_ACT1], 1, e), name);
-    TRY(nn_eltwise_backward(ctx, &u->relu, &t[PGN_UNET_B_PRE1], &g[PGN_UNET_B_ACT1], &g[PGN_UNET_B_PRE1], e), name);
-    TRY(nn_batchnorm2d_backward(ctx, &k->bn1, &t[PGN_UNET_B_PW1], &g[PGN_UNET_B_PRE1], &g[PGN_UNET_B_PW1], e), name);
-    TRY(nn_conv2d_backward(ctx, &k->cpw1, &t[PGN_UNET_B_DW1], &g[PGN_UNET_B_PW1], &g[PGN_UNET_B_DW1], 1, e), name);
-    TRY(nn_conv2d_backward(ctx, &k->cdw1, x, &g[PGN_UNET_B_DW1], gx, 1, e), name);
-    return 0;
+    return pgn_blaze_backward(ctx, k, &u->relu, x, gout, gx, name, e) ? nn_err_prefix(e, "pgn unet") : 0;
 }
 
 static const char *const BLK_NAME[4] = {"layer1.1", "layer2", "layer3", "layer4"};
@@ -448,7 +406,7 @@ nn_act *pgn_unet_relu_input(pgn_unet *u, int i, const char **name)
     if (i == 0)
         return &u->l0_pre;
     if (i < 9)
-        return &u->blk[(i - 1) / 2].t[(i - 1) % 2 ? PGN_UNET_B_PRE2 : PGN_UNET_B_PRE1];
+        return &u->blk[(i - 1) / 2].t[(i - 1) % 2 ? PGN_B_PRE2 : PGN_B_PRE1];
     /* seps 9..20 in pgn_unet.sep[] order (= state-dict order) */
     return &u->sep[i - 9].pre;
 }

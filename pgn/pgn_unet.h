@@ -28,6 +28,7 @@
 #include "nn/adam.h"
 #include "nn/engine.h"
 #include "nn/weights.h"
+#include "pgn/blaze.h"
 #include "pgn/state_dict.h"
 
 #define PGN_UNET_IN_CHANNELS 6
@@ -40,25 +41,8 @@
 #define PGN_UNET_RELUS 21           /* 12 seps + layer0 + 2 per block */
 
 /* sep conv: c0 (kxk grouped) -> c1 (1x1) -> ReLU. pre = c1's output (the ReLU input). */
-typedef struct pgn_unet_sep {
-    nn_conv2d c0, c1;
-    nn_act a0, pre, out; /* activations of the last forward */
-    nn_act g0, gpre;     /* their gradients (the output's gradient is held by the consumer) */
-} pgn_unet_sep;
-
-/* DoubleBlaze block. t[] in forward order; pre1 = bn1 output, pre2 = bn2 + residual. */
-enum {
-    PGN_UNET_B_DW1, PGN_UNET_B_PW1, PGN_UNET_B_PRE1, PGN_UNET_B_ACT1, PGN_UNET_B_DW2, PGN_UNET_B_PW2,
-    PGN_UNET_B_BN2, PGN_UNET_B_RES, PGN_UNET_B_PRE2, PGN_UNET_B_ACTS
-};
-typedef struct pgn_unet_blaze {
-    int cin, cout, stride;
-    nn_conv2d cdw1, cpw1, cdw2, cpw2, c1; /* c1 only when stride == 2 */
-    nn_batchnorm2d bn1, bn2;
-    nn_act t[PGN_UNET_B_ACTS];
-    nn_act g[PGN_UNET_B_ACTS];
-    nn_act out;
-} pgn_unet_blaze;
+typedef pgn_sep pgn_unet_sep;     /* pgn/blaze.h */
+typedef pgn_blaze pgn_unet_blaze;
 
 /* One state-dict module (pgn/state_dict.h): a conv or a BN, in state-dict order. */
 typedef pgn_module pgn_unet_module;

@@ -1,0 +1,43 @@
+/* The light blocks shared by the PGN UNet (§3.2) and the autoencoders (§3.4), on engine layers:
+ *   sep(cin, cout, k):  Conv kxk (groups gcd(cin, cout), bias) -> Conv1x1 (bias) -> ReLU
+ *   DoubleBlaze:        dw5x5 (stride) -> pw1x1 -> BN -> ReLU -> dw5x5 -> pw1x1 -> BN,
+ *                       + residual (identity, or Conv1x1 stride 2), -> ReLU   (no conv biases)
+ * The nets build them (and register their state-dict prefixes) themselves; these run them.
+ * Backward functions ACCUMULATE parameter gradients and the input gradient (engine rules). */
+#ifndef PGN_BLAZE_H
+#define PGN_BLAZE_H
+
+#include "nn/engine.h"
+
+typedef struct pgn_sep {
+    nn_conv2d c0, c1;
+    nn_act a0, pre, out; /* activations of the last forward */
+    nn_act g0, gpre;     /* their gradients (the output's gradient is held by the consumer) */
+} pgn_sep;
+
+/* DoubleBlaze activations, in forward order; PRE1 = bn1 output, PRE2 = bn2 + residual. */
+enum { PGN_B_DW1, PGN_B_PW1, PGN_B_PRE1, PGN_B_ACT1, PGN_B_DW2, PGN_B_PW2, PGN_B_BN2, PGN_B_RES, PGN_B_PRE2, PGN_B_ACTS };
+
+typedef struct pgn_blaze {
+    int cin, cout, stride;
+    nn_conv2d cdw1, cpw1, cdw2, cpw2, c1; /* c1 only when stride == 2 */
+    nn_batchnorm2d bn1, bn2;
+    nn_act t[PGN_B_ACTS];
+    nn_act g[PGN_B_ACTS];
+    nn_act out;
+} pgn_blaze;
+
+/* name goes into error messages (the block's state-dict prefix). */
+int pgn_sep_forward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, const char *name, nn_err *e);
+/* gout: gradient of s->out; gx (may be NULL) receives the input gradient. */
+int pgn_sep_backward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, const nn_act *gout, nn_act *gx,
+                     const char *name, nn_err *e);
+int pgn_blaze_forward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act *x, const char *name, nn_err *e);
+/* gout: gradient of k->out; gx receives the input gradient (both paths). */
+int pgn_blaze_backward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act *x, const nn_act *gout, nn_act *gx,
+                       const char *name, nn_err *e);
+/* Frees the blocks' activations (their layers belong to the net's free). */
+void pgn_sep_free_acts(pgn_sep *s);
+void pgn_blaze_free_acts(pgn_blaze *k);
+
+#endif
