@@ -2,6 +2,9 @@
  *   bench_engine conv3x3 [reps]          3x3 conv 64->64 @ 1x64x128x128: fwd, bwd-data, bwd-weights
  *   bench_engine vgg_perceptual [reps] [batch] [size]
  *                                        VGG-19 (avg pools) perceptual loss + gradient w.r.t. the input
+ *   bench_engine fit_step [reps] [batch] [size] [arch]
+ *                                        one online PGN fit step (pgn/fit.h), random teacher and
+ *                                        targets, with its split: teacher, PGN fwd+bwd, autoencoders
  * Each mode is meant to run in its own process so that the peak RSS it prints is its own. */
 #include <omp.h>
 #include <stdio.h>
@@ -11,6 +14,7 @@
 #include <time.h>
 
 #include "nn/engine.h"
+#include "pgn/fit.h"
 #include "pgn/vgg19.h"
 
 static double now_ms(void)
@@ -149,6 +153,43 @@ static void bench_vgg(nn_ctx *ctx, int reps, int n, int size)
     nn_free(x), nn_free(y), nn_free(g);
 }
 
+static void bench_fit(int threads, int reps, int batch, int size, const char *arch)
+{
+    nn_err e;
+    nn_rng r;
+    nn_rng_seed(&r, 3);
+    pgn_fit_params p;
+    pgn_fit_params_default(&p);
+    p.batch = batch, p.size = size;
+    snprintf(p.arch, sizeof p.arch, "%s", arch);
+    pgn_fit *f;
+    if (pgn_fit_open(&f, &p, NULL, threads, &e))
+        die(&e);
+    size_t count = (size_t)batch * 3 * size * size;
+    float *y = malloc(count * sizeof(float));
+    double t[5][MAXREPS];
+    pgn_fit_stats st;
+    for (int i = 0; i < WARMUP + reps; i++) {
+        fill_random(y, count, &r, -2, 2);
+        double t0 = now_ms();
+        if (pgn_fit_step(f, y, &st, &e))
+            die(&e);
+        if (i >= WARMUP) {
+            t[0][i - WARMUP] = now_ms() - t0;
+            t[1][i - WARMUP] = st.ms_teacher;
+            t[2][i - WARMUP] = st.ms_pgn;
+            t[3][i - WARMUP] = st.ms_ae;
+            t[4][i - WARMUP] = st.ms_update;
+        }
+    }
+    static const char *const part[5] = {"", "_teacher", "_pgn", "_ae", "_update"};
+    for (int k = 0; k < 5; k++)
+        printf("bench pgnd_fit_step_%dx%d%s_ms %.3f ms\n", batch, size, part[k], median(t[k], reps));
+    printf("bench pgnd_fit_step_%dx%d_peak_rss_mb %.1f MB\n", batch, size, peak_rss_mb());
+    pgn_fit_close(f);
+    free(y);
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "conv3x3";
@@ -164,10 +205,13 @@ int main(int argc, char **argv)
         bench_conv(&ctx, reps);
     else if (!strcmp(mode, "vgg_perceptual"))
         bench_vgg(&ctx, reps, argc > 3 ? atoi(argv[3]) : 1, argc > 4 ? atoi(argv[4]) : 256);
+    else if (!strcmp(mode, "fit_step"))
+        bench_fit(threads, reps, argc > 3 ? atoi(argv[3]) : 6, argc > 4 ? atoi(argv[4]) : 64,
+                  argc > 5 ? argv[5] : "unet");
     else if (!strcmp(mode, "rss_baseline"))
         printf("bench pgnd_baseline_rss_mb %.1f MB\n", peak_rss_mb());
     else {
-        fprintf(stderr, "usage: bench_engine conv3x3|vgg_perceptual|rss_baseline [reps] [batch] [size]\n");
+        fprintf(stderr, "usage: bench_engine conv3x3|vgg_perceptual|fit_step|rss_baseline [reps] [batch] [size] [arch]\n");
         return 2;
     }
     nn_ctx_free(&ctx);

@@ -1,7 +1,8 @@
 #include "daemon/jobtype_list.h"
 
-/* Each job type lives in its own daemon/job_<type>.c. collect and fit join as their issues land. */
+/* Each job type lives in its own daemon/job_<type>.c. collect joins as its issue lands. */
+extern const job_type job_type_fit;
 extern const job_type job_type_train;
 
-const job_type *const all_job_types[] = {&job_type_train};
+const job_type *const all_job_types[] = {&job_type_fit, &job_type_train};
 const int n_job_types = sizeof all_job_types / sizeof *all_job_types;

@@ -16,6 +16,9 @@ typedef struct fg_ctx {
     char last_ck[1100];
     int64_t last_ck_step;
     double t0, last_print;
+    /* the headline figures of the progress line, when the job logs them */
+    double loss, cos, val_cos, val_base;
+    int has_loss, has_cos, has_val;
 } fg_ctx;
 
 static volatile sig_atomic_t interrupted;
@@ -32,8 +35,17 @@ static int fg_metrics(void *c, int64_t step, int n, const char *const *keys, con
 {
     fg_ctx *f = c;
     fprintf(f->metrics, "{\"step\": %lld", (long long)step);
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         fprintf(f->metrics, ", \"%s\": %.9g", keys[i], values[i]);
+        if (!strcmp(keys[i], "loss"))
+            f->loss = values[i], f->has_loss = 1;
+        else if (!strcmp(keys[i], "grad_cos"))
+            f->cos = values[i], f->has_cos = 1;
+        else if (!strcmp(keys[i], "val.cos"))
+            f->val_cos = values[i], f->has_val = 1;
+        else if (!strcmp(keys[i], "val.mse_dir_cos"))
+            f->val_base = values[i];
+    }
     fprintf(f->metrics, "}\n");
     fflush(f->metrics);
     return 0;
@@ -47,8 +59,16 @@ static int fg_progress(void *c, int64_t step, int64_t total)
         return 0; /* a readable line, not a flood */
     f->last_print = now;
     double eta = step > 0 ? el / (double)step * (double)(total - step) : 0;
-    fprintf(stderr, "\rstep %lld/%lld  %.1f%%  elapsed %.0fs  eta %.0fs   ", (long long)step, (long long)total,
-            total ? 100.0 * (double)step / (double)total : 0, el, eta);
+    char extra[160] = "";
+    size_t at = 0;
+    if (f->has_loss)
+        at += (size_t)snprintf(extra + at, sizeof extra - at, "  loss %.4g", f->loss);
+    if (f->has_cos && at < sizeof extra)
+        at += (size_t)snprintf(extra + at, sizeof extra - at, "  cos %.3f", f->cos);
+    if (f->has_val && at < sizeof extra)
+        snprintf(extra + at, sizeof extra - at, "  val cos %.3f (mse dir %.3f)", f->val_cos, f->val_base);
+    fprintf(stderr, "\rstep %lld/%lld  %.1f%%%s  elapsed %.0fs  eta %.0fs   ", (long long)step, (long long)total,
+            total ? 100.0 * (double)step / (double)total : 0, extra, el, eta);
     if (step == total)
         fputc('\n', stderr);
     return 0;
@@ -80,6 +100,35 @@ static int fg_checkpoint(void *c, const char *path, int64_t step)
 static pgn_stop fg_should_stop(void *c) { return interrupted ? PGN_STOP_PAUSE : PGN_CONTINUE; }
 
 static void fg_log(void *c, const char *level, const char *msg) { fprintf(stderr, "\n%s: %s\n", level, msg); }
+
+/* A resumed run repeats the steps after its checkpoint: drop their metric lines first, so every
+ * step appears once (as the daemon does with its metrics table). */
+static int drop_metrics_after(const char *path, long long step)
+{
+    FILE *in = fopen(path, "r");
+    if (!in)
+        return errno == ENOENT ? 0 : -1;
+    char tmp[1200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        fclose(in);
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, in) > 0) {
+        long long s;
+        if (sscanf(line, "{\"step\": %lld", &s) == 1 && s > step)
+            continue;
+        fputs(line, out);
+    }
+    free(line);
+    fclose(in);
+    if (fclose(out) || rename(tmp, path))
+        return -1;
+    return 0;
+}
 
 int run_job_file(const char *job_path, const char *out_dir, const pgnd_config *cfg)
 {
@@ -129,6 +178,10 @@ int run_job_file(const char *job_path, const char *out_dir, const pgnd_config *c
         fclose(pf);
     }
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", out_dir);
+    if (resume[0] && drop_metrics_after(mpath, resume_step)) {
+        fprintf(stderr, "pgnd run: cannot rewrite %s: %s\n", mpath, strerror(errno));
+        return 1;
+    }
     f.metrics = fopen(mpath, "a");
     if (!f.metrics) {
         fprintf(stderr, "pgnd run: cannot write %s: %s\n", mpath, strerror(errno));

@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "pgn/teacher.h"
@@ -15,9 +16,17 @@ static int positive(const nn_weight_meta *m, const char *path, float *dst, nn_er
 {
     if (!m)
         return 0;
-    if (!m->is_number || !(m->num > 0) || !isfinite(m->num))
+    /* torch checkpoints carry numbers; safetensors metadata carries them as text */
+    double v = m->num;
+    if (!m->is_number) {
+        char *end;
+        v = strtod(m->str, &end);
+        if (end == m->str || *end)
+            v = NAN;
+    }
+    if (!(v > 0) || !isfinite(v))
         return nn_errf(e, "%s: %s is '%s', not a positive number", path, m->key, m->str);
-    *dst = (float)m->num;
+    *dst = (float)v;
     return 0;
 }
 

@@ -165,3 +165,70 @@ int pgn_state_load(const pgn_module *mods, int n, const nn_weights *w, const cha
             mods[m].conv->weights_stale = 1;
     return rc;
 }
+
+int pgn_state_export_init(pgn_state_export *x, const pgn_module *mods, int n, const char *prefix, nn_err *e)
+{
+    memset(x, 0, sizeof *x);
+    want_key *k;
+    int nk = expected_keys(mods, n, &k);
+    if (nk < 0)
+        return nn_errf(e, "out of memory");
+    int nbn = 0;
+    for (int m = 0; m < n; m++)
+        nbn += mods[m].bn != NULL;
+    x->names = calloc((size_t)nk + 1, sizeof *x->names);
+    x->t = calloc((size_t)nk + 1, sizeof *x->t);
+    x->counts = calloc((size_t)nbn + 1, sizeof *x->counts);
+    x->count_vals = calloc((size_t)nbn + 1, sizeof *x->count_vals);
+    x->count_dst = calloc((size_t)nbn + 1, sizeof *x->count_dst);
+    if (!x->names || !x->t || !x->counts || !x->count_vals || !x->count_dst) {
+        free(k);
+        pgn_state_export_free(x);
+        return nn_errf(e, "out of memory");
+    }
+    for (int i = 0; i < nk; i++) {
+        if (snprintf(x->names[i], sizeof x->names[i], "%s%s", prefix ? prefix : "", k[i].name) >=
+            (int)sizeof x->names[i]) {
+            free(k);
+            pgn_state_export_free(x);
+            return nn_errf(e, "state-dict key %s%s is too long", prefix, k[i].name);
+        }
+        if (k[i].is_count) {
+            int c = x->n_counts++;
+            x->count_vals[c] = (float)*k[i].count_dst;
+            x->counts[c] = nn_tensor_view(&x->count_vals[c], 0, NULL);
+            x->count_dst[c] = k[i].count_dst;
+            x->t[i] = &x->counts[c];
+        } else {
+            x->t[i] = k[i].dst;
+        }
+    }
+    x->n = nk;
+    x->mods = mods;
+    x->nmods = n;
+    free(k);
+    return 0;
+}
+
+void pgn_state_export_free(pgn_state_export *x)
+{
+    free(x->names);
+    free(x->t);
+    free(x->counts);
+    free(x->count_vals);
+    free(x->count_dst);
+    memset(x, 0, sizeof *x);
+}
+
+int pgn_state_export_read(pgn_state_export *x, const nn_weights *w, nn_err *e)
+{
+    for (int i = 0; i < x->n; i++)
+        if (nn_weights_get_f32(w, x->names[i], (nn_tensor *)x->t[i], e))
+            return -1;
+    for (int c = 0; c < x->n_counts; c++)
+        *x->count_dst[c] = (long)x->count_vals[c];
+    for (int m = 0; m < x->nmods; m++)
+        if (x->mods[m].conv)
+            x->mods[m].conv->weights_stale = 1;
+    return 0;
+}

@@ -25,4 +25,26 @@ int pgn_state_check(const pgn_module *mods, int n, const nn_weights *w, char *re
  * nothing and fails with "FILE is not a <what> state dict (N problems<hint>): p1; p2; ...". */
 int pgn_state_load(const pgn_module *mods, int n, const nn_weights *w, const char *what, const char *hint, nn_err *e);
 
+/* The state dict as named tensors, for writing (nn_safetensors_write) or reading back a pgnd
+ * checkpoint: n_keys = pgn_state_key_count entries, names "<prefix><key>" (prefix may be ""),
+ * num_batches_tracked as a 0-dim float tensor holding the count (exact below 2^24). The export
+ * owns its memory (pgn_state_export_free); after filling its tensors from a file call
+ * pgn_state_export_apply to copy the counts back and mark the convs' weights as changed. */
+typedef struct pgn_state_export {
+    int n;
+    char (*names)[96];
+    const nn_tensor **t;
+    nn_tensor *counts;     /* one per BN */
+    float *count_vals;
+    long **count_dst;      /* per BN: where the count lives */
+    int n_counts;
+    const pgn_module *mods;
+    int nmods;
+} pgn_state_export;
+
+int pgn_state_export_init(pgn_state_export *x, const pgn_module *mods, int n, const char *prefix, nn_err *e);
+void pgn_state_export_free(pgn_state_export *x);
+/* Reads every exported tensor from w (names as exported), then applies the counts. */
+int pgn_state_export_read(pgn_state_export *x, const nn_weights *w, nn_err *e);
+
 #endif

