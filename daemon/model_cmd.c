@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "nn/engine.h"
+#include "pgn/autoencoder.h"
 #include "pgn/dip.h"
 #include "pgn/pgn_resnet.h"
 #include "pgn/pgn_unet.h"
@@ -66,6 +67,7 @@ int model_summary_run(const char *arch, int batch, int h, int w, FILE *out, FILE
     pgn_resnet *rn = NULL;
     pgn_unet *un = NULL;
     pgn_dip *dp = NULL;
+    pgn_autoencoder *ae = NULL;
     if (!strncmp(arch, "resnet", 6) && (blocks = atoi(arch + 6)) > 0) {
         rn = calloc(1, sizeof *rn);
         if (rn && !pgn_resnet_init(rn, blocks, 0, &e)) {
@@ -97,12 +99,25 @@ int model_summary_run(const char *arch, int batch, int h, int w, FILE *out, FILE
                 m[count++] = (module_ref){dp->mod[i].prefix, dp->mod[i].conv, dp->mod[i].bn};
             rc = 0;
         }
+    } else if (!strncmp(arch, "ae", 2) && arch[2] >= '0' && arch[2] <= '2' && !arch[3]) {
+        /* the fit's autoencoders, max_layer 0..2 (method.md §3.4) */
+        ae = calloc(1, sizeof *ae);
+        if (ae && !pgn_autoencoder_init(ae, arch[2] - '0', 0, &e)) {
+            pgn_autoencoder_set_training(ae, 0);
+            if (!pgn_autoencoder_forward(&ctx, ae, a, batch, h, w, NULL, &e)) {
+                m = calloc((size_t)ae->nmod, sizeof *m);
+                for (int i = 0; m && i < ae->nmod; i++)
+                    m[count++] = (module_ref){ae->mod[i].prefix, ae->mod[i].conv, ae->mod[i].bn};
+                rc = 0;
+            }
+        }
     } else {
-        snprintf(e.msg, sizeof e.msg, "unknown architecture '%s' (unet, resnet4, resnet6, resnet8, dip)", arch);
+        snprintf(e.msg, sizeof e.msg, "unknown architecture '%s' (unet, resnet4, resnet6, resnet8, dip, ae0, ae1, ae2)",
+                 arch);
     }
     if (rc == 0) {
         if (out)
-            fprintf(out, "%s at [%d, %s, %d, %d]\n", arch, batch, dp ? "3" : "6", h, w);
+            fprintf(out, "%s at [%d, %s, %d, %d]\n", arch, batch, dp || ae ? "3" : "6", h, w);
         print_modules(out, m, count, sum);
         if (out)
             fprintf(out, "forward MACs %.0f (%.2f G)\nparams %zu\n", sum->macs, sum->macs / 1e9, sum->params);
@@ -116,6 +131,9 @@ int model_summary_run(const char *arch, int batch, int h, int w, FILE *out, FILE
         pgn_unet_free(un);
     if (dp)
         pgn_dip_free(dp);
+    if (ae)
+        pgn_autoencoder_free(ae);
+    free(ae);
     free(rn), free(un), free(dp), free(a), free(b), free(x);
     nn_ctx_free(&ctx);
     return rc;

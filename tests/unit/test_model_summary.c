@@ -38,6 +38,9 @@ static void spec_table(void **s)
     check("resnet8", 2518595, 34.5, 0.1);
     check("unet", 1765891, 1.94, 0.01);
     check("dip", 572827, 0.33, 0.01);
+    check("ae0", 54019, 1.34, 0.01);
+    check("ae1", 111491, 1.53, 0.01);
+    check("ae2", 408195, 1.90, 0.01);
 }
 
 static void bad_arguments(void **s)
