@@ -1,6 +1,7 @@
 /* Conv2d on oneDNN: forward, backward-data and backward-weights primitives per input shape,
  * weights reordered into oneDNN's preferred layout (once when frozen, every forward otherwise).
  * Reflection padding runs as its own pad layer followed by an unpadded convolution. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -183,7 +184,7 @@ static nn_conv_prims *get_prims(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_e
     if (l->post_relu) {
         dnnl_primitive_attr_create(&attr);
         dnnl_post_ops_create(&po);
-        dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f);
+        dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, l->post_relu_alpha, 0.0f);
         dnnl_primitive_attr_set_post_ops(attr, po);
     }
     /* Below 32x32 output positions per image oneDNN's Winograd is slower than direct (measured on
@@ -403,4 +404,66 @@ int nn_conv2d_last_input(const nn_conv2d *l, int *n, int *h, int *w)
         return -1; /* new shapes go to the head of the list */
     *n = l->prims->n, *h = l->prims->h, *w = l->prims->w;
     return 0;
+}
+
+int nn_conv2d_drop_prims(nn_conv2d *l, nn_err *e)
+{
+    if (!l->weight.data)
+        return nn_errf(e, "conv2d: the layer's weights were released; its primitives cannot be made again");
+    for (nn_conv_prims *p = l->prims, *next; p; p = next) {
+        next = p->next;
+        prims_free(p);
+    }
+    l->prims = NULL;
+    l->weights_stale = 1;
+    return 0;
+}
+
+int nn_conv2d_set_bias(nn_conv2d *l, const float *bias, nn_err *e)
+{
+    if (!l->weight.data)
+        return nn_errf(e, "conv2d: cannot add a bias to a layer whose weights were released");
+    int cout = l->geo.cout;
+    if (!l->geo.has_bias) {
+        if (nn_tensor_alloc1(&l->bias, cout, e) || nn_tensor_alloc1(&l->dbias, cout, e)) {
+            nn_tensor_free(&l->bias);
+            nn_tensor_free(&l->dbias);
+            return -1;
+        }
+        l->geo.has_bias = 1;
+    }
+    memcpy(l->bias.data, bias, (size_t)cout * sizeof(float));
+    return nn_conv2d_drop_prims(l, e);
+}
+
+int nn_conv2d_set_post_relu(nn_conv2d *l, int on, float alpha, nn_err *e)
+{
+    l->post_relu = on ? 1 : 0;
+    l->post_relu_alpha = on ? alpha : 0.0f;
+    return nn_conv2d_drop_prims(l, e);
+}
+
+int nn_conv2d_fold_bn(nn_conv2d *l, const nn_batchnorm2d *bn, nn_err *e)
+{
+    const int cout = l->geo.cout;
+    if (bn->c != cout)
+        return nn_errf(e, "conv2d: cannot fold a batch norm of %d channels into a convolution with %d outputs", bn->c,
+                       cout);
+    if (!l->weight.data)
+        return nn_errf(e, "conv2d: cannot fold a batch norm into a layer whose weights were released");
+    float *b = malloc((size_t)cout * sizeof *b);
+    if (!b)
+        return nn_errf(e, "out of memory");
+    const size_t per = l->weight.numel / (size_t)cout; /* [cout, cin/groups, kh, kw]: one row per output */
+    for (int c = 0; c < cout; c++) {
+        double s = (double)bn->gamma.data[c] / sqrt((double)bn->running_var.data[c] + (double)bn->eps);
+        float *w = l->weight.data + (size_t)c * per;
+        for (size_t i = 0; i < per; i++)
+            w[i] = (float)((double)w[i] * s);
+        double b0 = l->geo.has_bias ? (double)l->bias.data[c] : 0.0;
+        b[c] = (float)((b0 - (double)bn->running_mean.data[c]) * s + (double)bn->beta.data[c]);
+    }
+    int rc = nn_conv2d_set_bias(l, b, e); /* also marks the weights stale */
+    free(b);
+    return rc;
 }

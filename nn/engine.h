@@ -94,6 +94,8 @@ typedef struct nn_conv2d {
     int post_relu;            /* forward computes relu(conv(x)) in one pass (set before the first
                                * forward); the backward then expects dy already taken through the
                                * ReLU (e.g. by nn_l1_loss_backward_relu or nn_eltwise_backward) */
+    float post_relu_alpha;    /* negative slope of post_relu (0: ReLU, the default; 0.2: LeakyReLU(0.2)).
+                               * Set with nn_conv2d_set_post_relu, or before the first forward */
     nn_conv_prims *prims;     /* per input shape */
     nn_act xpad, dxpad;       /* reflection padding */
 } nn_conv2d;
@@ -113,6 +115,15 @@ int nn_conv2d_release_plain(nn_conv2d *l, nn_err *e);
  * trained only w.r.t. its weights); with param_grads 0 the weight gradients are skipped. */
 int nn_conv2d_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, const nn_act *dy, nn_act *dx, int param_grads,
                        nn_err *e);
+/* Drops the primitives (and oneDNN weight copies) cached per input shape; the next forward makes
+ * them again from the PyTorch-layout weights. For changes of what a primitive depends on (bias,
+ * post-op). Refused (-1) for a layer whose PyTorch-layout weights were released. */
+int nn_conv2d_drop_prims(nn_conv2d *l, nn_err *e);
+/* Gives the layer a bias (allocated, with its gradient, when it had none; has_bias becomes 1) and
+ * sets it to bias[0..cout-1]; drops the cached primitives. */
+int nn_conv2d_set_bias(nn_conv2d *l, const float *bias, nn_err *e);
+/* post_relu on (alpha: negative slope, 0 = ReLU) or off; drops the cached primitives. */
+int nn_conv2d_set_post_relu(nn_conv2d *l, int on, float alpha, nn_err *e);
 
 /* ------------------------------------------------------------------ batch norm */
 typedef struct nn_bn_prims nn_bn_prims;
@@ -133,6 +144,12 @@ void nn_batchnorm2d_free(nn_batchnorm2d *l);
 int nn_batchnorm2d_forward(nn_ctx *ctx, nn_batchnorm2d *l, const nn_act *x, nn_act *y, nn_err *e);
 int nn_batchnorm2d_backward(nn_ctx *ctx, nn_batchnorm2d *l, const nn_act *x, const nn_act *dy, nn_act *dx,
                             nn_err *e);
+/* Folds an eval-mode BatchNorm2d that follows this convolution into it (for prediction):
+ * s_c = gamma_c / sqrt(running_var_c + eps), W'_c = W_c s_c, b'_c = (b_c - running_mean_c) s_c + beta_c
+ * (b_c = 0 without a bias; the layer gets one), computed in double and stored as float. conv(x) then
+ * equals bn(conv(x)) with the running statistics; bn itself is left unchanged. The layer's weights
+ * and bias no longer are the state dict's (and their gradients mean nothing for the original net). */
+int nn_conv2d_fold_bn(nn_conv2d *l, const nn_batchnorm2d *bn, nn_err *e);
 
 /* ------------------------------------------------------------------ pointwise */
 typedef enum nn_act_kind { NN_RELU, NN_LEAKY_RELU, NN_SIGMOID, NN_TANH } nn_act_kind;

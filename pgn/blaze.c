@@ -1,5 +1,7 @@
 #include "pgn/blaze.h"
 
+#include "nn/err.h"
+
 #define TRY(call)                                                                                                      \
     do {                                                                                                               \
         if (call)                                                                                                      \
@@ -9,6 +11,10 @@
 int pgn_sep_forward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, const char *name, nn_err *e)
 {
     TRY(nn_conv2d_forward(ctx, &s->c0, x, &s->a0, e));
+    if (s->fused) {
+        TRY(nn_conv2d_forward(ctx, &s->c1, &s->a0, &s->out, e)); /* relu(c1(a0)) in one pass */
+        return 0;
+    }
     TRY(nn_conv2d_forward(ctx, &s->c1, &s->a0, &s->pre, e));
     TRY(nn_eltwise_forward(ctx, relu, &s->pre, &s->out, e));
     return 0;
@@ -17,6 +23,9 @@ int pgn_sep_forward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, 
 int pgn_sep_backward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, const nn_act *gout, nn_act *gx,
                      const char *name, nn_err *e)
 {
+    if (s->fused)
+        return nn_errf(e, "%s: backward of a block folded for prediction (its ReLU was fused into the convolution)",
+                       name);
     nn_act_grad_reset(&s->gpre);
     nn_act_grad_reset(&s->g0);
     TRY(nn_eltwise_backward(ctx, relu, &s->pre, gout, &s->gpre, e));
@@ -28,6 +37,21 @@ int pgn_sep_backward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x,
 int pgn_blaze_forward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act *x, const char *name, nn_err *e)
 {
     nn_act *t = k->t;
+    if (k->folded) {
+        /* BNs folded into the pointwise convs, the first ReLU fused into cpw1. */
+        TRY(nn_conv2d_forward(ctx, &k->cdw1, x, &t[PGN_B_DW1], e));
+        TRY(nn_conv2d_forward(ctx, &k->cpw1, &t[PGN_B_DW1], &t[PGN_B_ACT1], e));
+        TRY(nn_conv2d_forward(ctx, &k->cdw2, &t[PGN_B_ACT1], &t[PGN_B_DW2], e));
+        TRY(nn_conv2d_forward(ctx, &k->cpw2, &t[PGN_B_DW2], &t[PGN_B_BN2], e));
+        const nn_act *res = x;
+        if (k->stride == 2) {
+            TRY(nn_conv2d_forward(ctx, &k->c1, x, &t[PGN_B_RES], e));
+            res = &t[PGN_B_RES];
+        }
+        TRY(nn_add_forward(ctx, &t[PGN_B_BN2], res, &t[PGN_B_PRE2], e));
+        TRY(nn_eltwise_forward(ctx, relu, &t[PGN_B_PRE2], &k->out, e));
+        return 0;
+    }
     TRY(nn_conv2d_forward(ctx, &k->cdw1, x, &t[PGN_B_DW1], e));
     TRY(nn_conv2d_forward(ctx, &k->cpw1, &t[PGN_B_DW1], &t[PGN_B_PW1], e));
     TRY(nn_batchnorm2d_forward(ctx, &k->bn1, &t[PGN_B_PW1], &t[PGN_B_PRE1], e));
@@ -48,6 +72,8 @@ int pgn_blaze_forward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act 
 int pgn_blaze_backward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act *x, const nn_act *gout, nn_act *gx,
                        const char *name, nn_err *e)
 {
+    if (k->folded)
+        return nn_errf(e, "%s: backward of a block whose batch norms were folded for prediction", name);
     nn_act *t = k->t, *g = k->g;
     for (int i = 0; i < PGN_B_ACTS; i++)
         nn_act_grad_reset(&g[i]);
@@ -64,6 +90,29 @@ int pgn_blaze_backward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act
     TRY(nn_batchnorm2d_backward(ctx, &k->bn1, &t[PGN_B_PW1], &g[PGN_B_PRE1], &g[PGN_B_PW1], e));
     TRY(nn_conv2d_backward(ctx, &k->cpw1, &t[PGN_B_DW1], &g[PGN_B_PW1], &g[PGN_B_DW1], 1, e));
     TRY(nn_conv2d_backward(ctx, &k->cdw1, x, &g[PGN_B_DW1], gx, 1, e));
+    return 0;
+}
+
+int pgn_sep_fuse_relu(pgn_sep *s, nn_err *e)
+{
+    if (s->fused)
+        return 0;
+    if (nn_conv2d_set_post_relu(&s->c1, 1, 0.0f, e))
+        return -1;
+    s->fused = 1;
+    return 0;
+}
+
+int pgn_blaze_fold_bn(pgn_blaze *k, nn_err *e)
+{
+    if (k->folded)
+        return 0;
+    if (k->bn1.training || k->bn2.training)
+        return nn_errf(e, "blaze: batch norms can only be folded in eval mode (running statistics)");
+    if (nn_conv2d_fold_bn(&k->cpw1, &k->bn1, e) || nn_conv2d_set_post_relu(&k->cpw1, 1, 0.0f, e) ||
+        nn_conv2d_fold_bn(&k->cpw2, &k->bn2, e))
+        return -1;
+    k->folded = 1;
     return 0;
 }
 

@@ -13,6 +13,7 @@ typedef struct pgn_sep {
     nn_conv2d c0, c1;
     nn_act a0, pre, out; /* activations of the last forward */
     nn_act g0, gpre;     /* their gradients (the output's gradient is held by the consumer) */
+    int fused;           /* pgn_sep_fuse_relu ran: c1 applies the ReLU (pre is not written) */
 } pgn_sep;
 
 /* DoubleBlaze activations, in forward order; PRE1 = bn1 output, PRE2 = bn2 + residual. */
@@ -25,6 +26,8 @@ typedef struct pgn_blaze {
     nn_act t[PGN_B_ACTS];
     nn_act g[PGN_B_ACTS];
     nn_act out;
+    int folded;          /* pgn_blaze_fold_bn ran: prediction only (t[PGN_B_PW1], t[PGN_B_PRE1] and
+                          * t[PGN_B_PW2] are not written; t[PGN_B_BN2] holds cpw2's folded output) */
 } pgn_blaze;
 
 /* name goes into error messages (the block's state-dict prefix). */
@@ -36,6 +39,13 @@ int pgn_blaze_forward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act 
 /* gout: gradient of k->out; gx receives the input gradient (both paths). */
 int pgn_blaze_backward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act *x, const nn_act *gout, nn_act *gx,
                        const char *name, nn_err *e);
+/* Prediction only (eval mode): the sep's ReLU runs inside c1 (one pass less); the backward is
+ * refused afterwards. */
+int pgn_sep_fuse_relu(pgn_sep *s, nn_err *e);
+/* Prediction only: folds bn1 into cpw1 (with the ReLU after it fused in) and bn2 into cpw2, with
+ * the BNs' running statistics (nn_conv2d_fold_bn). The forward then skips both BNs; the residual
+ * sum and the last ReLU stay. The backward is refused afterwards. */
+int pgn_blaze_fold_bn(pgn_blaze *k, nn_err *e);
 /* Frees the blocks' activations (their layers belong to the net's free). */
 void pgn_sep_free_acts(pgn_sep *s);
 void pgn_blaze_free_acts(pgn_blaze *k);

@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-int pgn_net_load(pgn_net *n, const char *path, nn_err *e)
+int pgn_net_load(pgn_net *n, const char *path, nn_err *e) { return pgn_net_load_opts(n, path, 1, e); }
+
+int pgn_net_load_opts(pgn_net *n, const char *path, int fold, nn_err *e)
 {
     memset(n, 0, sizeof *n);
     nn_weights w;
@@ -39,6 +41,14 @@ int pgn_net_load(pgn_net *n, const char *path, nn_err *e)
         pgn_resnet_set_training(n->resnet, 0);
     else
         pgn_unet_set_training(n->unet, 0);
+    if (fold) {
+        if (n->resnet ? pgn_resnet_fold_bn(n->resnet, e) : pgn_unet_fold_bn(n->unet, e)) {
+            nn_err_prefix(e, "PGN checkpoint %s", path);
+            pgn_net_free(n);
+            return -1;
+        }
+        n->folded = 1;
+    }
     size_t len = strlen(n->desc);
     snprintf(n->desc + len, sizeof n->desc - len, ", %s head, grad scale %g",
              n->head.mode == PGN_PROXY_SIGMOID ? "proxy" : "direct", n->head.grad_scale);

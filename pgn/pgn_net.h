@@ -15,9 +15,16 @@ typedef struct pgn_net {
     float *x, *o;       /* the UNet's concatenated input; the backbone output (reused) */
     size_t cap;
     char desc[256];     /* "resnet4, grad scale 0.025" */
+    int folded;         /* the backbone's BNs are folded into its convolutions (pgn_*_fold_bn) */
 } pgn_net;
 
+/* Loads the checkpoint and puts the backbone in eval mode with its batch norms folded into the
+ * convolutions (pgn_resnet_fold_bn / pgn_unet_fold_bn): prediction only, same output up to float
+ * rounding, fewer passes. = pgn_net_load_opts(n, path, 1, e). */
 int pgn_net_load(pgn_net *n, const char *path, nn_err *e);
+/* fold 0: the backbone stays an ordinary eval-mode net (BNs run as their own layers; its backward,
+ * state dict and pgn_*_set_training keep working). */
+int pgn_net_load_opts(pgn_net *n, const char *path, int fold, nn_err *e);
 void pgn_net_free(pgn_net *n);
 /* From y_hat and y (NCHW [b, 3, h, w], normalised space): the proxy target p and the predicted
  * gradient g = dP/dy_hat (either may be NULL). The PGN never backpropagates (stop-gradient). */

@@ -139,7 +139,7 @@ void pgn_resnet_free(pgn_resnet *r)
 
 void pgn_resnet_set_training(pgn_resnet *r, int training)
 {
-    r->training = training ? 1 : 0;
+    r->training = training && !r->folded ? 1 : 0;
     for (int m = 0; m < r->nmod; m++)
         if (r->mod[m].bn)
             r->mod[m].bn->training = r->training;
@@ -164,10 +164,37 @@ int pgn_resnet_check_size(int h, int w, nn_err *e)
             return nn_err_prefix(e, "pgn resnet %s", what);                                                            \
     } while (0)
 
+/* The folded net: BN folded into the convs, LeakyReLU fused into them. */
+static int forward_folded(nn_ctx *ctx, pgn_resnet *r, nn_err *e)
+{
+    nn_act *a = r->act;
+    TRY(nn_conv2d_forward(ctx, &r->stem, &a[PGN_RS_X], &a[PGN_RS_STEM_ACT], e), "model.0");
+    TRY(nn_conv2d_forward(ctx, &r->down, &a[PGN_RS_STEM_ACT], &a[PGN_RS_DOWN_ACT], e), "model.3");
+    const nn_act *x = &a[PGN_RS_DOWN_ACT];
+    for (int i = 0; i < r->blocks; i++) {
+        pgn_resnet_block *k = &r->blk[i];
+        nn_act *ka = k->act;
+        const char *what = r->mod[4 + 4 * i].prefix;
+        TRY(nn_conv2d_forward(ctx, &k->conv1, x, &ka[PGN_RB_L1], e), what);
+        TRY(nn_conv2d_forward(ctx, &k->conv2, &ka[PGN_RB_L1], &r->b2, e), what);
+        TRY(nn_add_forward(ctx, x, &r->b2, &ka[PGN_RB_OUT], e), what);
+        x = &ka[PGN_RB_OUT];
+    }
+    const char *up = r->mod[r->nmod - 3].prefix, *fin = r->mod[r->nmod - 1].prefix;
+    TRY(nn_upsample2x_forward(ctx, &r->up, x, &a[PGN_RS_UP], e), "upsample");
+    TRY(nn_conv2d_forward(ctx, &r->up_conv, &a[PGN_RS_UP], &a[PGN_RS_UP_ACT], e), up);
+    TRY(nn_conv2d_forward(ctx, &r->final, &a[PGN_RS_UP_ACT], &a[PGN_RS_OUT], e), fin);
+    return 0;
+}
+
 static int forward_from_x(nn_ctx *ctx, pgn_resnet *r, nn_err *e)
 {
     nn_act *a = r->act;
     r->forwarded = 0;
+    if (r->folded < 0)
+        return nn_errf(e, "pgn resnet: folding the batch norms failed partway; load the net again");
+    if (r->folded)
+        return forward_folded(ctx, r, e); /* no backward: forwarded stays 0 */
     TRY(nn_conv2d_forward(ctx, &r->stem, &a[PGN_RS_X], &a[PGN_RS_STEM_CONV], e), "model.0");
     TRY(nn_batchnorm2d_forward(ctx, &r->stem_bn, &a[PGN_RS_STEM_CONV], &a[PGN_RS_STEM_BN], e), "model.1");
     TRY(nn_eltwise_forward(ctx, &r->lrelu, &a[PGN_RS_STEM_BN], &a[PGN_RS_STEM_ACT], e), "model.2");
@@ -239,8 +266,14 @@ int pgn_resnet_forward_act(nn_ctx *ctx, pgn_resnet *r, const nn_act *yhat, const
     return forward_from_x(ctx, r, e);
 }
 
+#define FOLDED_MSG                                                                                                     \
+    "pgn resnet: the batch norms were folded into the convolutions (pgn_resnet_fold_bn): the net is prediction "     \
+    "only, no backward"
+
 int pgn_resnet_backward_act(nn_ctx *ctx, pgn_resnet *r, const nn_act *dout, nn_err *e)
 {
+    if (r->folded)
+        return nn_errf(e, FOLDED_MSG);
     if (!r->forwarded)
         return nn_errf(e, "pgn resnet: backward without a forward (or after a change of BN mode)");
     nn_act *a = r->act, *g = r->grad;
@@ -296,12 +329,45 @@ int pgn_resnet_backward_act(nn_ctx *ctx, pgn_resnet *r, const nn_act *dout, nn_e
 
 int pgn_resnet_backward(nn_ctx *ctx, pgn_resnet *r, const float *dout, nn_err *e)
 {
+    if (r->folded)
+        return nn_errf(e, FOLDED_MSG);
     if (!r->forwarded)
         return nn_errf(e, "pgn resnet: backward without a forward (or after a change of BN mode)");
     const nn_act *o = &r->act[PGN_RS_OUT];
     if (nn_act_from_nchw(ctx, &r->grad[PGN_RS_OUT], dout, o->n, o->c, o->h, o->w, e))
         return -1;
     return pgn_resnet_backward_act(ctx, r, &r->grad[PGN_RS_OUT], e);
+}
+
+int pgn_resnet_fold_bn(pgn_resnet *r, nn_err *e)
+{
+    if (r->folded > 0)
+        return 0;
+    if (r->folded < 0)
+        return nn_errf(e, "pgn resnet: folding the batch norms failed partway before; load the net again");
+    if (r->training)
+        return nn_errf(e, "pgn resnet: batch norms can only be folded in eval mode (pgn_resnet_set_training(r, 0))");
+    /* Each BN follows the conv registered just before it (module table, state-dict order). */
+    r->folded = -1;
+    r->forwarded = 0;
+    for (int m = 1; m < r->nmod; m++) {
+        if (!r->mod[m].bn)
+            continue;
+        nn_conv2d *c = r->mod[m - 1].conv;
+        if (!c)
+            return nn_errf(e, "pgn resnet: %s does not follow a convolution", r->mod[m].prefix);
+        /* Every BN is followed by LeakyReLU(0.2) except a residual block's second one. */
+        int second = 0;
+        for (int i = 0; i < r->blocks; i++)
+            second |= r->mod[m].bn == &r->blk[i].bn2;
+        if (nn_conv2d_fold_bn(c, r->mod[m].bn, e) || (!second && nn_conv2d_set_post_relu(c, 1, SLOPE, e)))
+            return nn_err_prefix(e, "pgn resnet: folding %s into %s", r->mod[m].prefix, r->mod[m - 1].prefix);
+    }
+    for (int m = 0; m < r->nmod; m++)
+        if (r->mod[m].conv)
+            r->mod[m].conv->frozen = 1; /* the weights never change again */
+    r->folded = 1;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ parameters */
@@ -366,11 +432,18 @@ int pgn_resnet_blocks_of(const nn_weights *w, int *blocks, nn_err *e)
 
 int pgn_resnet_check_state(const pgn_resnet *r, const nn_weights *w, char *report, size_t len)
 {
+    if (r->folded) {
+        if (len)
+            snprintf(report, len, "the net's batch norms were folded into its convolutions: it has no state dict\n");
+        return 1;
+    }
     return pgn_state_check(r->mod, r->nmod, w, report, len);
 }
 
 int pgn_resnet_load(pgn_resnet *r, const nn_weights *w, nn_err *e)
 {
+    if (r->folded)
+        return nn_errf(e, "pgn resnet: cannot load a state dict into a net whose batch norms were folded");
     /* A file of another depth lists dozens of keys: say what it holds first. */
     char hint[64] = "", what[32];
     int other;

@@ -15,7 +15,8 @@
  *
  * BN mode: pgn_resnet_set_training(r, 1) (the default): batch statistics, running statistics
  * updated by each forward (PGN training); 0: running statistics (the PGN at generator-training
- * time, spec §2.5). The backward works in both modes.
+ * time, spec §2.5). The backward works in both modes. For prediction, pgn_resnet_fold_bn folds
+ * the BNs (eval mode) into the convolutions.
  *
  * The PGN's inputs are detached, so the backward computes parameter gradients only (no input
  * gradient). Gradients ACCUMULATE into the layers' dweight/dbias/dgamma/dbeta (clear them with
@@ -86,6 +87,8 @@ typedef struct pgn_resnet {
     nn_param params[PGN_RESNET_MAX_PARAMS]; /* state-dict order, as PyTorch's parameters() */
     int nparams;
     int forwarded;             /* a forward ran and its activations are intact */
+    int folded;                /* 1: BNs folded into the convs (pgn_resnet_fold_bn), prediction only;
+                                * -1: a fold failed partway (the net is unusable) */
 } pgn_resnet;
 
 /* Builds ResNet-`blocks` with PyTorch's default initialisation drawn from the engine's seeded
@@ -94,8 +97,21 @@ typedef struct pgn_resnet {
 int pgn_resnet_init(pgn_resnet *r, int blocks, uint64_t seed, nn_err *e);
 void pgn_resnet_free(pgn_resnet *r);
 
-/* BN mode of every BN: 1 batch statistics (updates running stats), 0 running statistics. */
+/* BN mode of every BN: 1 batch statistics (updates running stats), 0 running statistics.
+ * A folded net (pgn_resnet_fold_bn) stays in eval mode: a request for train mode is ignored. */
 void pgn_resnet_set_training(pgn_resnet *r, int training);
+
+/* Prediction only, in eval mode: folds every BN into the convolution before it (with the running
+ * statistics, nn_conv2d_fold_bn; the stem, down and up convolutions get a bias) and fuses each
+ * LeakyReLU(0.2) into its convolution (oneDNN eltwise post-op). The forward then runs 2 + 2N + 2
+ * convolutions, N residual sums and the upsampling, with no BN or activation pass, and gives the
+ * eval-mode output up to float rounding. The convs' weights are frozen (oneDNN's copies made once).
+ * Afterwards: the backward is refused, pgn_resnet_set_training(r, 1) is ignored, loading a state
+ * dict is refused, and the conv weights/biases (mod[], params) hold the folded values, so they are
+ * NOT the state dict: do not export or train them. The intermediate activations act[*_CONV],
+ * act[*_BN], blk[].act[PGN_RB_C1], [PGN_RB_B1] are not written. Fails in train mode; a second call
+ * does nothing. */
+int pgn_resnet_fold_bn(pgn_resnet *r, nn_err *e);
 
 /* H and W must be positive and even (the stride-2 conv and the x2 upsample must give back H x W). */
 int pgn_resnet_check_size(int h, int w, nn_err *e);

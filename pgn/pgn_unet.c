@@ -183,7 +183,7 @@ void pgn_unet_free(pgn_unet *u)
 
 void pgn_unet_set_training(pgn_unet *u, int training)
 {
-    u->training = training ? 1 : 0;
+    u->training = training && !u->folded ? 1 : 0;
     for (int m = 0; m < PGN_UNET_MODULES; m++)
         if (u->mod[m].bn)
             u->mod[m].bn->training = u->training;
@@ -245,6 +245,8 @@ static int net_forward(nn_ctx *ctx, pgn_unet *u, nn_err *e)
 {
     const nn_act *x = &u->x;
     u->forwarded = 0;
+    if (u->folded < 0)
+        return nn_errf(e, "pgn unet: folding the batch norms failed partway; load the net again");
     if (x->c != PGN_UNET_IN_CHANNELS)
         return nn_errf(e, "pgn unet: input has %d channels, expected %d", x->c, PGN_UNET_IN_CHANNELS);
     if (pgn_unet_check_size(x->h, x->w, e))
@@ -258,9 +260,13 @@ static int net_forward(nn_ctx *ctx, pgn_unet *u, nn_err *e)
     if (sep_forward(ctx, u, &s[PGN_UNET_SEP_ORIG0], x, e) ||
         sep_forward(ctx, u, &s[PGN_UNET_SEP_ORIG1], &s[PGN_UNET_SEP_ORIG0].out, e))
         return -1;
-    TRY(nn_conv2d_forward(ctx, &u->l0_conv, x, &u->l0_c, e), "layer0");
-    TRY(nn_batchnorm2d_forward(ctx, &u->l0_bn, &u->l0_c, &u->l0_pre, e), "layer0");
-    TRY(nn_eltwise_forward(ctx, &u->relu, &u->l0_pre, &u->l0_out, e), "layer0");
+    if (u->folded) { /* BN folded and ReLU fused into the conv */
+        TRY(nn_conv2d_forward(ctx, &u->l0_conv, x, &u->l0_out, e), "layer0");
+    } else {
+        TRY(nn_conv2d_forward(ctx, &u->l0_conv, x, &u->l0_c, e), "layer0");
+        TRY(nn_batchnorm2d_forward(ctx, &u->l0_bn, &u->l0_c, &u->l0_pre, e), "layer0");
+        TRY(nn_eltwise_forward(ctx, &u->relu, &u->l0_pre, &u->l0_out, e), "layer0");
+    }
     if (sep_forward(ctx, u, &s[PGN_UNET_SEP_SKIP0], &u->l0_out, e))
         return -1;
     TRY(nn_pool2d_forward(ctx, &u->pool, &u->l0_out, &u->pool_out, e), "layer1.0");
@@ -310,8 +316,14 @@ int pgn_unet_forward_pair(nn_ctx *ctx, pgn_unet *u, const nn_act *yhat, const nn
 
 /* ------------------------------------------------------------------ backward */
 
+#define FOLDED_MSG                                                                                                     \
+    "pgn unet: the batch norms were folded into the convolutions (pgn_unet_fold_bn): the net is prediction only, no " \
+    "backward"
+
 int pgn_unet_backward_act(nn_ctx *ctx, pgn_unet *u, const nn_act *dout, nn_err *e)
 {
+    if (u->folded)
+        return nn_errf(e, FOLDED_MSG);
     if (!u->forwarded)
         return nn_errf(e, "pgn unet: backward without a train-mode forward before it");
     if (dout->n != u->out.n || dout->c != u->out.c || dout->h != u->out.h || dout->w != u->out.w)
@@ -365,11 +377,38 @@ int pgn_unet_backward_act(nn_ctx *ctx, pgn_unet *u, const nn_act *dout, nn_err *
 
 int pgn_unet_backward(nn_ctx *ctx, pgn_unet *u, const float *dout, nn_err *e)
 {
+    if (u->folded)
+        return nn_errf(e, FOLDED_MSG);
     if (!u->forwarded)
         return nn_errf(e, "pgn unet: backward without a train-mode forward before it");
     if (nn_act_from_nchw(ctx, &u->dout, dout, u->out.n, u->out.c, u->out.h, u->out.w, e))
         return -1;
     return pgn_unet_backward_act(ctx, u, &u->dout, e);
+}
+
+int pgn_unet_fold_bn(pgn_unet *u, nn_err *e)
+{
+    if (u->folded > 0)
+        return 0;
+    if (u->folded < 0)
+        return nn_errf(e, "pgn unet: folding the batch norms failed partway before; load the net again");
+    if (u->training)
+        return nn_errf(e, "pgn unet: batch norms can only be folded in eval mode (pgn_unet_set_training(u, 0))");
+    u->folded = -1;
+    u->forwarded = 0;
+    if (nn_conv2d_fold_bn(&u->l0_conv, &u->l0_bn, e) || nn_conv2d_set_post_relu(&u->l0_conv, 1, 0.0f, e))
+        return nn_err_prefix(e, "pgn unet: folding layer0.1 into layer0.0");
+    for (int k = 0; k < 4; k++)
+        if (pgn_blaze_fold_bn(&u->blk[k], e))
+            return nn_err_prefix(e, "pgn unet: folding %s", BLK_NAME[k]);
+    for (int i = 0; i < PGN_UNET_SEPS; i++)
+        if (pgn_sep_fuse_relu(&u->sep[i], e))
+            return nn_err_prefix(e, "pgn unet: %s", sep_name(u, &u->sep[i]));
+    for (int m = 0; m < PGN_UNET_MODULES; m++)
+        if (u->mod[m].conv)
+            u->mod[m].conv->frozen = 1; /* the weights never change again */
+    u->folded = 1;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ parameters */
@@ -415,11 +454,18 @@ nn_act *pgn_unet_relu_input(pgn_unet *u, int i, const char **name)
 
 int pgn_unet_check_state(const pgn_unet *u, const nn_weights *w, char *report, size_t len)
 {
+    if (u->folded) {
+        if (len)
+            snprintf(report, len, "the net's batch norms were folded into its convolutions: it has no state dict\n");
+        return 1;
+    }
     return pgn_state_check(u->mod, PGN_UNET_MODULES, w, report, len);
 }
 
 int pgn_unet_load(pgn_unet *u, const nn_weights *w, nn_err *e)
 {
+    if (u->folded)
+        return nn_errf(e, "pgn unet: cannot load a state dict into a net whose batch norms were folded");
     return pgn_state_load(u->mod, PGN_UNET_MODULES, w, "PGN UNet", NULL, e);
 }
 

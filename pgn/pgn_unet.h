@@ -80,6 +80,8 @@ typedef struct pgn_unet {
     nn_param params[PGN_UNET_PARAM_TENSORS]; /* state-dict order, as PyTorch's parameters() */
     int training;            /* BN mode of the next forward (1 after init) */
     int forwarded;           /* a train-mode forward ran (the backward needs one) */
+    int folded;              /* 1: BNs folded, ReLUs fused (pgn_unet_fold_bn), prediction only;
+                              * -1: a fold failed partway (the net is unusable) */
 } pgn_unet;
 
 /* Builds the net with PyTorch's default initialisation drawn from the engine's seeded generator
@@ -90,6 +92,17 @@ void pgn_unet_free(pgn_unet *u);
 /* 1: BN uses batch statistics and updates its running statistics (PyTorch's .train());
  * 0: BN uses the running statistics (.eval()). */
 void pgn_unet_set_training(pgn_unet *u, int training);
+
+/* Prediction only, in eval mode: folds every BN into the convolution before it (with the running
+ * statistics, nn_conv2d_fold_bn: layer0's conv and the blocks' pointwise convs get a bias) and
+ * fuses into the convolution each ReLU that directly follows one (layer0, each block's first
+ * ReLU, the second conv of every sep). The blocks' residual sums and the ReLUs after them stay.
+ * The output equals the eval-mode output up to float rounding. The convs' weights are frozen
+ * (oneDNN's copies made once). Afterwards: the backward is refused, pgn_unet_set_training(u, 1) is
+ * ignored, loading a state dict is refused, the conv weights/biases (mod[], params) hold the folded
+ * values, so they are NOT the state dict (do not export or train them), and pgn_unet_relu_input's
+ * activations are not written. Fails in train mode; a second call does nothing. */
+int pgn_unet_fold_bn(pgn_unet *u, nn_err *e);
 
 /* H and W multiples of 32 (and positive). */
 int pgn_unet_check_size(int h, int w, nn_err *e);

@@ -1,0 +1,390 @@
+/* Batch norm folded into the convolutions for prediction (pgn_resnet_fold_bn, pgn_unet_fold_bn,
+ * pgn_net_load / pgn_net_load_opts), with the fixtures' weights (tests/fixtures/pgn_resnet4_*,
+ * pgn_unet_legacy.pth: BN weight U[0.5, 1.5), bias U[-0.2, 0.2), running mean U[-0.1, 0.1),
+ * running var U[0.5, 1.5), so every part of the fold is exercised):
+ *   - ResNet-4 and the UNet: the folded eval output equals the unfolded eval output within 1e-4 of
+ *     max |o| on a batch of 2, at two input sizes and back at the first (cached primitives);
+ *   - after folding the backward, train mode, loading a state dict and folding in train mode are
+ *     refused (or ignored, for set_training), and a second fold changes nothing;
+ *   - the engine's nn_conv2d_fold_bn on a conv with and without a bias (grouped, strided) against
+ *     conv -> eval BN;
+ *   - pgn_net_predict gives the same p and g folded (pgn_net_load) and unfolded
+ *     (pgn_net_load_opts(.., 0, ..)) for both backbones. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "pgn/pgn_net.h"
+#include "pgn/pgn_resnet.h"
+#include "pgn/pgn_unet.h"
+#include "tests/unit/fixture.h"
+
+#define TOL 1e-4
+#define RESNET_SD "tests/fixtures/pgn_resnet4_sd_legacy.pth"
+#define RESNET_V2 "tests/fixtures/pgn_resnet4_v2_legacy.pth"
+#define UNET_SD "tests/fixtures/pgn_unet_legacy.pth"
+
+static double max_abs(const float *a, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)a[i]));
+    return m;
+}
+
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)a[i] - (double)b[i]));
+    return m;
+}
+
+/* Deterministic values in [-2, 2) (normalised image space). */
+static float *rand_buf(size_t n, uint32_t seed)
+{
+    float *x = malloc(n * sizeof *x);
+    assert_non_null(x);
+    uint32_t s = seed * 2654435761u + 12345u;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 1664525u + 1013904223u;
+        x[i] = (float)((s >> 8) * (1.0 / 16777216.0) * 4.0 - 2.0);
+    }
+    return x;
+}
+
+/* got within TOL * max |want| of want; prints the error. */
+static void expect_same(const char *label, const float *got, const float *want, size_t n, double tol)
+{
+    double m = max_abs(want, n), d = max_diff(got, want, n);
+    print_message("%s: max |diff| %.3g, max |ref| %.3g, relative %.3g\n", label, d, m, m > 0 ? d / m : d);
+    assert_true(m > 0);
+    if (d > tol * m) {
+        print_error("%s: max |diff| %.3g > %.3g * %.3g\n", label, d, tol, m);
+        fail();
+    }
+}
+
+/* ------------------------------------------------------------------ engine */
+
+static void conv_fold_matches_conv_bn(void **state)
+{
+    (void)state;
+    nn_err e;
+    nn_ctx ctx;
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    nn_rng rng;
+    nn_rng_seed(&rng, 3);
+    /* (cin, cout, k, stride, groups, bias) */
+    const int cases[][6] = {{6, 16, 3, 1, 1, 0}, {16, 32, 3, 2, 1, 1}, {16, 16, 5, 1, 16, 0}, {8, 24, 1, 1, 4, 1}};
+    for (size_t t = 0; t < sizeof cases / sizeof *cases; t++) {
+        const int *c = cases[t];
+        nn_conv2d a, b;
+        fx_ok(nn_conv2d_init(&a, c[0], c[1], c[2], c[2], c[3], c[3], c[2] / 2, c[2] / 2, c[4], NN_PAD_ZERO, c[5], &rng,
+                             &e),
+              &e);
+        fx_ok(nn_conv2d_init(&b, c[0], c[1], c[2], c[2], c[3], c[3], c[2] / 2, c[2] / 2, c[4], NN_PAD_ZERO, c[5], NULL,
+                             &e),
+              &e);
+        memcpy(b.weight.data, a.weight.data, a.weight.numel * sizeof(float));
+        if (c[5])
+            memcpy(b.bias.data, a.bias.data, a.bias.numel * sizeof(float));
+        nn_batchnorm2d bn;
+        fx_ok(nn_batchnorm2d_init(&bn, c[1], 1e-5f, 0.1f, &e), &e);
+        bn.training = 0;
+        float *r = rand_buf((size_t)4 * c[1], 100 + (uint32_t)t);
+        for (int i = 0; i < c[1]; i++) {
+            bn.gamma.data[i] = 1.0f + 0.25f * r[i];
+            bn.beta.data[i] = 0.1f * r[c[1] + i];
+            bn.running_mean.data[i] = 0.05f * r[2 * c[1] + i];
+            bn.running_var.data[i] = 1.0f + 0.25f * r[3 * c[1] + i];
+        }
+        free(r);
+        const int n = 2, h = 12, w = 10;
+        float *xs = rand_buf((size_t)n * c[0] * h * w, 7 + (uint32_t)t);
+        nn_act x = {0}, y = {0}, z = {0}, yf = {0};
+        fx_act_from(&ctx, &x, xs, n, c[0], h, w);
+        fx_ok(nn_conv2d_forward(&ctx, &a, &x, &y, &e), &e);
+        fx_ok(nn_batchnorm2d_forward(&ctx, &bn, &y, &z, &e), &e);
+        /* b runs once unfolded first, so the fold must drop primitives made without a bias. */
+        fx_ok(nn_conv2d_forward(&ctx, &b, &x, &yf, &e), &e);
+        fx_ok(nn_conv2d_fold_bn(&b, &bn, &e), &e);
+        assert_int_equal(b.geo.has_bias, 1);
+        assert_non_null(b.bias.data);
+        assert_non_null(b.dbias.data);
+        fx_ok(nn_conv2d_forward(&ctx, &b, &x, &yf, &e), &e);
+        float *want = fx_act_to(&ctx, &z), *got = fx_act_to(&ctx, &yf);
+        size_t no = nn_act_count(&z);
+        assert_int_equal(nn_act_count(&yf), no);
+        char label[64];
+        snprintf(label, sizeof label, "conv %d->%d k%d s%d g%d bias %d", c[0], c[1], c[2], c[3], c[4], c[5]);
+        expect_same(label, got, want, no, 1e-5);
+        /* LeakyReLU post-op. */
+        fx_ok(nn_conv2d_set_post_relu(&b, 1, 0.2f, &e), &e);
+        fx_ok(nn_conv2d_forward(&ctx, &b, &x, &yf, &e), &e);
+        free(got);
+        got = fx_act_to(&ctx, &yf);
+        for (size_t i = 0; i < no; i++)
+            want[i] = want[i] > 0 ? want[i] : 0.2f * want[i];
+        expect_same("  + LeakyReLU(0.2) post-op", got, want, no, 1e-5);
+        free(got);
+        free(want);
+        free(xs);
+        nn_act_free(&x);
+        nn_act_free(&y);
+        nn_act_free(&z);
+        nn_act_free(&yf);
+        nn_batchnorm2d_free(&bn);
+        nn_conv2d_free(&a);
+        nn_conv2d_free(&b);
+    }
+    /* Channel mismatch is refused. */
+    nn_conv2d a;
+    nn_batchnorm2d bn;
+    fx_ok(nn_conv2d_init(&a, 4, 8, 3, 3, 1, 1, 1, 1, 1, NN_PAD_ZERO, 0, &rng, &e), &e);
+    fx_ok(nn_batchnorm2d_init(&bn, 6, 1e-5f, 0.1f, &e), &e);
+    fx_expect_error(nn_conv2d_fold_bn(&a, &bn, &e), &e, "6 channels");
+    nn_batchnorm2d_free(&bn);
+    nn_conv2d_free(&a);
+    nn_ctx_free(&ctx);
+}
+
+/* ------------------------------------------------------------------ ResNet-4 */
+
+static pgn_resnet *load_resnet(void)
+{
+    nn_err e;
+    pgn_resnet *r = calloc(1, sizeof *r);
+    assert_non_null(r);
+    fx_ok(pgn_resnet_init(r, 4, 0, &e), &e);
+    fx_ok(pgn_resnet_load_file(r, RESNET_SD, &e), &e);
+    return r;
+}
+
+static void del_resnet(pgn_resnet *r)
+{
+    pgn_resnet_free(r);
+    free(r);
+}
+
+static void resnet_folded_matches_eval(void **state)
+{
+    (void)state;
+    nn_err e;
+    nn_ctx ctx;
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    pgn_resnet *ref = load_resnet(), *fold = load_resnet();
+    /* Folding needs eval mode. */
+    fx_expect_error(pgn_resnet_fold_bn(fold, &e), &e, "eval mode");
+    assert_int_equal(fold->folded, 0);
+    pgn_resnet_set_training(ref, 0);
+    pgn_resnet_set_training(fold, 0);
+    fx_ok(pgn_resnet_fold_bn(fold, &e), &e);
+    assert_int_equal(fold->folded, 1);
+    fx_ok(pgn_resnet_fold_bn(fold, &e), &e); /* a second call does nothing */
+    assert_true(fold->stem.geo.has_bias && fold->down.geo.has_bias && fold->up_conv.geo.has_bias);
+
+    const int sizes[][2] = {{32, 32}, {24, 40}, {32, 32}};
+    const int n = 2;
+    for (int s = 0; s < 3; s++) {
+        const int h = sizes[s][0], w = sizes[s][1];
+        const size_t ni = (size_t)n * 3 * h * w;
+        float *yhat = rand_buf(ni, 1 + (uint32_t)s), *y = rand_buf(ni, 11 + (uint32_t)s);
+        float *o_ref = malloc(ni * sizeof(float)), *o_fold = malloc(ni * sizeof(float));
+        assert_non_null(o_ref);
+        assert_non_null(o_fold);
+        fx_ok(pgn_resnet_forward(&ctx, ref, yhat, y, n, h, w, o_ref, &e), &e);
+        fx_ok(pgn_resnet_forward(&ctx, fold, yhat, y, n, h, w, o_fold, &e), &e);
+        char label[64];
+        snprintf(label, sizeof label, "resnet4 folded vs eval, %dx6x%dx%d", n, h, w);
+        expect_same(label, o_fold, o_ref, ni, TOL);
+        /* The activation path gives the same. */
+        nn_act a = {0}, b = {0};
+        fx_act_from(&ctx, &a, yhat, n, 3, h, w);
+        fx_act_from(&ctx, &b, y, n, 3, h, w);
+        fx_ok(pgn_resnet_forward_act(&ctx, fold, &a, &b, &e), &e);
+        float *o_act = fx_act_to(&ctx, pgn_resnet_output(fold));
+        assert_memory_equal(o_act, o_fold, ni * sizeof(float));
+        free(o_act);
+        nn_act_free(&a);
+        nn_act_free(&b);
+        /* The unfolded eval net still has a backward; the folded one refuses it. */
+        fx_ok(pgn_resnet_backward(&ctx, ref, o_ref, &e), &e);
+        fx_expect_error(pgn_resnet_backward(&ctx, fold, o_ref, &e), &e, "folded");
+        fx_expect_error(pgn_resnet_backward_act(&ctx, fold, pgn_resnet_output(fold), &e), &e, "prediction only");
+        free(yhat);
+        free(y);
+        free(o_ref);
+        free(o_fold);
+    }
+    /* Train mode is ignored, loading refused; the forward still works. */
+    pgn_resnet_set_training(fold, 1);
+    assert_int_equal(fold->training, 0);
+    for (int m = 0; m < fold->nmod; m++)
+        if (fold->mod[m].bn)
+            assert_int_equal(fold->mod[m].bn->training, 0);
+    fx_expect_error(pgn_resnet_load_file(fold, RESNET_SD, &e), &e, "folded");
+    char report[256];
+    nn_weights w;
+    fx_ok(nn_weights_read(&w, RESNET_SD, &e), &e);
+    assert_int_equal(pgn_resnet_check_state(ref, &w, report, sizeof report), 0);
+    assert_true(pgn_resnet_check_state(fold, &w, report, sizeof report) > 0);
+    assert_non_null(strstr(report, "folded"));
+    nn_weights_free(&w);
+    float *x = rand_buf(3 * 16 * 16, 5), *o = malloc(3 * 16 * 16 * sizeof(float));
+    fx_ok(pgn_resnet_forward(&ctx, fold, x, x, 1, 16, 16, o, &e), &e);
+    free(x);
+    free(o);
+    del_resnet(ref);
+    del_resnet(fold);
+    nn_ctx_free(&ctx);
+}
+
+/* ------------------------------------------------------------------ UNet */
+
+static pgn_unet *load_unet(void)
+{
+    nn_err e;
+    pgn_unet *u = calloc(1, sizeof *u);
+    assert_non_null(u);
+    fx_ok(pgn_unet_init(u, 0, &e), &e);
+    fx_ok(pgn_unet_load_file(u, UNET_SD, &e), &e);
+    return u;
+}
+
+static void del_unet(pgn_unet *u)
+{
+    pgn_unet_free(u);
+    free(u);
+}
+
+static void unet_folded_matches_eval(void **state)
+{
+    (void)state;
+    nn_err e;
+    nn_ctx ctx;
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    pgn_unet *ref = load_unet(), *fold = load_unet();
+    fx_expect_error(pgn_unet_fold_bn(fold, &e), &e, "eval mode");
+    assert_int_equal(fold->folded, 0);
+    pgn_unet_set_training(ref, 0);
+    pgn_unet_set_training(fold, 0);
+    fx_ok(pgn_unet_fold_bn(fold, &e), &e);
+    assert_int_equal(fold->folded, 1);
+    fx_ok(pgn_unet_fold_bn(fold, &e), &e);
+    assert_true(fold->l0_conv.geo.has_bias && fold->l0_conv.post_relu);
+    for (int k = 0; k < 4; k++)
+        assert_true(fold->blk[k].folded && fold->blk[k].cpw1.geo.has_bias && fold->blk[k].cpw2.geo.has_bias);
+    for (int i = 0; i < PGN_UNET_SEPS; i++)
+        assert_true(fold->sep[i].fused && fold->sep[i].c1.post_relu);
+
+    const int sizes[][2] = {{64, 64}, {32, 96}, {64, 64}};
+    const int n = 2;
+    for (int s = 0; s < 3; s++) {
+        const int h = sizes[s][0], w = sizes[s][1];
+        const size_t nx = (size_t)n * 6 * h * w, no = (size_t)n * 3 * h * w;
+        float *x = rand_buf(nx, 21 + (uint32_t)s);
+        float *o_ref = malloc(no * sizeof(float)), *o_fold = malloc(no * sizeof(float));
+        assert_non_null(o_ref);
+        assert_non_null(o_fold);
+        fx_ok(pgn_unet_forward(&ctx, ref, x, n, h, w, o_ref, &e), &e);
+        fx_ok(pgn_unet_forward(&ctx, fold, x, n, h, w, o_fold, &e), &e);
+        char label[64];
+        snprintf(label, sizeof label, "unet folded vs eval, %dx6x%dx%d", n, h, w);
+        expect_same(label, o_fold, o_ref, no, TOL);
+        fx_expect_error(pgn_unet_backward(&ctx, fold, o_ref, &e), &e, "folded");
+        fx_expect_error(pgn_unet_backward_act(&ctx, fold, &fold->out, &e), &e, "prediction only");
+        free(x);
+        free(o_ref);
+        free(o_fold);
+    }
+    /* Even right after a train-mode request the folded net stays in eval mode. */
+    pgn_unet_set_training(fold, 1);
+    assert_int_equal(fold->training, 0);
+    float *x = rand_buf((size_t)6 * 32 * 32, 9);
+    fx_ok(pgn_unet_forward(&ctx, fold, x, 1, 32, 32, NULL, &e), &e); /* train mode would refuse batch 1 at 32x32 */
+    fx_expect_error(pgn_unet_backward_act(&ctx, fold, &fold->out, &e), &e, "folded");
+    free(x);
+    fx_expect_error(pgn_unet_load_file(fold, UNET_SD, &e), &e, "folded");
+    char report[256];
+    nn_weights w;
+    fx_ok(nn_weights_read(&w, UNET_SD, &e), &e);
+    assert_int_equal(pgn_unet_check_state(ref, &w, report, sizeof report), 0);
+    assert_true(pgn_unet_check_state(fold, &w, report, sizeof report) > 0);
+    nn_weights_free(&w);
+    del_unet(ref);
+    del_unet(fold);
+    nn_ctx_free(&ctx);
+}
+
+/* ------------------------------------------------------------------ pgn_net */
+
+static void net_same(const char *path, int h, int w)
+{
+    nn_err e;
+    nn_ctx ctx;
+    fx_ok(nn_ctx_init(&ctx, 0, &e), &e);
+    pgn_net a, b;
+    fx_ok(pgn_net_load_opts(&a, path, 0, &e), &e);
+    fx_ok(pgn_net_load(&b, path, &e), &e);
+    assert_int_equal(a.folded, 0);
+    assert_int_equal(b.folded, 1);
+    assert_string_equal(a.desc, b.desc);
+    if (b.resnet)
+        assert_int_equal(b.resnet->folded, 1);
+    else
+        assert_int_equal(b.unet->folded, 1);
+    const int n = 2;
+    const size_t ni = (size_t)n * 3 * h * w;
+    float *yhat = rand_buf(ni, 31), *y = rand_buf(ni, 32);
+    for (size_t i = 0; i < ni; i++) /* y_hat: y plus a perturbation, as in use */
+        yhat[i] = y[i] + 0.2f * yhat[i];
+    float *pa = malloc(ni * sizeof(float)), *ga = malloc(ni * sizeof(float));
+    float *pb = malloc(ni * sizeof(float)), *gb = malloc(ni * sizeof(float));
+    fx_ok(pgn_net_predict(&ctx, &a, yhat, y, n, h, w, pa, ga, &e), &e);
+    fx_ok(pgn_net_predict(&ctx, &b, yhat, y, n, h, w, pb, gb, &e), &e);
+    /* o agrees within 1e-4 of max |o| (see above); through the sigmoid head p and g agree at
+     * least as well relative to their own ranges. */
+    char label[320];
+    snprintf(label, sizeof label, "%s: backbone output o", a.desc);
+    expect_same(label, b.o, a.o, ni, TOL);
+    snprintf(label, sizeof label, "%s: p", a.desc);
+    expect_same(label, pb, pa, ni, TOL);
+    snprintf(label, sizeof label, "%s: g", a.desc);
+    expect_same(label, gb, ga, ni, TOL);
+    free(yhat);
+    free(y);
+    free(pa);
+    free(ga);
+    free(pb);
+    free(gb);
+    pgn_net_free(&a);
+    pgn_net_free(&b);
+    nn_ctx_free(&ctx);
+}
+
+static void net_predict_same_folded(void **state)
+{
+    (void)state;
+    net_same(RESNET_V2, 32, 32);
+    net_same(RESNET_SD, 16, 24);
+    net_same(UNET_SD, 64, 64);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(conv_fold_matches_conv_bn),
+        cmocka_unit_test(resnet_folded_matches_eval),
+        cmocka_unit_test(unet_folded_matches_eval),
+        cmocka_unit_test(net_predict_same_folded),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
