@@ -79,9 +79,15 @@ static void health_info_and_types(void **s)
     http_reply_free(&r);
     assert_int_equal(http_do(srv.port, "GET", "/api/v1/job-types", NULL, NULL, &r), 0);
     json_t *j = http_reply_json(&r);
-    json_t *t0 = json_array_get(json_object_get(j, "types"), 0);
-    assert_string_equal(json_string_value(json_object_get(t0, "name")), "train");
-    assert_true(json_array_size(json_object_get(t0, "params")) >= 5);
+    json_t *types = json_object_get(j, "types"), *t;
+    size_t i;
+    int seen = 0;
+    json_array_foreach(types, i, t) {
+        const char *name = json_string_value(json_object_get(t, "name"));
+        seen |= !strcmp(name, "train") ? 1 : !strcmp(name, "fit") ? 2 : 0;
+        assert_true(json_array_size(json_object_get(t, "params")) >= 5);
+    }
+    assert_int_equal(seen, 3);
     json_decref(j);
     http_reply_free(&r);
     assert_int_equal(http_do(srv.port, "GET", "/metrics", NULL, NULL, &r), 0);
@@ -190,6 +196,66 @@ static void pgn_arm_runs_and_is_compared(void **s)
                    "{\"type\": \"train\", \"params\": {\"image\": \"" IMAGE "\", \"size\": 64, \"arms\": [\"pgn\"],"
                    " \"pgn_checkpoint\": \"tests/fixtures/dip_state.safetensors\"}}",
                    422, "holds neither a PGN ResNet nor a PGN UNet");
+}
+
+/* A PGN fit runs as a queued job: loss and validation metrics, the exported PGN as an artifact,
+ * and the train job's pgn arm accepts that export. Bad fit parameters are refused by name. */
+static void fit_job_runs_and_its_pgn_trains(void **s)
+{
+    char body[1024], path[160];
+    long long id = submit(srv.port,
+                          "{\"type\": \"fit\", \"params\": {\"data\": \"tests/fixtures/images\", \"val_data\":"
+                          " \"tests/fixtures/images\", \"arch\": \"resnet4\", \"size\": 32, \"batch\": 3, \"steps\": 6,"
+                          " \"log_every\": 2, \"val_every\": 3, \"image_every\": 6, \"checkpoint_every\": 3}}",
+                          NULL, 201);
+    json_t *j = wait_job_state(srv.port, id, "succeeded|failed", 120000, NULL);
+    assert_non_null(j);
+    if (strcmp(json_string_value(json_object_get(j, "state")), "succeeded")) {
+        print_error("fit job failed: %s\n", json_string_value(json_object_get(j, "error")));
+        fail();
+    }
+    json_decref(j);
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/metrics?keys=loss,grad_cos,val.cos,val.mse_dir_cos", id);
+    http_reply r;
+    assert_int_equal(http_do(srv.port, "GET", path, NULL, NULL, &r), 0);
+    json_t *m = http_reply_json(&r);
+    json_t *series = json_object_get(m, "series");
+    assert_int_equal(json_array_size(json_object_get(json_object_get(series, "loss"), "values")), 3);
+    assert_int_equal(json_array_size(json_object_get(json_object_get(series, "val.cos"), "values")), 3); /* 0, 3, 6 */
+    assert_int_equal(json_array_size(json_object_get(json_object_get(series, "val.mse_dir_cos"), "values")), 3);
+    json_decref(m);
+    http_reply_free(&r);
+    snprintf(path, sizeof path, "/api/v1/jobs/%lld/artifacts", id);
+    assert_int_equal(http_do(srv.port, "GET", path, NULL, NULL, &r), 0);
+    assert_non_null(strstr(r.body, "pgn-final.safetensors"));
+    assert_non_null(strstr(r.body, "fields-ae2-step00000006.png"));
+    http_reply_free(&r);
+    /* the exported PGN drives a train job's pgn arm */
+    char pgn[600];
+    snprintf(pgn, sizeof pgn, "%s/jobs/%lld/pgn-final.safetensors", srv.state_dir, id);
+    snprintf(body, sizeof body,
+             "{\"type\": \"train\", \"params\": {\"image\": \"" IMAGE "\", \"size\": 64, \"steps\": 3,"
+             " \"arms\": [\"pgn\"], \"pgn_checkpoint\": \"%s\", \"log_every\": 3}}", pgn);
+    id = submit(srv.port, body, NULL, 201);
+    j = wait_job_state(srv.port, id, "succeeded|failed", 120000, NULL);
+    assert_non_null(j);
+    if (strcmp(json_string_value(json_object_get(j, "state")), "succeeded")) {
+        print_error("train with the fitted PGN failed: %s\n", json_string_value(json_object_get(j, "error")));
+        fail();
+    }
+    json_decref(j);
+    expect_problem("POST", "/api/v1/jobs",
+                   "{\"type\": \"fit\", \"params\": {\"data\": \"tests/fixtures/images\", \"size\": 48, \"batch\": 4}}",
+                   422, "must be a multiple of 32 for unet");
+    expect_problem("POST", "/api/v1/jobs",
+                   "{\"type\": \"fit\", \"params\": {\"data\": \"tests/fixtures/images\", \"batch\": 4}}", 422,
+                   "must be a multiple of 3");
+    expect_problem("POST", "/api/v1/jobs", "{\"type\": \"fit\", \"params\": {\"data\": \"/nonexistent\"}}", 422,
+                   "/nonexistent does not exist");
+    expect_problem("POST", "/api/v1/jobs",
+                   "{\"type\": \"fit\", \"params\": {\"data\": \"tests/fixtures/images\", \"arch\": \"resnet4\","
+                   " \"init\": \"tests/fixtures/pgn_unet_legacy.pth\"}}",
+                   422, "holds a PGN UNet, but arch is resnet4");
 }
 
 /* Stability mode stops an arm by its rule and ends the job when no arm runs. A divergence factor
@@ -388,6 +454,7 @@ int main(void)
         cmocka_unit_test(a_job_runs_to_the_end),
         cmocka_unit_test(pgn_arm_runs_and_is_compared),
         cmocka_unit_test(stability_mode_stops_arms),
+        cmocka_unit_test(fit_job_runs_and_its_pgn_trains),
         cmocka_unit_test(cancel_pause_resume),
         cmocka_unit_test(events_replay_after_reconnect),
         cmocka_unit_test(parallel_submitters_each_recorded_once),
