@@ -2,7 +2,8 @@
 """PyTorch side of `make bench`: the figures the C engine is compared with.
 
     OPENBLAS_NUM_THREADS=1 command -p python3 bench/torch_ref.py MODE [--reps 7] [--threads 2]
-        MODE: conv3x3 | vgg_perceptual [--size 256] [--batch 1] | rss_baseline
+        MODE: conv3x3 | vgg_perceptual [--size 256] [--batch 1] | fit_step [--size 64] [--batch 6]
+              | rss_baseline
 
 The caller runs each mode in its own process so that the peak RSS reported is that mode's alone.
 stdout carries only `bench <name> <value> <unit>` lines (parsed by bench/run.sh); anything else goes
@@ -141,12 +142,71 @@ def bench_vgg_perceptual(args):
     emit(f"torch_vgg_perceptual_{tag}_peak_rss_mb", peak_rss_mb(), "MB")
 
 
+# ---------------------------------------------------------------------------------------------
+# fit_step: one online PGN fit step (pgn/fit.h), float32, the replica of tools/fixtures_fit.py
+# (FitReplica: the same code that writes tests/fixtures/fit.safetensors in float64): UNet PGN and
+# the three autoencoders freshly default-initialised (seed 0), a random VGG-19 teacher (the kaiming
+# init above), random smooth targets. Like the official PerceptualLoss, the teacher recomputes the
+# target's features on each of its 2 calls (g_true at y_hat, then P(p, y)): target features twice.
+# Split (time.perf_counter around each phase): ae = autoencoder forwards + their backward, clip and
+# Adam; pgn_fwd = PGN forward + sigmoid head; teacher = g_true (VGG forward + backward to y_hat) and
+# P(p, y) with dP/dp (VGG forward + backward to p), target features computed in each; pgn_bwd = the
+# loss, the backward through the head and the PGN (dP/dp handed in, as pgn/fit.h does), clip, Adam.
+# ---------------------------------------------------------------------------------------------
+
+PHASES = ("ae", "pgn_fwd", "teacher", "pgn_bwd")
+
+
+def bench_fit_step(args):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+    import fixtures_fit  # noqa: E402  (the replica; imports the modules of fixtures_pgn_unet / _autoencoder)
+    from fixtures_autoencoder import Autoencoder  # noqa: E402
+    from fixtures_pgn_unet import UNetCustom  # noqa: E402
+
+    if args.batch % 3 or args.size % 32:
+        raise SystemExit("fit_step: --batch must be a multiple of 3 and --size of 32")
+    torch.manual_seed(0)
+    pgn = UNetCustom()
+    aes = [Autoencoder(i) for i in range(3)]
+    vgg = vgg19_features_avgpool()
+    # Paper default clip average (200); the clip does not change the cost.
+    rep = fixtures_fit.FitReplica(pgn, aes, lambda x: vgg_taps(vgg, x), lr=1e-3, ae_lr=1e-3, clip_init=200.0)
+    steps = WARMUPS + args.reps
+    y_all = fixtures_fit.normalise_u8(fixtures_fit.targets_u8("bench", steps, args.batch, args.size))
+
+    rows = []
+    for k in range(steps):
+        split = dict.fromkeys(PHASES, 0.0)
+        last = [0.0]
+
+        def tick(label):
+            now = time.perf_counter()
+            split[label] += (now - last[0]) * 1e3
+            last[0] = now
+
+        t0 = last[0] = time.perf_counter()
+        rep.step(y_all[k], tick=tick)
+        split["total"] = (time.perf_counter() - t0) * 1e3
+        log(f"step {k}{' (warm-up)' if k < WARMUPS else ''}: " + " ".join(f"{n} {v:.1f}" for n, v in split.items()))
+        if k >= WARMUPS:
+            rows.append(split)
+
+    tag = f"torch_fit_step_{args.batch}x{args.size}"
+    emit(f"{tag}_ms", statistics.median(r["total"] for r in rows), "ms")
+    for name in ("teacher", "pgn_fwd", "pgn_bwd", "ae"):
+        emit(f"{tag}_{name}_ms", statistics.median(r[name] for r in rows), "ms")
+    emit(f"{tag}_peak_rss_mb", peak_rss_mb(), "MB")
+
+
 def bench_rss_baseline(args):
     # What importing torch alone costs, to subtract from the other modes' peak RSS.
     emit("torch_baseline_rss_mb", peak_rss_mb(), "MB")
 
 
-MODES = {"conv3x3": bench_conv3x3, "vgg_perceptual": bench_vgg_perceptual, "rss_baseline": bench_rss_baseline}
+MODES = {"conv3x3": bench_conv3x3, "vgg_perceptual": bench_vgg_perceptual, "fit_step": bench_fit_step,
+         "rss_baseline": bench_rss_baseline}
+# Per-mode defaults of --size / --batch.
+SIZE_BATCH = {"fit_step": (64, 6)}
 
 
 def main():
@@ -154,9 +214,12 @@ def main():
     ap.add_argument("mode", choices=sorted(MODES))
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--size", type=int, default=256, help="vgg_perceptual: image side")
-    ap.add_argument("--batch", type=int, default=1, help="vgg_perceptual: batch size")
+    ap.add_argument("--size", type=int, default=None, help="vgg_perceptual: image side (256); fit_step: crop side (64)")
+    ap.add_argument("--batch", type=int, default=None, help="vgg_perceptual: batch size (1); fit_step: batch (6)")
     args = ap.parse_args()
+    size, batch = SIZE_BATCH.get(args.mode, (256, 1))
+    args.size = size if args.size is None else args.size
+    args.batch = batch if args.batch is None else args.batch
     torch.set_num_threads(args.threads)
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, mode {args.mode}, reps {args.reps}")
     MODES[args.mode](args)

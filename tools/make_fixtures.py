@@ -6,7 +6,8 @@
 Writes layers.safetensors and adam_convnet.safetensors (documented in tests/fixtures/README.md)
 and, if tools/fixtures_weights.py exists, its weights_* fixtures (likewise the teacher_* fixtures
 of tools/fixtures_teacher.py, the dip_* / quality fixtures of tools/fixtures_dip.py and the PGN
-fixtures of tools/fixtures_pgn_resnet.py / fixtures_pgn_unet.py). The output
+fixtures of tools/fixtures_pgn_resnet.py / fixtures_pgn_unet.py, and fit.safetensors of
+tools/fixtures_fit.py). The output
 is byte-for-byte reproducible: every random tensor comes from a generator seeded by its case name,
 and torch runs on one thread so reductions always sum in the same order.
 """
@@ -331,7 +332,8 @@ def main():
 
     for module, what in [("fixtures_weights", "weights_*"), ("fixtures_teacher", "teacher_*"),
                          ("fixtures_dip", "dip_* and quality"), ("fixtures_pgn_resnet", "pgn_resnet*"),
-                         ("fixtures_pgn_unet", "pgn_unet*"), ("fixtures_autoencoder", "autoencoder*")]:
+                         ("fixtures_pgn_unet", "pgn_unet*"), ("fixtures_autoencoder", "autoencoder*"),
+                         ("fixtures_fit", "fit.safetensors")]:  # last: it starts from the weights above
         if os.path.exists(os.path.join(TOOLS, module + ".py")):
             importlib.import_module(module).write_all(outdir)
             print(f"wrote {what} fixtures (tools/{module}.py)")
