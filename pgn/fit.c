@@ -340,8 +340,11 @@ static void abs_percentiles(const float *v, size_t n, float *scratch, double out
 
 /* ---- one step ---- */
 
-int pgn_fit_step(pgn_fit *f, const float *y, pgn_fit_stats *st, nn_err *e)
+/* One step. Online (pairs == NULL): the autoencoders make y_hat from y and step on the PGN's
+ * prediction. From a collection: y_hat and g_true are given, and only the PGN steps. */
+static int step(pgn_fit *f, const float *y, const float *yhat_in, const float *gt_in, pgn_fit_stats *st, nn_err *e)
 {
+    int online = yhat_in == NULL;
     const pgn_fit_params *p = &f->p;
     int B = p->batch, b = B / PGN_FIT_AES, S = f->s;
     size_t cnt = f->cnt, tot = (size_t)B * cnt;
@@ -349,7 +352,9 @@ int pgn_fit_step(pgn_fit *f, const float *y, pgn_fit_stats *st, nn_err *e)
     memset(st, 0, sizeof *st);
     double t0 = now_ms();
     /* 1. the autoencoders' outputs (train mode), then detached */
-    for (int i = 0; i < PGN_FIT_AES; i++)
+    if (!online)
+        memcpy(f->yhat, yhat_in, tot * sizeof(float));
+    for (int i = 0; online && i < PGN_FIT_AES; i++)
         if (pgn_autoencoder_forward(&f->ctx, &f->ae[i], y + (size_t)i * b * cnt, b, S, S, f->yhat + (size_t)i * b * cnt,
                                     e))
             return nn_err_prefix(e, "autoencoder forward");
@@ -360,15 +365,27 @@ int pgn_fit_step(pgn_fit *f, const float *y, pgn_fit_stats *st, nn_err *e)
     pgn_proxy_forward(&f->head, f->o, f->yhat, B, S, S, f->pb, f->g);
     double t2 = now_ms();
     /* 3. the teacher: g_true at y_hat, P(p, y) and its gradient at p */
-    double per_p[B], per_true[B];
-    if (pgn_teacher_set_target(&f->ctx, &f->teacher, y, B, S, S, PGN_SPACE_NORMALISED, e) ||
-        pgn_teacher_loss_grad(&f->ctx, &f->teacher, f->yhat, B, S, S, PGN_SPACE_NORMALISED, per_true, NULL, f->gt, e) ||
+    double per_p[B];
+    int need_prc = p->w_proxy_perceptual > 0 || online; /* online: P(p, y) is reported anyway */
+    if (!online)
+        memcpy(f->gt, gt_in, tot * sizeof(float));
+    if ((online || need_prc) && pgn_teacher_set_target(&f->ctx, &f->teacher, y, B, S, S, PGN_SPACE_NORMALISED, e))
+        return nn_err_prefix(e, "teacher");
+    if (online &&
+        pgn_teacher_loss_grad(&f->ctx, &f->teacher, f->yhat, B, S, S, PGN_SPACE_NORMALISED, NULL, NULL, f->gt, e))
+        return nn_err_prefix(e, "teacher");
+    if (need_prc &&
         pgn_teacher_loss_grad(&f->ctx, &f->teacher, f->pb, B, S, S, PGN_SPACE_NORMALISED, per_p, NULL, f->dpp, e))
         return nn_err_prefix(e, "teacher");
+    if (!need_prc) { /* from a collection with no perceptual proxy term: no VGG pass at all */
+        memset(f->dpp, 0, tot * sizeof(float));
+        for (int n = 0; n < B; n++)
+            per_p[n] = 0;
+    }
     double t3 = now_ms();
     /* 4. the autoencoders step on the PGN's prediction; they share one clipping average */
     double ae_max = p->clip_factor * f->ae_avg;
-    for (int i = 0; i < PGN_FIT_AES; i++) {
+    for (int i = 0; online && i < PGN_FIT_AES; i++) {
         int np;
         const nn_param *ps = pgn_autoencoder_params(&f->ae[i], &np);
         pgn_autoencoder_zero_grad(&f->ae[i]);
@@ -377,7 +394,7 @@ int pgn_fit_step(pgn_fit *f, const float *y, pgn_fit_stats *st, nn_err *e)
         st->ae_norm[i] = nn_clip_grad_norm(ps, np, ae_max);
         nn_adam_step(&f->ae_opt[i]);
     }
-    for (int k = 0; k < PGN_FIT_AES; k++)
+    for (int k = 0; online && k < PGN_FIT_AES; k++)
         f->ae_avg = (1 - p->clip_ema_weight) * f->ae_avg + p->clip_ema_weight * st->ae_norm[PGN_FIT_AES - 1];
     st->ae_avg = f->ae_avg;
     double t4 = now_ms();
@@ -426,7 +443,7 @@ int pgn_fit_step(pgn_fit *f, const float *y, pgn_fit_stats *st, nn_err *e)
     /* 6. the autoencoders' L1 and resets (§4.1) */
     f->step++;
     f->samples += B;
-    for (int i = 0; i < PGN_FIT_AES; i++) {
+    for (int i = 0; online && i < PGN_FIT_AES; i++) {
         double l1 = 0;
         const float *a = f->yhat + (size_t)i * b * cnt, *t = y + (size_t)i * b * cnt;
         for (size_t k = 0; k < (size_t)b * cnt; k++)
@@ -451,8 +468,17 @@ int pgn_fit_step(pgn_fit *f, const float *y, pgn_fit_stats *st, nn_err *e)
     st->ms_teacher = t3 - t2;
     st->ms_update = (t5 - t4) + (t7 - t6);
     st->ms_total = now_ms() - t0;
-    (void)per_true;
     return 0;
+}
+
+int pgn_fit_step(pgn_fit *f, const float *y, pgn_fit_stats *st, nn_err *e) { return step(f, y, NULL, NULL, st, e); }
+
+int pgn_fit_step_pairs(pgn_fit *f, const float *yhat, const float *y, const float *g_true, pgn_fit_stats *st,
+                       nn_err *e)
+{
+    if (!yhat || !g_true)
+        return nn_errf(e, "pgn_fit_step_pairs needs y_hat and g_true");
+    return step(f, y, yhat, g_true, st, e);
 }
 
 /* ---- validation ---- */

@@ -108,6 +108,11 @@ void pgn_fit_close(pgn_fit *f);
 int pgn_fit_load_autoencoder(pgn_fit *f, int i, const char *path, nn_err *e);
 /* One training step on y [batch, 3, size, size] (normalised). */
 int pgn_fit_step(pgn_fit *f, const float *y, pgn_fit_stats *st, nn_err *e);
+/* One step of the PGN alone on given pairs (from a collection of teacher gradients): y_hat, y
+ * and g_true [batch, 3, size, size]. The autoencoders do not run; the teacher runs only for the
+ * proxy's perceptual term (skipped when w_proxy_perceptual is 0, and then reported as 0). */
+int pgn_fit_step_pairs(pgn_fit *f, const float *yhat, const float *y, const float *g_true, pgn_fit_stats *st,
+                       nn_err *e);
 /* Validation on n held-out targets y [n, 3, size, size] (normalised). Changes nothing. */
 int pgn_fit_validate(pgn_fit *f, const float *y, int n, pgn_fit_val *out, nn_err *e);
 /* Gradient-field panels (pgn/viz) for target y (one image) against autoencoder ae's output. */
