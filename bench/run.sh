@@ -29,6 +29,9 @@ for r in $(seq "$rounds"); do
     [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py vgg_perceptual --reps "$reps" --threads 2 --size 224 >>"$log"
     "$C" vgg_perceptual "$reps" 8 128 >>"$log" 2>/dev/null
     [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py vgg_perceptual --reps "$reps" --threads 2 --batch 8 --size 128 >>"$log"
+    # one online PGN fit step (UNet, batch 6, 64x64, teacher included) next to the PyTorch replica
+    "$C" fit_step "$reps" 6 64 >>"$log" 2>/dev/null
+    [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py fit_step --reps "$reps" --threads 2 --batch 6 --size 64 >>"$log"
     PGND_WINOGRAD=0 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
     PGND_WINOGRAD=1 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
 done
@@ -50,6 +53,12 @@ END {
             printf "bench %s_ratio_vs_torch %.3f x\n", name, m["pgnd_" r[i]] / m["torch_" t]
         }
     }
+    if (("pgnd_fit_step_6x64_ms") in m && ("torch_fit_step_6x64_ms") in m)
+        printf "bench fit_step_6x64_ratio_vs_torch %.3f x\n", m["pgnd_fit_step_6x64_ms"] / m["torch_fit_step_6x64_ms"]
+    if (("pgnd_fit_step_6x64_teacher_ms") in m && ("torch_fit_step_6x64_teacher_ms") in m)
+        printf "bench fit_step_6x64_teacher_ratio_vs_torch %.3f x\n", m["pgnd_fit_step_6x64_teacher_ms"] / m["torch_fit_step_6x64_teacher_ms"]
+    if (("pgnd_fit_step_6x64_peak_rss_mb") in m && ("torch_fit_step_6x64_peak_rss_mb") in m)
+        printf "bench fit_step_6x64_rss_ratio_vs_torch %.3f x\n", m["pgnd_fit_step_6x64_peak_rss_mb"] / m["torch_fit_step_6x64_peak_rss_mb"]
     split("256 224 8x128", sz, " ")
     for (i in sz) {
         t = "vgg_perceptual_" sz[i]
