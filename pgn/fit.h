@@ -63,6 +63,10 @@ typedef struct pgn_fit_params {
     double w_grad, w_proxy_perceptual, w_proxy_l1;
     double grad_scale;          /* s; 0 = the arch default (0.048 UNet, 0.025 ResNet) */
     int direct;                 /* 1: "direct" head (§2.8) instead of the sigmoid proxy */
+    int fast_teacher;           /* 1: the teacher's convs run as Winograd forward and backward (~1e-6
+                                 * relative rounding; a few ReLU / L1-sign decisions at ~0 differ from
+                                 * direct convolution, harmless for a training signal); 0: its exact
+                                 * policy (direct forward) */
     double clip_factor, clip_init, clip_ema_weight;
     double ae_plateau_samples, ae_reset_prob, ae_reset_l1;
     double val_fraction;        /* of the image files held out */

@@ -187,6 +187,7 @@ static void test_ten_steps_match_pytorch(void **state)
     p.clip_init = meta_num(&fx, "clip_init");
     p.clip_ema_weight = meta_num(&fx, "clip_ema_weight");
     p.ae_plateau_samples = 1e18; /* no resets, as the replica */
+    p.fast_teacher = 0;          /* the teacher's exact policy: direct forward, like the float64 replica */
     int steps = (int)meta_num(&fx, "steps");
     char teacher[300], aes[300];
     snprintf(teacher, sizeof teacher, "tests/fixtures/%s", nn_weights_meta(&fx, "teacher_weights")->str);
