@@ -4,6 +4,7 @@
 
 #include "daemon/jobtypes.h"
 #include "nn/weights.h"
+#include "pgn/pgn_net.h"
 #include "pgn/fit.h"
 
 static const param_spec params[] = {
@@ -63,7 +64,7 @@ static void check(json_t *p, json_t *problems, const pgnd_config *cfg)
     if (init && *init) {
         nn_weights w;
         nn_err e;
-        if (nn_weights_read(&w, init, &e)) {
+        if (pgn_checkpoint_read(&w, init, &e)) {
             job_problem(problems, "init", "%s", e.msg);
         } else {
             int has_unet = nn_weights_find(&w, "layer0.0.weight") != NULL;

@@ -4,6 +4,7 @@
 
 #include "daemon/jobtypes.h"
 #include "nn/weights.h"
+#include "pgn/pgn_net.h"
 #include "pgn/train.h"
 
 static const param_spec params[] = {
@@ -46,7 +47,7 @@ static void check(json_t *p, json_t *problems, const pgnd_config *cfg)
         /* Refused now rather than when the job starts: a file that holds no PGN backbone. */
         nn_weights w;
         nn_err e;
-        if (nn_weights_read(&w, ck, &e))
+        if (pgn_checkpoint_read(&w, ck, &e))
             job_problem(problems, "pgn_checkpoint", "%s", e.msg);
         else {
             if (!nn_weights_find(&w, "model.0.weight") && !nn_weights_find(&w, "layer0.0.weight"))

@@ -113,6 +113,24 @@ void nn_weights_free(nn_weights *w)
     memset(w, 0, sizeof *w);
 }
 
+int nn_weights_select_prefix(nn_weights *w, const char *prefix)
+{
+    size_t len = strlen(prefix);
+    int kept = 0;
+    for (int i = 0; i < w->count; i++) {
+        nn_weight_entry *t = &w->entries[i];
+        if (strncmp(t->name, prefix, len)) {
+            free(t->name);
+            nn_free(t->data);
+            continue;
+        }
+        memmove(t->name, t->name + len, strlen(t->name + len) + 1);
+        w->entries[kept++] = *t;
+    }
+    w->count = kept;
+    return kept;
+}
+
 const nn_weight_entry *nn_weights_find(const nn_weights *w, const char *name)
 {
     for (int i = 0; i < w->count; i++)

@@ -61,6 +61,10 @@ void nn_weights_free(nn_weights *w);
 const nn_weight_entry *nn_weights_find(const nn_weights *w, const char *name);
 const nn_weight_meta *nn_weights_meta(const nn_weights *w, const char *key);
 
+/* Keeps only the tensors whose names start with prefix, with the prefix removed (e.g. the "pgn/"
+ * part of a training checkpoint); frees the others. Returns how many were kept. */
+int nn_weights_select_prefix(nn_weights *w, const char *prefix);
+
 /* Copies tensor `name` into `dst` (already allocated with the expected shape), converting any
  * floating or integer dtype to float32. Errors: "FILE: tensor 'NAME' not found",
  * "FILE: tensor 'NAME' has shape [a, b] but the model expects [c, d]". */

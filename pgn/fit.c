@@ -15,6 +15,7 @@
 #include "pgn/autoencoder.h"
 #include "pgn/data.h"
 #include "pgn/image.h"
+#include "pgn/pgn_net.h"
 #include "pgn/pgn_resnet.h"
 #include "pgn/pgn_unet.h"
 #include "pgn/proxy.h"
@@ -206,7 +207,7 @@ int pgn_fit_open(pgn_fit **out, const pgn_fit_params *p, const char *teacher_wei
     f->head = pgn_proxy_default(blocks ? PGN_GRAD_SCALE_RESNET : PGN_GRAD_SCALE_UNET);
     if (p->init[0]) { /* start from a checkpoint: its weights and, unless overridden, its head */
         nn_weights w;
-        if (nn_weights_read(&w, p->init, e)) {
+        if (pgn_checkpoint_read(&w, p->init, e)) {
             nn_err_prefix(e, "init checkpoint");
             goto fail;
         }
@@ -672,9 +673,10 @@ static int ck_build(pgn_fit *f, ck_set *c, nn_err *e)
         nn_adam *o = i ? &f->ae_opt[i - 1] : &f->opt;
         const char *who = i ? (const char *[]){"ae0", "ae1", "ae2"}[i - 1] : "pgn";
         for (int k = 0; k < o->count; k++) {
-            snprintf(c->names[c->nt], sizeof c->names[0], "%s/adam_m.%d", who, k);
+            /* "<net>_adam/", not "<net>/": the "pgn/" tensors are exactly the PGN's state dict */
+            snprintf(c->names[c->nt], sizeof c->names[0], "%s_adam/m.%d", who, k);
             c->t[c->nt++] = &o->m[k];
-            snprintf(c->names[c->nt], sizeof c->names[0], "%s/adam_v.%d", who, k);
+            snprintf(c->names[c->nt], sizeof c->names[0], "%s_adam/v.%d", who, k);
             c->t[c->nt++] = &o->v[k];
         }
     }
@@ -694,8 +696,10 @@ int pgn_fit_save(pgn_fit *f, const char *path, const uint32_t data_rng[4], nn_er
     for (int i = 0; i < c.nt; i++)
         names[i] = c.names[i];
     char v[16][160];
+    /* "grad_scale" and "backbone_to_grad_type" are also what pgn_checkpoint_read's callers read */
     const char *k[16] = {"format", "arch", "size", "batch", "step", "samples", "avg", "adam_steps", "rng",
-                         "data_rng", "ae_best", "ae_best_at", "resets", "grad_scale", "head", "seed"};
+                         "data_rng", "ae_best", "ae_best_at", "resets", "grad_scale", "backbone_to_grad_type",
+                         "seed"};
     snprintf(v[0], sizeof v[0], CK_FORMAT);
     snprintf(v[1], sizeof v[1], "%s", f->p.arch);
     snprintf(v[2], sizeof v[2], "%d", f->p.size);

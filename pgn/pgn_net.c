@@ -6,11 +6,23 @@
 
 int pgn_net_load(pgn_net *n, const char *path, nn_err *e) { return pgn_net_load_opts(n, path, 1, e); }
 
+int pgn_checkpoint_read(nn_weights *w, const char *path, nn_err *e)
+{
+    if (nn_weights_read(w, path, e))
+        return -1;
+    const nn_weight_meta *f = nn_weights_meta(w, "format");
+    if (f && !strcmp(f->str, "pgnd fit checkpoint v1") && nn_weights_select_prefix(w, "pgn/") == 0) {
+        nn_weights_free(w);
+        return nn_errf(e, "%s: a fit checkpoint without its PGN", path);
+    }
+    return 0;
+}
+
 int pgn_net_load_opts(pgn_net *n, const char *path, int fold, nn_err *e)
 {
     memset(n, 0, sizeof *n);
     nn_weights w;
-    if (nn_weights_read(&w, path, e))
+    if (pgn_checkpoint_read(&w, path, e))
         return nn_err_prefix(e, "PGN checkpoint");
     int rc = 0, blocks = 0;
     if (nn_weights_find(&w, "model.0.weight")) {

@@ -25,6 +25,10 @@ int pgn_net_load(pgn_net *n, const char *path, nn_err *e);
 /* fold 0: the backbone stays an ordinary eval-mode net (BNs run as their own layers; its backward,
  * state dict and pgn_*_set_training keep working). */
 int pgn_net_load_opts(pgn_net *n, const char *path, int fold, nn_err *e);
+/* Reads a PGN checkpoint's tensors and metadata: an exported PGN, the authors' files, or a fit's
+ * training checkpoint (pgn/fit.h), of which only the PGN part ("pgn/" tensors) is kept, so a fit can
+ * be tried out before it ends. */
+int pgn_checkpoint_read(nn_weights *w, const char *path, nn_err *e);
 void pgn_net_free(pgn_net *n);
 /* From y_hat and y (NCHW [b, 3, h, w], normalised space): the proxy target p and the predicted
  * gradient g = dP/dy_hat (either may be NULL). The PGN never backpropagates (stop-gradient). */

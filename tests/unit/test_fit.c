@@ -292,6 +292,26 @@ static void test_resume_is_exact(void **state)
         }
     /* the loss moved: the fit is doing something */
     assert_true(metric(&a, 6, "loss") != metric(&a, 1, "loss"));
+    /* the last training checkpoint (step 6) predicts exactly what the exported PGN predicts */
+    char fin[400];
+    snprintf(fin, sizeof fin, "%s/pgn-final.safetensors", a.dir);
+    pgn_net n1, n2;
+    nn_err e;
+    fx_ok(pgn_net_load(&n1, fin, &e), &e);
+    fx_ok(pgn_net_load(&n2, a.ck, &e), &e);
+    size_t cnt = (size_t)3 * 32 * 32;
+    float *yh = calloc(cnt, sizeof(float)), *yy = calloc(cnt, sizeof(float));
+    float *g1 = malloc(cnt * sizeof(float)), *g2 = malloc(cnt * sizeof(float));
+    for (size_t i = 0; i < cnt; i++)
+        yh[i] = 0.5f * sinf(0.1f * (float)i), yy[i] = 0.4f * cosf(0.07f * (float)i);
+    nn_ctx ctx;
+    fx_ok(nn_ctx_init(&ctx, 2, &e), &e);
+    fx_ok(pgn_net_predict(&ctx, &n1, yh, yy, 1, 32, 32, NULL, g1, &e), &e);
+    fx_ok(pgn_net_predict(&ctx, &n2, yh, yy, 1, 32, 32, NULL, g2, &e), &e);
+    assert_memory_equal(g1, g2, cnt * sizeof(float));
+    pgn_net_free(&n1), pgn_net_free(&n2);
+    nn_ctx_free(&ctx);
+    free(yh), free(yy), free(g1), free(g2);
 }
 
 /* Validation compares the PGN with the MSE direction on the same pairs; the blur pairs' MSE
