@@ -11,7 +11,10 @@ B       := build
 
 # Debian packages the build and tests need (kept in one place: .ci/run and `make deps` use it).
 DEB_PKGS := gcc make pkg-config libdnnl-dev libmicrohttpd-dev libjansson-dev libsqlite3-dev \
-            libpng-dev libjpeg62-turbo-dev libcmocka-dev
+            libpng-dev libjpeg62-turbo-dev libcmocka-dev \
+            nodejs chromium fonts-dejavu-core
+# (npm: Debian's `npm` package, unless the nodejs in use brings its own, as NodeSource's does;
+# .ci/run installs it only when the npm command is missing.)
 
 NN_SRC    := $(wildcard nn/*.c)
 PGN_SRC   := $(wildcard pgn/*.c)
@@ -40,7 +43,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(B)/bench/%)
 DAEMON_OBJ := $(B)/daemon/main.o
 
 .DELETE_ON_ERROR:
-.PHONY: all test bench run deps clean print-deps install
+.PHONY: all test bench run deps clean print-deps install web
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(B)/pgnd
 
 $(B)/%.o: %.c
@@ -74,9 +77,34 @@ $(B)/bench/%: $(B)/bench/%.o $(LIB)
 $(B)/pgnd: $(DAEMON_OBJ) $(LIB)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
-test: $(TEST_BIN) $(B)/pgnd
+# The unit and API tests, then the dashboard's browser tests (tests/browser/, headless chromium);
+# the target fails when either fails, and ends with both summary lines.
+test: $(TEST_BIN) $(B)/pgnd web
 	$(B)/pgnd selfcheck
-	@tests/run_unit.sh $(TEST_BIN)
+	@t=$$(mktemp -d); \
+	{ tests/run_unit.sh $(TEST_BIN); echo $$? > $$t/unit.rc; } | tee $$t/unit.log; \
+	{ node tests/browser/run.mjs; echo $$? > $$t/browser.rc; } | tee $$t/browser.log; \
+	echo; grep '^tests: ' $$t/unit.log | tail -n 1; \
+	grep '^browser tests: ' $$t/browser.log | tail -n 1 || echo "browser tests: did not finish"; \
+	u=$$(cat $$t/unit.rc 2>/dev/null || echo 1); b=$$(cat $$t/browser.rc 2>/dev/null || echo 1); rm -rf $$t; \
+	[ "$$u" -eq 0 ] && [ "$$b" -eq 0 ]
+
+# The dashboard (web/) is served by pgnd at /; its charting library comes from npm (package-lock.json)
+# and is copied into web/vendor/, so the dashboard works offline, without any CDN.
+WEB_VENDOR := web/vendor/uPlot.iife.min.js web/vendor/uPlot.min.css web/vendor/uPlot.LICENSE.txt
+web: $(WEB_VENDOR)
+
+node_modules/.package-lock.json: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing (apt-get install npm): it fetches the dashboard's uPlot"; exit 1; }
+	npm ci --no-audit --no-fund
+
+web/vendor/uPlot.LICENSE.txt: node_modules/.package-lock.json
+	@mkdir -p $(dir $@)
+	cp node_modules/uplot/LICENSE $@
+
+web/vendor/uPlot.%: node_modules/.package-lock.json
+	@mkdir -p $(dir $@)
+	cp node_modules/uplot/dist/uPlot.$* $@
 
 bench: $(BENCH_BIN)
 	@bench/run.sh
@@ -90,6 +118,7 @@ print-deps:
 # `make run`: the daemon on the embedded defaults (state and database under ./var, loopback).
 run: deps
 	@$(MAKE) --no-print-directory $(B)/pgnd
+	@$(MAKE) --no-print-directory web || echo "pgnd: no charts on the dashboard until \`make web\` works (it needs npm)"
 	@mkdir -p var
 	@echo "pgnd: dashboard and API on http://127.0.0.1:8080/ (state in ./var; Ctrl-C stops, jobs resume next start)"
 	@echo "submit a job:  curl -s -X POST http://127.0.0.1:8080/api/v1/jobs -H 'Content-Type: application/json' \\"
@@ -98,7 +127,7 @@ run: deps
 	$(B)/pgnd serve --state-dir var --web-dir web
 
 PREFIX ?= /usr/local
-install: $(B)/pgnd
+install: $(B)/pgnd web
 	install -D -m 0755 $(B)/pgnd $(DESTDIR)$(PREFIX)/bin/pgnd
 	install -D -m 0644 systemd/pgnd.service $(DESTDIR)/etc/systemd/system/pgnd.service
 	install -D -m 0644 pgnd.conf.example $(DESTDIR)$(PREFIX)/share/pgnd/pgnd.conf.example

@@ -5,6 +5,7 @@
 
 #include "api/auth.h"
 #include "api/routes.h"
+#include "api/routes_static.h"
 #include "daemon/jobtypes.h"
 
 #ifndef PGND_VERSION
@@ -107,5 +108,6 @@ int api_register(http_server *srv, pgnd_daemon *d)
     api_register_jobs(srv, d);
     api_register_events(srv, d);
     api_register_info(srv, d);
+    api_register_static(srv, d); /* the dashboard: web/ at / */
     return 0;
 }
