@@ -8,8 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -238,6 +240,9 @@ int pgnd_start(pgnd_proc *p, const char *state_dir, const char *const *extra_env
     if (p->pid < 0)
         return -1;
     if (p->pid == 0) {
+        /* a test that fails mid-way must not leave its pgnd running (it would hold the runner's
+         * output pipe open): the daemon dies with the test process */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         close(pipefd[0]);
         char fdarg[16];
         snprintf(fdarg, sizeof fdarg, "%d", pipefd[1]);

@@ -60,7 +60,7 @@ static void interrupted_job_resumes(int sig)
     assert_int_equal(pgnd_start(&p, NULL, NULL), 0);
     const int steps = 150;
     long long id = submit(p.port, steps, NULL);
-    json_t *j = wait_job_step(p.port, id, 60, 60000, NULL);
+    json_t *j = wait_job_step(p.port, id, 60, 180000, NULL); /* generous: CI machines can be slow */
     assert_non_null(j);
     json_decref(j);
     int status = pgnd_stop(&p, sig, 30000);
