@@ -1,10 +1,14 @@
 /* Conv2d on oneDNN: forward, backward-data and backward-weights primitives per input shape,
  * weights reordered into oneDNN's preferred layout (once when frozen, every forward otherwise).
- * Reflection padding runs as its own pad layer followed by an unpadded convolution. */
+ * Reflection padding runs as its own pad layer followed by an unpadded convolution.
+ * Grouped convolutions with few channels per group (not pure depthwise) run on our own kernels
+ * instead (conv_grouped.c; oneDNN has only a slow gemm for them): see nn_convg_applies. The
+ * environment variable PGND_GROUPED_CONV=0 sends them back to oneDNN (A/B timing, escape hatch). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "nn/conv_grouped.h"
 #include "nn/dnnl_util.h"
 #include "nn/init.h"
 
@@ -12,6 +16,7 @@ struct nn_conv_prims {
     struct nn_conv_prims *next;
     int n, h, w; /* input dims after explicit padding */
     int wino;    /* NN_WINO_* passes that use Winograd for this shape */
+    int own;     /* runs on conv_grouped.c's kernels (no primitives; wei holds the bwd-data weights) */
     dnnl_memory_desc_t in_md;
     dnnl_primitive_desc_t fwd_pd, bwdd_pd, bwdw_pd;
     dnnl_primitive_t fwd, bwdd, bwdw;
@@ -143,6 +148,8 @@ int nn_conv2d_release_plain(nn_conv2d *l, nn_err *e)
 {
     if (!l->frozen)
         return nn_errf(e, "conv2d: only a frozen layer can release its weights");
+    if (nn_convg_applies(&l->geo))
+        return 0; /* our grouped kernels read the PyTorch-layout weights: they stay */
     int ready = 0;
     for (const nn_conv_prims *p = l->prims; p; p = p->next)
         ready |= p->wei_ready;
@@ -155,10 +162,11 @@ int nn_conv2d_release_plain(nn_conv2d *l, nn_err *e)
 
 static nn_conv_prims *get_prims(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_err *e)
 {
-    for (nn_conv_prims *p = l->prims; p; p = p->next)
-        if (p->n == x->n && p->h == x->h && p->w == x->w)
-            return p;
     const nn_conv_shape *g = &l->geo;
+    const int own = nn_convg_applies(g);
+    for (nn_conv_prims *p = l->prims; p; p = p->next)
+        if (p->n == x->n && p->h == x->h && p->w == x->w && p->own == own)
+            return p;
     int ph, pw;
     run_geo(l, &ph, &pw);
     int oh = (x->h + 2 * ph - g->kh) / g->sh + 1, ow = (x->w + 2 * pw - g->kw) / g->sw + 1;
@@ -175,6 +183,18 @@ static nn_conv_prims *get_prims(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_e
     p->n = x->n;
     p->h = x->h;
     p->w = x->w;
+    if (own) { /* grouped, few channels per group: our kernels, on the PyTorch-layout weights */
+        p->own = 1;
+        p->wei = nn_alloc((size_t)g->cout * (g->cin / g->groups) * g->kh * g->kw * sizeof(float));
+        if (!p->wei) {
+            nn_errf(e, "out of memory");
+            prims_free(p);
+            return NULL;
+        }
+        p->next = l->prims;
+        l->prims = p;
+        return p;
+    }
     dnnl_memory_desc_t src = md_any4(x->n, g->cin, x->h, x->w), dst = md_any4(x->n, g->cout, oh, ow);
     dnnl_memory_desc_t wei = md_weights(g, dnnl_format_tag_any), bias = md_bias(g->cout);
     dnnl_dims_t strides = {g->sh, g->sw}, pad = {ph, pw};
@@ -230,6 +250,76 @@ static int input_in(nn_ctx *ctx, const nn_act *x, const dnnl_memory_desc_t *want
     return 0;
 }
 
+/* x as our kernels read it: in place when plain NCHW or nChw8c / nChw16c, else reordered to NCHW. */
+static int input_view(nn_ctx *ctx, const nn_act *x, nn_act *tmp, const float **out, nn_view5 *v, nn_err *e)
+{
+    if (nn_view5_of(&x->md, x->n, x->c, x->h, x->w, v) == 0) {
+        *out = x->data;
+        return 0;
+    }
+    dnnl_memory_desc_t plain = nn_md_nchw(x->n, x->c, x->h, x->w);
+    if (input_in(ctx, x, &plain, tmp, out, e))
+        return -1;
+    return nn_view5_of(&plain, x->n, x->c, x->h, x->w, v);
+}
+
+/* Grouped convolutions with few channels per group (nn_convg_applies): conv_grouped.c's kernels,
+ * output in plain NCHW. The fused post-op runs in the same pass. */
+static int own_forward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_act *x, nn_act *y, nn_err *e)
+{
+    nn_conv_shape s = l->geo;
+    s.n = x->n, s.h = x->h, s.w = x->w;
+    const float *src;
+    nn_view5 vx;
+    if (input_view(ctx, x, &p->xr, &src, &vx, e) ||
+        nn_act_reserve(y, s.n, s.cout, nn_conv_oh(&s), nn_conv_ow(&s), NULL, e) ||
+        nn_convg_forward(ctx, &s, src, &vx, l->weight.data, l->bias.data, l->post_relu, l->post_relu_alpha, y->data,
+                         e))
+        return -1;
+    y->valid = 1;
+    return 0;
+}
+
+/* As the oneDNN path: dy is taken as given (already through a fused activation), parameter
+ * gradients accumulate, dx follows the store-or-add rule (added in place when it is plain NCHW). */
+static int own_backward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_act *x, const nn_act *dy, nn_act *dx,
+                        int param_grads, nn_err *e)
+{
+    nn_conv_shape s = l->geo;
+    s.n = p->n, s.h = p->h, s.w = p->w;
+    const float *ddst;
+    nn_view5 vdy;
+    if (input_view(ctx, dy, &p->dyr, &ddst, &vdy, e))
+        return -1;
+    if (param_grads) {
+        const float *src;
+        nn_view5 vx;
+        if (input_view(ctx, x, &p->xr_w, &src, &vx, e) ||
+            nn_convg_backward_weights(ctx, &s, src, &vx, ddst, &vdy, l->dweight.data,
+                                      s.has_bias ? l->dbias.data : NULL, e))
+            return -1;
+    }
+    if (!dx)
+        return 0;
+    dnnl_memory_desc_t plain = nn_md_nchw(s.n, s.cin, s.h, s.w);
+    if (!dx->valid || nn_md_equal(&dx->md, &plain)) {
+        int add = dx->valid;
+        if (!add && nn_act_reserve(dx, s.n, s.cin, s.h, s.w, &plain, e))
+            return -1;
+        if (add && (dx->n != s.n || dx->c != s.cin || dx->h != s.h || dx->w != s.w))
+            return nn_errf(e, "gradient shape mismatch: [%d, %d, %d, %d] into [%d, %d, %d, %d]", s.n, s.cin, s.h,
+                           s.w, dx->n, dx->c, dx->h, dx->w);
+        if (nn_convg_backward_data(ctx, &s, ddst, &vdy, l->weight.data, p->wei, dx->data, add, e))
+            return -1;
+        dx->valid = 1;
+        return 0;
+    }
+    if (nn_act_reserve(&p->dx_tmp, s.n, s.cin, s.h, s.w, &plain, e) ||
+        nn_convg_backward_data(ctx, &s, ddst, &vdy, l->weight.data, p->wei, p->dx_tmp.data, 0, e))
+        return -1;
+    return nn_act_accumulate(ctx, dx, &plain, p->dx_tmp.data, s.n, s.cin, s.h, s.w, e);
+}
+
 int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, nn_act *y, nn_err *e)
 {
     const nn_conv_shape *g = &l->geo;
@@ -244,6 +334,8 @@ int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, nn_act *y, 
     nn_conv_prims *p = get_prims(ctx, l, x, e);
     if (!p)
         return -1;
+    if (p->own)
+        return own_forward(ctx, l, p, x, y, e);
     const dnnl_memory_desc_t *src_md = nn_pd_md(p->fwd_pd, dnnl_query_src_md, 0);
     const dnnl_memory_desc_t *wei_md = nn_pd_md(p->fwd_pd, dnnl_query_weights_md, 0);
     const dnnl_memory_desc_t *dst_md = nn_pd_md(p->fwd_pd, dnnl_query_dst_md, 0);
@@ -386,6 +478,8 @@ int nn_conv2d_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, const nn_a
         return -1;
     if (param_grads && !l->dweight.data)
         return nn_errf(e, "conv2d: weight gradients of a layer whose weights were released");
+    if (p->own)
+        return own_backward(ctx, l, p, x, dy, dx, param_grads, e);
     if (param_grads && backward_weights(ctx, l, p, x, dy, e))
         return -1;
     if (!dx)
