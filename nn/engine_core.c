@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "nn/dnnl_util.h"
+#include "nn/memstat.h"
 
 #define REORDER_CACHE 64
 
@@ -78,16 +79,16 @@ void nn_ctx_free(nn_ctx *ctx)
         dnnl_stream_destroy(ctx->stream);
     if (ctx->engine)
         dnnl_engine_destroy(ctx->engine);
-    nn_free(ctx->scratch);
-    nn_free(ctx->tmp);
+    nn_free_kind(ctx->scratch, NN_MEM_SCRATCH);
+    nn_free_kind(ctx->tmp, NN_MEM_SCRATCH);
     memset(ctx, 0, sizeof *ctx);
 }
 
 static float *grow(float **buf, size_t *cap, size_t bytes, nn_err *e)
 {
     if (bytes > *cap) {
-        nn_free(*buf);
-        *buf = nn_alloc(bytes);
+        nn_free_kind(*buf, NN_MEM_SCRATCH);
+        *buf = nn_alloc_kind(bytes, NN_MEM_SCRATCH);
         *cap = *buf ? bytes : 0;
         if (!*buf) {
             nn_errf(e, "out of memory (temporary of %zu bytes)", bytes);
@@ -151,8 +152,8 @@ int nn_act_reserve(nn_act *a, int n, int c, int h, int w, const dnnl_memory_desc
     }
     size_t bytes = nn_md_bytes(md);
     if (bytes > a->cap) {
-        nn_free(a->data);
-        a->data = nn_alloc(bytes);
+        nn_free_kind(a->data, NN_MEM_ACT);
+        a->data = nn_alloc_kind(bytes, NN_MEM_ACT);
         if (!a->data) {
             a->cap = 0;
             return nn_errf(e, "out of memory (activation of %zu bytes)", bytes);
@@ -174,7 +175,7 @@ int nn_act_reserve(nn_act *a, int n, int c, int h, int w, const dnnl_memory_desc
 
 void nn_act_free(nn_act *a)
 {
-    nn_free(a->data);
+    nn_free_kind(a->data, NN_MEM_ACT);
     memset(a, 0, sizeof *a);
 }
 
@@ -278,6 +279,9 @@ int nn_make_prim_attr(nn_ctx *ctx, const void *op_desc, const_dnnl_primitive_att
                       const_dnnl_primitive_desc_t hint, dnnl_primitive_desc_t *pd, dnnl_primitive_t *prim, nn_err *e)
 {
     DNNL_TRY(e, dnnl_primitive_desc_create(pd, op_desc, attr, ctx->engine, hint));
+    int64_t sp = 0; /* the library scratchpad this primitive needs (memory accounting only) */
+    if (dnnl_primitive_desc_query(*pd, dnnl_query_memory_consumption_s64, 0, &sp) == dnnl_success)
+        nn_memstat_note_scratchpad(sp);
     dnnl_status_t st = dnnl_primitive_create(prim, *pd);
     if (st != dnnl_success) {
         dnnl_primitive_desc_destroy(*pd);
@@ -355,14 +359,14 @@ int nn_act_convert(nn_ctx *ctx, nn_act *a, const dnnl_memory_desc_t *md, nn_err 
     if (nn_md_equal(&a->md, md))
         return 0;
     size_t bytes = nn_md_bytes(md);
-    float *tmp = nn_alloc(bytes);
+    float *tmp = nn_alloc_kind(bytes, NN_MEM_ACT);
     if (!tmp)
         return nn_errf(e, "out of memory (layout conversion of %zu bytes)", bytes);
     if (nn_reorder(ctx, &a->md, a->data, md, tmp, e)) {
-        nn_free(tmp);
+        nn_free_kind(tmp, NN_MEM_ACT);
         return -1;
     }
-    nn_free(a->data);
+    nn_free_kind(a->data, NN_MEM_ACT);
     a->data = tmp;
     a->cap = bytes;
     a->md = *md;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "nn/dnnl_util.h"
+#include "nn/memstat.h"
 
 struct nn_pool_prims {
     struct nn_pool_prims *next;
@@ -32,7 +33,7 @@ void nn_pool2d_free(nn_pool2d *l)
         dnnl_primitive_destroy(p->bwd);
         dnnl_primitive_desc_destroy(p->fwd_pd);
         dnnl_primitive_desc_destroy(p->bwd_pd);
-        nn_free(p->ws);
+        nn_free_kind(p->ws, NN_MEM_SCRATCH);
         nn_act_free(&p->dyr);
         nn_act_free(&p->dx_tmp);
         free(p);
@@ -84,7 +85,7 @@ static nn_pool_prims *get_prims(nn_ctx *ctx, nn_pool2d *l, const nn_act *x, nn_e
     }
     const dnnl_memory_desc_t *ws = nn_pd_md(p->fwd_pd, dnnl_query_workspace_md, 0);
     if (ws && nn_md_bytes(ws) > 0)
-        p->ws = nn_alloc(nn_md_bytes(ws));
+        p->ws = nn_alloc_kind(nn_md_bytes(ws), NN_MEM_SCRATCH);
     p->next = l->prims;
     l->prims = p;
     return p;

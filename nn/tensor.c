@@ -1,5 +1,7 @@
 #include "nn/tensor.h"
 
+#include "nn/memstat.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,19 +10,10 @@
 /* Tensors at least this large are mapped pages (zero, untouched until written). */
 #define BIG_ALLOC (1u << 20)
 
-void *nn_alloc(size_t bytes)
-{
-    void *p = NULL;
-    if (bytes == 0)
-        bytes = NN_ALIGN;
-    /* Round up: aligned_alloc wants a multiple of the alignment. */
-    bytes = (bytes + NN_ALIGN - 1) / NN_ALIGN * NN_ALIGN;
-    if (posix_memalign(&p, NN_ALIGN, bytes) != 0)
-        return NULL;
-    return p;
-}
+/* Counted in nn/memstat.h (as "other" unless a caller names the kind). */
+void *nn_alloc(size_t bytes) { return nn_alloc_kind(bytes, NN_MEM_OTHER); }
 
-void nn_free(void *p) { free(p); }
+void nn_free(void *p) { nn_free_kind(p, NN_MEM_OTHER); }
 
 int nn_tensor_alloc(nn_tensor *t, int ndim, const int64_t *shape, nn_err *e)
 {
@@ -49,9 +42,10 @@ int nn_tensor_alloc(nn_tensor *t, int ndim, const int64_t *shape, nn_err *e)
         }
         t->data = p;
         t->owns = 2;
+        nn_memstat_add(NN_MEM_TENSOR, (int64_t)bytes);
         return 0;
     }
-    t->data = nn_alloc(bytes);
+    t->data = nn_alloc_kind(bytes, NN_MEM_TENSOR);
     if (!t->data) {
         memset(t, 0, sizeof *t);
         return nn_errf(e, "out of memory allocating %zu floats", numel);
@@ -88,10 +82,12 @@ nn_tensor nn_tensor_view(float *data, int ndim, const int64_t *shape)
 
 void nn_tensor_free(nn_tensor *t)
 {
-    if (t->owns == 2)
+    if (t->owns == 2) {
         munmap(t->data, t->numel * sizeof(float));
-    else if (t->owns)
-        nn_free(t->data);
+        nn_memstat_add(NN_MEM_TENSOR, -(int64_t)(t->numel * sizeof(float)));
+    } else if (t->owns) {
+        nn_free_kind(t->data, NN_MEM_TENSOR);
+    }
     memset(t, 0, sizeof *t);
 }
 

@@ -46,7 +46,8 @@ static inline int64_t nn_C(const nn_tensor *t) { return t->shape[1]; }
 static inline int64_t nn_H(const nn_tensor *t) { return t->shape[2]; }
 static inline int64_t nn_W(const nn_tensor *t) { return t->shape[3]; }
 
-/* 64-byte aligned malloc/free used across the engine (NULL on failure). */
+/* 64-byte aligned malloc/free used across the engine (NULL on failure). Counted by nn/memstat.h;
+ * memory from nn_alloc must go back through nn_free (not free) to keep the counts right. */
 void *nn_alloc(size_t bytes);
 void nn_free(void *p);
 
