@@ -8,8 +8,11 @@
 #include "pgn/fit.h"
 
 static const param_spec params[] = {
-    {"data", P_DIR, NULL, 0, 0, NULL, NULL,
-     "Folder of training photographs (PNG/JPEG, searched recursively), as the daemon sees the path"},
+    {"data", P_DIR, "\"\"", 0, 0, NULL, NULL,
+     "Folder of training photographs (PNG/JPEG, searched recursively), as the daemon sees the path (or give collection)"},
+    {"collection", P_DIR, "\"\"", 0, 0, NULL, NULL,
+     "Fit from a collect job's folder of teacher gradients instead of online autoencoders (the PGN alone steps; "
+     "the teacher still runs for the proxy's perceptual term unless w_proxy_perceptual is 0)"},
     {"val_data", P_DIR, "\"\"", 0, 0, NULL, NULL,
      "Folder of held-out photographs for validation (default: hold out val_fraction of data's files)"},
     {"arch", P_CHOICE, "\"unet\"", 0, 0, "unet|resnet4|resnet6|resnet8", NULL, "PGN backbone (method.md §3.1-3.2)"},
@@ -60,6 +63,10 @@ static void check(json_t *p, json_t *problems, const pgnd_config *cfg)
                     arch ? arch : "?", (long long)size);
     if (batch % 3)
         job_problem(problems, "batch", "must be a multiple of 3 (one share per autoencoder), got %lld", (long long)batch);
+    const char *data = json_string_value(json_object_get(p, "data"));
+    const char *coll = json_string_value(json_object_get(p, "collection"));
+    if ((!data || !*data) && (!coll || !*coll))
+        job_problem(problems, "data", "is required (a folder of photographs), unless a collection is given");
     const char *init = json_string_value(json_object_get(p, "init"));
     if (init && *init) {
         nn_weights w;
@@ -96,6 +103,7 @@ static int run(const char *params_json, const pgn_job_io *io, char *err, size_t 
     STR(p.data, "data");
     STR(p.arch, "arch");
     STR(p.val_data, "val_data");
+    STR(p.collection, "collection");
     STR(p.init, "init");
     STR(p.teacher_weights, "teacher_weights");
     p.steps = INT("steps");

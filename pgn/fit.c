@@ -19,6 +19,7 @@
 #include "pgn/pgn_resnet.h"
 #include "pgn/pgn_unet.h"
 #include "pgn/proxy.h"
+#include "pgn/shards.h"
 #include "pgn/state_dict.h"
 #include "pgn/teacher.h"
 #include "pgn/viz.h"
@@ -46,6 +47,7 @@ struct pgn_fit {
     nn_rng rng;                                      /* reset draws */
     int64_t step;
     double samples;
+    char source_pos[128];                            /* a collection reader's position */
     int s;                                           /* crop side */
     size_t cnt;                                      /* 3 s s */
     int cap_n;                                       /* images the buffers hold */
@@ -292,6 +294,10 @@ int pgn_fit_load_autoencoder(pgn_fit *f, int i, const char *path, nn_err *e)
 }
 
 int64_t pgn_fit_steps_done(const pgn_fit *f) { return f->step; }
+
+void pgn_fit_set_source_pos(pgn_fit *f, const char *pos) { snprintf(f->source_pos, sizeof f->source_pos, "%s", pos); }
+
+const char *pgn_fit_source_pos(const pgn_fit *f) { return f->source_pos; }
 
 /* ---- gradient quality ---- */
 
@@ -597,16 +603,21 @@ int pgn_fit_validate(pgn_fit *f, const float *y, int n, pgn_fit_val *out, nn_err
 
 int pgn_fit_fields_png(pgn_fit *f, const float *y, int ae, const char *path, nn_err *e)
 {
-    if (ae < 0 || ae >= PGN_FIT_AES)
+    if (ae < -1 || ae >= PGN_FIT_AES)
         return nn_errf(e, "no autoencoder %d", ae);
     size_t cnt = f->cnt;
-    float *yh = malloc(2 * cnt * sizeof(float));
+    float *yh = malloc(3 * cnt * sizeof(float));
     if (!yh)
         return nn_errf(e, "out of memory");
     float *pt = yh + cnt;
-    /* one image: its BN would see a single sample per channel at the deepest level; run the
-     * autoencoder on it in train mode as validation does (batch statistics of this image) */
-    int rc = pgn_autoencoder_forward(&f->ctx, &f->ae[ae], y, 1, f->s, f->s, yh, e) || predict_and_truth(f, yh, y, 1, e);
+    /* ae -1: the blurred target (validation's fixed degradation); else the autoencoder in train mode
+     * as validation runs it (batch statistics of this one image) */
+    int rc = 0;
+    if (ae < 0)
+        gaussian_blur(y, yh, yh + 2 * cnt, f->s, f->s);
+    else
+        rc = pgn_autoencoder_forward(&f->ctx, &f->ae[ae], y, 1, f->s, f->s, yh, e);
+    rc = rc || predict_and_truth(f, yh, y, 1, e);
     if (!rc) {
         float step = 0.5f * (float)cnt * f->head.grad_scale; /* the proxy a perfect PGN would give */
         for (size_t i = 0; i < cnt; i++)
@@ -695,11 +706,11 @@ int pgn_fit_save(pgn_fit *f, const char *path, const uint32_t data_rng[4], nn_er
     }
     for (int i = 0; i < c.nt; i++)
         names[i] = c.names[i];
-    char v[16][160];
+    char v[17][160];
     /* "grad_scale" and "backbone_to_grad_type" are also what pgn_checkpoint_read's callers read */
-    const char *k[16] = {"format", "arch", "size", "batch", "step", "samples", "avg", "adam_steps", "rng",
+    const char *k[17] = {"format", "arch", "size", "batch", "step", "samples", "avg", "adam_steps", "rng",
                          "data_rng", "ae_best", "ae_best_at", "resets", "grad_scale", "backbone_to_grad_type",
-                         "seed"};
+                         "seed", "source_pos"};
     snprintf(v[0], sizeof v[0], CK_FORMAT);
     snprintf(v[1], sizeof v[1], "%s", f->p.arch);
     snprintf(v[2], sizeof v[2], "%d", f->p.size);
@@ -719,10 +730,11 @@ int pgn_fit_save(pgn_fit *f, const char *path, const uint32_t data_rng[4], nn_er
     snprintf(v[13], sizeof v[13], "%.9g", f->head.grad_scale);
     snprintf(v[14], sizeof v[14], "%s", f->head.mode == PGN_PROXY_DIRECT ? "direct" : "proxy");
     snprintf(v[15], sizeof v[15], "%llu", (unsigned long long)f->p.seed);
-    const char *vv[16];
-    for (int i = 0; i < 16; i++)
+    snprintf(v[16], sizeof v[16], "%s", f->source_pos);
+    const char *vv[17];
+    for (int i = 0; i < 17; i++)
         vv[i] = v[i];
-    int rc = nn_safetensors_write(path, c.nt, names, c.t, 16, k, vv, e);
+    int rc = nn_safetensors_write(path, c.nt, names, c.t, 17, k, vv, e);
     free(names);
     ck_free(&c);
     return rc;
@@ -782,6 +794,8 @@ int pgn_fit_load(pgn_fit *f, const char *path, uint32_t data_rng[4], nn_err *e)
             f->step = atoll(step);
             f->samples = atof(samples);
             f->resets = atol(resets);
+            const char *sp = meta_str(&w, "source_pos");
+            pgn_fit_set_source_pos(f, sp ? sp : "");
             if (data_rng && drng && sscanf(drng, "%u %u %u %u", &r[0], &r[1], &r[2], &r[3]) == 4)
                 for (int i = 0; i < 4; i++)
                     data_rng[i] = r[i];
@@ -956,7 +970,8 @@ typedef struct job {
     pgn_fit *f;
     pgn_data data;
     int data_open;
-    float *y, *val;
+    pgn_shards *shards; /* fitting from a collection */
+    float *y, *val, *yh, *gt;
     int n_val;
 } job;
 
@@ -979,10 +994,14 @@ static int write_fields(job *j, char *err, size_t errlen)
 {
     if (!j->n_val)
         return 0;
-    for (int i = 0; i < PGN_FIT_AES; i++) {
+    /* online: each autoencoder's output; from a collection (no autoencoders trained): the blur pair */
+    for (int i = j->shards ? -1 : 0; i < (j->shards ? 0 : PGN_FIT_AES); i++) {
         char name[96], path[1200];
         nn_err e;
-        snprintf(name, sizeof name, "fields-ae%d-step%08lld.png", i, (long long)j->f->step);
+        if (i < 0)
+            snprintf(name, sizeof name, "fields-blur-step%08lld.png", (long long)j->f->step);
+        else
+            snprintf(name, sizeof name, "fields-ae%d-step%08lld.png", i, (long long)j->f->step);
         snprintf(path, sizeof path, "%s/%s", j->io->dir, name);
         if (pgn_fit_fields_png(j->f, j->val, i, path, &e)) {
             snprintf(err, errlen, "gradient fields: %s", e.msg);
@@ -998,6 +1017,12 @@ static int checkpoint(job *j, char *err, size_t errlen)
 {
     char path[1200];
     nn_err e;
+    if (j->shards) {
+        char pos[128];
+        pgn_shards_pos ps = pgn_shards_get_pos(j->shards);
+        pgn_shards_pos_format(&ps, pos, sizeof pos);
+        pgn_fit_set_source_pos(j->f, pos);
+    }
     snprintf(path, sizeof path, "%s/checkpoint-%08lld.safetensors", j->io->dir, (long long)j->f->step);
     if (pgn_fit_save(j->f, path, j->data.rng.s, &e)) {
         snprintf(err, errlen, "writing the checkpoint: %s", e.msg);
@@ -1023,6 +1048,8 @@ static int load_val(job *j, char *err, size_t errlen)
 {
     pgn_data vd, *d = &j->data;
     int own = j->p->val_data[0] != 0;
+    if (!own && !j->data_open)
+        return 0; /* a collection without held-out images: no validation */
     if (own) { /* a separate held-out folder: every file in it is a validation image */
         if (pgn_data_open(&vd, j->p->val_data, 0.0, j->p->seed, err, errlen))
             return -1;
@@ -1065,6 +1092,68 @@ static int load_val(job *j, char *err, size_t errlen)
     return rc;
 }
 
+static void shard_skipped(void *ctx, const char *file, const char *why)
+{
+    logf_(ctx, "warn", "collection shard %s skipped: %s", file, why);
+}
+
+/* A collection must come from the teacher and space this fit uses: its reader checks. */
+static int open_collection(job *j, char *err, size_t errlen)
+{
+    const pgn_teacher *t = &j->f->teacher;
+    char desc[1400];
+    pgn_collection_expect want = {pgn_teacher_describe(t, desc, sizeof desc), t->name, t->weights_sha256, t->seed,
+                                  PGN_SPACE_NAME_NORMALISED, j->p->size};
+    nn_err e;
+    if (pgn_shards_open(&j->shards, j->p->collection, &want, j->p->seed, shard_skipped, (void *)j->io, &e)) {
+        snprintf(err, errlen, "%s", e.msg);
+        return -1;
+    }
+    const char *pos = pgn_fit_source_pos(j->f);
+    if (j->f->step > 0 && pos[0]) { /* resuming: continue where the checkpoint's reader stood */
+        pgn_shards_pos ps;
+        if (pgn_shards_pos_parse(pos, &ps) || pgn_shards_set_pos(j->shards, &ps, &e)) {
+            snprintf(err, errlen, "cannot resume the collection's position '%s': %s", pos,
+                     pgn_shards_pos_parse(pos, &ps) ? "malformed" : e.msg);
+            return -1;
+        }
+    }
+    size_t n = (size_t)j->p->batch * j->f->cnt * sizeof(float);
+    j->yh = malloc(n), j->gt = malloc(n);
+    if (!j->yh || !j->gt) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* The next training batch: images for the online fit, or pairs with their true gradients. */
+static int next_batch(job *j, pgn_fit_stats *st, char *err, size_t errlen)
+{
+    nn_err e;
+    if (j->shards) {
+        if (pgn_shards_next_batch(j->shards, j->p->batch, j->yh, j->y, j->gt, &e) ||
+            pgn_fit_step_pairs(j->f, j->yh, j->y, j->gt, st, &e)) {
+            snprintf(err, errlen, "%s", e.msg);
+            return -1;
+        }
+        return 0;
+    }
+    char derr[1100];
+    long before = j->data.n_skipped;
+    if (pgn_data_train_batch(&j->data, j->y, j->p->batch, j->p->size, derr, sizeof derr)) {
+        snprintf(err, errlen, "%s", derr);
+        return -1;
+    }
+    if (j->data.n_skipped > before)
+        logf_(j->io, "warn", "%ld image file(s) skipped so far; last: %s", j->data.n_skipped, j->data.last_error);
+    if (pgn_fit_step(j->f, j->y, st, &e)) {
+        snprintf(err, errlen, "%s", e.msg);
+        return -1;
+    }
+    return 0;
+}
+
 int pgn_fit_run(const pgn_fit_params *p, const pgn_job_io *io, char *err, size_t errlen)
 {
     job j;
@@ -1074,27 +1163,42 @@ int pgn_fit_run(const pgn_fit_params *p, const pgn_job_io *io, char *err, size_t
     int rc = PGN_FAILED;
     nn_err e;
     /* the data first: an empty or missing folder is an error before any work */
-    if (pgn_data_open(&j.data, p->data, p->val_data[0] ? 0.0 : p->val_fraction, p->seed, err, errlen))
+    if (!p->data[0] && !p->collection[0]) {
+        snprintf(err, errlen, "a fit needs an image folder (data) or a collection of teacher gradients");
         goto out;
-    j.data_open = 1;
-    j.data.quiet = 1;
+    }
+    if (p->data[0]) {
+        if (pgn_data_open(&j.data, p->data, p->val_data[0] ? 0.0 : p->val_fraction, p->seed, err, errlen))
+            goto out;
+        j.data_open = 1;
+        j.data.quiet = 1;
+    }
     const char *tw = p->teacher_weights[0] ? p->teacher_weights : io->teacher_weights;
     if (pgn_fit_open(&j.f, p, tw, io->threads, &e)) {
         snprintf(err, errlen, "%s", e.msg);
         goto out;
     }
-    if (io->resume_checkpoint && pgn_fit_load(j.f, io->resume_checkpoint, j.data.rng.s, &e)) {
+    if (io->resume_checkpoint && pgn_fit_load(j.f, io->resume_checkpoint, j.data_open ? j.data.rng.s : NULL, &e)) {
         snprintf(err, errlen, "%s", e.msg);
         goto out;
     }
+    if (p->collection[0] && open_collection(&j, err, errlen))
+        goto out;
     if (load_val(&j, err, errlen))
         goto out;
-    char desc[1400];
+    char desc[1400], src[1200];
     logf_(io, j.f->teacher.random ? "warn" : "info", "teacher: %s", pgn_teacher_describe(&j.f->teacher, desc, sizeof desc));
-    logf_(io, "info", "fit %s (%zu parameters, %s head, grad scale %g), batch %d of %dx%d, %d training images in %s, %d held out%s",
+    if (j.shards)
+        snprintf(src, sizeof src, "the collection %s (%d shards, %lld samples)", p->collection,
+                 pgn_shards_count(j.shards), (long long)pgn_shards_samples(j.shards));
+    else
+        snprintf(src, sizeof src, "%d training images in %s (online autoencoders)", j.data.n_train, p->data);
+    logf_(io, "info", "fit %s (%zu parameters, %s head, grad scale %g), batch %d of %dx%d from %s, %d held out%s",
           p->arch, j.f->unet ? pgn_unet_param_count(j.f->unet) : pgn_resnet_param_count(j.f->resnet),
           j.f->head.mode == PGN_PROXY_DIRECT ? "direct" : "proxy", j.f->head.grad_scale, p->batch, p->size, p->size,
-          j.data.n_train, p->data, j.n_val, j.f->step ? ", resumed" : "");
+          src, j.n_val, j.f->step ? ", resumed" : "");
+    if (!j.n_val && p->val_every > 0)
+        logf_(io, "warn", "no held-out images: no validation (give val_data)");
     j.y = malloc((size_t)p->batch * j.f->cnt * sizeof(float));
     if (!j.y) {
         snprintf(err, errlen, "out of memory");
@@ -1106,28 +1210,17 @@ int pgn_fit_run(const pgn_fit_params *p, const pgn_job_io *io, char *err, size_t
     int64_t last_ck = j.f->step;
     window w = {0};
     pgn_fit_stats st;
-    long skipped_reported = j.data.n_skipped;
     while (j.f->step < p->steps) {
-        char derr[1100];
-        if (pgn_data_train_batch(&j.data, j.y, p->batch, p->size, derr, sizeof derr)) {
-            snprintf(err, errlen, "%s", derr);
+        if (next_batch(&j, &st, err, errlen))
             goto out;
-        }
-        if (j.data.n_skipped > skipped_reported) {
-            logf_(io, "warn", "%ld image file(s) skipped so far; last: %s", j.data.n_skipped, j.data.last_error);
-            skipped_reported = j.data.n_skipped;
-        }
-        if (pgn_fit_step(j.f, j.y, &st, &e)) {
-            snprintf(err, errlen, "%s", e.msg);
-            goto out;
-        }
         window_add(&w, &st);
         for (int i = 0; i < PGN_FIT_AES; i++)
             if (st.ae_reset[i])
                 logf_(io, "info", "autoencoder %d reset at step %lld (L1 %.4g)", i, (long long)j.f->step, st.ae_l1[i]);
         int64_t s = j.f->step;
         int last = s == p->steps;
-        if ((s % p->log_every == 0 || last) && log_window(j.f, io, &w, &st, j.data.n_skipped))
+        long skipped = j.shards ? pgn_shards_skipped(j.shards) : j.data.n_skipped;
+        if ((s % p->log_every == 0 || last) && log_window(j.f, io, &w, &st, skipped))
             goto out;
         if (p->val_every > 0 && (s % p->val_every == 0 || last) && validate(&j, err, errlen))
             goto out;
@@ -1158,7 +1251,8 @@ out:
     pgn_fit_close(j.f);
     if (j.data_open)
         pgn_data_close(&j.data);
-    free(j.y);
-    free(j.val);
+    if (j.shards)
+        pgn_shards_close(j.shards);
+    free(j.y), free(j.val), free(j.yh), free(j.gt);
     return rc;
 }

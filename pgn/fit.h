@@ -51,7 +51,9 @@
 #define PGN_FIT_AES 3
 
 typedef struct pgn_fit_params {
-    char data[1024];            /* image folder (PNG/JPEG, recursive) */
+    char data[1024];            /* image folder (PNG/JPEG, recursive); "" when fitting from a collection */
+    char collection[1024];      /* a collect job's folder of teacher-gradient shards (pgn/shards.h): the
+                                 * PGN steps on its (y_hat, y, g_true) instead of online autoencoders */
     char val_data[1024];        /* held-out folder; "" = hold out val_fraction of data's files */
     char arch[16];              /* "unet", "resnet4", "resnet6", "resnet8" (any resnetN, N 1..16) */
     char init[1024];            /* PGN checkpoint to start from ("" = fresh initialisation) */
@@ -119,7 +121,8 @@ int pgn_fit_step_pairs(pgn_fit *f, const float *yhat, const float *y, const floa
                        nn_err *e);
 /* Validation on n held-out targets y [n, 3, size, size] (normalised). Changes nothing. */
 int pgn_fit_validate(pgn_fit *f, const float *y, int n, pgn_fit_val *out, nn_err *e);
-/* Gradient-field panels (pgn/viz) for target y (one image) against autoencoder ae's output. */
+/* Gradient-field panels (pgn/viz) for target y (one image) against autoencoder ae's output, or
+ * (ae -1) against y blurred as in validation. */
 int pgn_fit_fields_png(pgn_fit *f, const float *y, int ae, const char *path, nn_err *e);
 
 /* The whole training state (PGN and autoencoders with BN statistics and Adam moments, averages,
@@ -130,6 +133,10 @@ int pgn_fit_load(pgn_fit *f, const char *path, uint32_t data_rng[4], nn_err *e);
 /* The PGN alone, as a checkpoint pgn_net_load (and the authors' loader's keys) understands:
  * the official state-dict keys plus backbone_type / backbone_to_grad_* metadata. */
 int pgn_fit_export(pgn_fit *f, const char *path, nn_err *e);
+/* Where the fit's data source stands (a collection reader's position as text), saved with the
+ * checkpoint and read back by pgn_fit_load; "" when none. */
+void pgn_fit_set_source_pos(pgn_fit *f, const char *pos);
+const char *pgn_fit_source_pos(const pgn_fit *f);
 int64_t pgn_fit_steps_done(const pgn_fit *f);
 
 /* The job: data, steps, validation, metrics, checkpoints, resume (pgn/job.h). */

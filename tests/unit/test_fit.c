@@ -19,6 +19,7 @@
 #include "pgn/fit.h"
 #include "pgn/image.h"
 #include "pgn/pgn_net.h"
+#include "pgn/shards.h"
 #include "pgn/teacher.h"
 
 /* ---- a folder of small synthetic photographs ---- */
@@ -375,6 +376,103 @@ static void test_validation_and_export(void **state)
     free(y), free(yh), free(g1), free(p1);
 }
 
+/* A collection of two shards written here from the random teacher: (y_hat, y, g_true) at 32x32. */
+static void write_collection(const char *dir, int size)
+{
+    mkdir(dir, 0755);
+    nn_err e;
+    pgn_teacher t;
+    fx_ok(pgn_teacher_open(&t, NULL, 0, &e), &e);
+    nn_ctx ctx;
+    fx_ok(nn_ctx_init(&ctx, 2, &e), &e);
+    pgn_collection_info info;
+    memset(&info, 0, sizeof info);
+    pgn_teacher_describe(&t, info.teacher, sizeof info.teacher);
+    snprintf(info.teacher_name, sizeof info.teacher_name, "%s", t.name);
+    info.teacher_seed = t.seed;
+    snprintf(info.space, sizeof info.space, PGN_SPACE_NAME_NORMALISED);
+    info.size = size;
+    info.seed = 3;
+    info.samples_per_shard = 6;
+    info.samples_wanted = 12;
+    info.batch = 3;
+    snprintf(info.generators, sizeof info.generators, "test");
+    snprintf(info.driver, sizeof info.driver, "teacher");
+    snprintf(info.version, sizeof info.version, PGND_VERSION);
+    int n = 6;
+    size_t cnt = (size_t)3 * size * size;
+    float *y = malloc(n * cnt * sizeof(float)), *yh = malloc(n * cnt * sizeof(float)), *g = malloc(n * cnt * sizeof(float));
+    float loss[6];
+    double per[6];
+    pgn_shard_entry ent[2];
+    nn_rng r;
+    nn_rng_seed(&r, 11);
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < n * cnt; i++) {
+            y[i] = nn_rng_uniform_range(&r, -1.5f, 1.5f);
+            yh[i] = 0.7f * y[i] + nn_rng_uniform_range(&r, -0.3f, 0.3f);
+        }
+        fx_ok(pgn_teacher_loss_grad_pair(&ctx, &t, yh, y, n, size, size, PGN_SPACE_NORMALISED, per, NULL, g, &e), &e);
+        for (int i = 0; i < n; i++)
+            loss[i] = (float)per[i];
+        fx_ok(pgn_shard_write(dir, &info, k, n, yh, y, g, loss, &ent[k], &e), &e);
+    }
+    fx_ok(pgn_manifest_write(dir, &info, ent, 2, 1, &e), &e);
+    free(y), free(yh), free(g);
+    nn_ctx_free(&ctx);
+    pgn_teacher_close(&t);
+}
+
+/* A fit from a collection steps on the stored pairs, resumes exactly (the reader's position is in
+ * the checkpoint), and refuses a collection made at another crop size, naming it. */
+static void test_fit_from_collection(void **state)
+{
+    char coll[300];
+    snprintf(coll, sizeof coll, "%s/collection", data_dir);
+    write_collection(coll, 32);
+    pgn_fit_params p;
+    small_params(&p, "resnet4");
+    p.data[0] = 0;
+    snprintf(p.collection, sizeof p.collection, "%s", coll);
+    snprintf(p.val_data, sizeof p.val_data, "%s/photos", data_dir);
+    p.steps = 5; /* 15 samples: across both shards and into the second epoch */
+    p.image_every = 5;
+    static rec a, b;
+    memset(&a, 0, sizeof a), memset(&b, 0, sizeof b);
+    snprintf(a.dir, sizeof a.dir, "%s/coll-a", data_dir);
+    snprintf(b.dir, sizeof b.dir, "%s/coll-b", data_dir);
+    mkdir(a.dir, 0755), mkdir(b.dir, 0755);
+    char err[1024] = "";
+    pgn_job_io io = io_for(&a, NULL, 0);
+    if (pgn_fit_run(&p, &io, err, sizeof err) != PGN_DONE)
+        fail_msg("fit from a collection: %s", err);
+    assert_true(isfinite(metric(&a, 5, "loss")) && metric(&a, 5, "loss") > 0);
+    assert_true(metric(&a, 1, "ae0_l1") == 0); /* no autoencoders ran */
+    char png[400];
+    snprintf(png, sizeof png, "%s/fields-blur-step00000005.png", a.dir);
+    assert_int_equal(access(png, R_OK), 0);
+    b.pause_at = 2;
+    io = io_for(&b, NULL, 0);
+    assert_int_equal(pgn_fit_run(&p, &io, err, sizeof err), PGN_STOPPED);
+    b.pause_at = 0;
+    char ck[600];
+    snprintf(ck, sizeof ck, "%s", b.ck);
+    io = io_for(&b, ck, b.ck_step);
+    if (pgn_fit_run(&p, &io, err, sizeof err) != PGN_DONE)
+        fail_msg("resumed fit from a collection: %s", err);
+    for (int64_t s = 3; s <= 5; s++)
+        for (const char *k = "loss"; k; k = !strcmp(k, "loss") ? "grad_cos" : !strcmp(k, "grad_cos") ? "pgn_grad_norm" : NULL)
+            if (!(metric(&a, s, k) == metric(&b, s, k)))
+                fail_msg("step %lld %s: uninterrupted %.17g, resumed %.17g", (long long)s, k, metric(&a, s, k),
+                         metric(&b, s, k));
+    /* a collection made at 32x32 is refused by a 64x64 fit, naming both */
+    p.size = 64;
+    io = io_for(&a, NULL, 0);
+    assert_int_equal(pgn_fit_run(&p, &io, err, sizeof err), PGN_FAILED);
+    if (!strstr(err, "32") || !strstr(err, "64"))
+        fail_msg("size mismatch message: %s", err);
+}
+
 static void test_bad_input(void **state)
 {
     pgn_fit_params p;
@@ -426,6 +524,7 @@ int main(void)
         cmocka_unit_test(test_ten_steps_match_pytorch),
         cmocka_unit_test(test_validation_and_export),
         cmocka_unit_test(test_resume_is_exact),
+        cmocka_unit_test(test_fit_from_collection),
     };
     return cmocka_run_group_tests(tests, setup_data, teardown_data);
 }
