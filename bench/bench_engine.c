@@ -5,16 +5,30 @@
  *   bench_engine fit_step [reps] [batch] [size] [arch]
  *                                        one online PGN fit step (pgn/fit.h), random teacher and
  *                                        targets, with its split: teacher, PGN fwd+bwd, autoencoders
+ *   bench_engine collect [reps] [batch] [size]
+ *                                        teacher-gradient collection (pgn/collect.h): data batch +
+ *                                        generators + teacher + generator step + shard buffer, and
+ *                                        the shard writes (with sha256) per sample; next to the bare
+ *                                        teacher gradient (target features + loss + gradient) on
+ *                                        the same batches, interleaved so noise hits both
  * Each mode is meant to run in its own process so that the peak RSS it prints is its own. */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "nn/engine.h"
+#include "pgn/collect.h"
+#include "pgn/data.h"
 #include "pgn/fit.h"
+#include "pgn/image.h"
+#include "pgn/shards.h"
+#include "pgn/teacher.h"
 #include "pgn/vgg19.h"
 
 static double now_ms(void)
@@ -190,6 +204,112 @@ static void bench_fit(int threads, int reps, int batch, int size, const char *ar
     free(y);
 }
 
+/* A few synthetic photographs in a temporary folder (RandomResizedCrop needs real decodes). */
+static void synthetic_folder(char *dir, size_t len, int side)
+{
+    snprintf(dir, len, "/tmp/pgnd-bench-collect-%d", (int)getpid());
+    mkdir(dir, 0755);
+    nn_rng r;
+    nn_rng_seed(&r, 4);
+    float *img = malloc((size_t)3 * side * side * sizeof(float));
+    for (int k = 0; k < 8; k++) {
+        float fx = nn_rng_uniform_range(&r, 0.02f, 0.2f), fy = nn_rng_uniform_range(&r, 0.02f, 0.2f);
+        for (int c = 0; c < 3; c++)
+            for (int y = 0; y < side; y++)
+                for (int x = 0; x < side; x++)
+                    img[((size_t)c * side + y) * side + x] =
+                        0.5f + 0.4f * sinf(fx * x * (c + 1) + fy * y + k) * cosf(fy * y * 0.7f + c);
+        char path[400], err[256];
+        snprintf(path, sizeof path, "%s/img%02d.png", dir, k);
+        if (pgn_image_save_png(path, img, side, side, err, sizeof err)) {
+            fprintf(stderr, "bench_engine: %s\n", err);
+            exit(1);
+        }
+    }
+    free(img);
+}
+
+static void bench_collect(int threads, int reps, int batch, int size)
+{
+    nn_err e;
+    char dir[256], err[1024], cmd[600];
+    synthetic_folder(dir, sizeof dir, size * 2 > 256 ? size * 2 : 256);
+    pgn_collect_params p;
+    pgn_collect_params_default(&p);
+    p.batch = batch, p.size = size;
+    snprintf(p.data, sizeof p.data, "%s", dir);
+    pgn_data d;
+    pgn_collect *c;
+    if (pgn_data_open(&d, dir, 0.0, 0, err, sizeof err)) {
+        fprintf(stderr, "bench_engine: %s\n", err);
+        exit(1);
+    }
+    if (pgn_collect_open(&c, &p, NULL, threads, &e))
+        die(&e);
+    size_t cnt = (size_t)3 * size * size, n = (size_t)(WARMUP + reps) * batch;
+    float *y = malloc((size_t)batch * cnt * sizeof(float)), *g = malloc((size_t)batch * cnt * sizeof(float));
+    float *sy = malloc(n * cnt * sizeof(float)), *sh = malloc(n * cnt * sizeof(float)),
+          *sg = malloc(n * cnt * sizeof(float)), *sl = malloc(n * sizeof(float));
+    double tc[MAXREPS], tt[MAXREPS], tae[MAXREPS], tin[MAXREPS], tdata[MAXREPS];
+    pgn_collect_stats st;
+    pgn_teacher *t = pgn_collect_teacher(c);
+    nn_ctx *ctx = pgn_collect_ctx(c);
+    for (int i = 0; i < WARMUP + reps; i++) {
+        double t0 = now_ms();
+        if (pgn_data_train_batch(&d, y, batch, size, err, sizeof err)) {
+            fprintf(stderr, "bench_engine: %s\n", err);
+            exit(1);
+        }
+        double td = now_ms();
+        if (pgn_collect_step(c, y, &st, &e))
+            die(&e);
+        const float *yh, *gt;
+        const double *loss;
+        pgn_collect_last(c, &yh, &gt, &loss);
+        size_t at = (size_t)i * batch * cnt; /* into the shard buffer, as the job does */
+        memcpy(sy + at, y, (size_t)batch * cnt * sizeof(float));
+        memcpy(sh + at, yh, (size_t)batch * cnt * sizeof(float));
+        memcpy(sg + at, gt, (size_t)batch * cnt * sizeof(float));
+        for (int k = 0; k < batch; k++)
+            sl[(size_t)i * batch + k] = (float)loss[k];
+        double t1 = now_ms();
+        /* the bare teacher gradient on the same pairs */
+        if (pgn_teacher_set_target(ctx, t, y, batch, size, size, PGN_SPACE_NORMALISED, &e) ||
+            pgn_teacher_loss_grad(ctx, t, yh, batch, size, size, PGN_SPACE_NORMALISED, NULL, NULL, g, &e))
+            die(&e);
+        double t2 = now_ms();
+        if (i >= WARMUP) {
+            int k = i - WARMUP;
+            tc[k] = t1 - t0, tt[k] = t2 - t1, tae[k] = st.ms_ae, tin[k] = st.ms_teacher, tdata[k] = td - t0;
+        }
+    }
+    /* the shard (atomic write + its sha256) and the manifest, per sample */
+    pgn_shard_entry ent;
+    double w0 = now_ms();
+    if (pgn_shard_write(dir, pgn_collect_info(c), 0, (int)n, sh, sy, sg, sl, &ent, &e) ||
+        pgn_manifest_write(dir, pgn_collect_info(c), &ent, 1, 0, &e))
+        die(&e);
+    double write_per_sample = (now_ms() - w0) / (double)n;
+    double mc = median(tc, reps), mt = median(tt, reps);
+    double per_sample = mc / batch + write_per_sample;
+    printf("bench pgnd_collect_%d_samples_per_s %.2f samples/s\n", size, 1e3 / per_sample);
+    printf("bench pgnd_collect_%d_teacher_only_samples_per_s %.2f samples/s\n", size, 1e3 * batch / mt);
+    printf("bench pgnd_collect_%d_overhead_pct %.1f %%\n", size, 100.0 * (per_sample / (mt / batch) - 1.0));
+    printf("bench pgnd_collect_%d_step_ms %.3f ms\n", size, mc);
+    printf("bench pgnd_collect_%d_step_teacher_ms %.3f ms\n", size, median(tin, reps));
+    printf("bench pgnd_collect_%d_step_ae_ms %.3f ms\n", size, median(tae, reps));
+    printf("bench pgnd_collect_%d_step_data_ms %.3f ms\n", size, median(tdata, reps));
+    printf("bench pgnd_collect_%d_teacher_only_ms %.3f ms\n", size, mt);
+    printf("bench pgnd_collect_%d_write_ms_per_sample %.3f ms\n", size, write_per_sample);
+    printf("bench pgnd_collect_%d_peak_rss_mb %.1f MB\n", size, peak_rss_mb());
+    pgn_collect_close(c);
+    pgn_data_close(&d);
+    free(y), free(g), free(sy), free(sh), free(sg), free(sl);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd))
+        fprintf(stderr, "bench_engine: could not remove %s\n", dir);
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "conv3x3";
@@ -208,10 +328,12 @@ int main(int argc, char **argv)
     else if (!strcmp(mode, "fit_step"))
         bench_fit(threads, reps, argc > 3 ? atoi(argv[3]) : 6, argc > 4 ? atoi(argv[4]) : 64,
                   argc > 5 ? argv[5] : "unet");
+    else if (!strcmp(mode, "collect"))
+        bench_collect(threads, reps, argc > 3 ? atoi(argv[3]) : 6, argc > 4 ? atoi(argv[4]) : 64);
     else if (!strcmp(mode, "rss_baseline"))
         printf("bench pgnd_baseline_rss_mb %.1f MB\n", peak_rss_mb());
     else {
-        fprintf(stderr, "usage: bench_engine conv3x3|vgg_perceptual|fit_step|rss_baseline [reps] [batch] [size] [arch]\n");
+        fprintf(stderr, "usage: bench_engine conv3x3|vgg_perceptual|fit_step|collect|rss_baseline [reps] [batch] [size] [arch]\n");
         return 2;
     }
     nn_ctx_free(&ctx);

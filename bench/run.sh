@@ -19,7 +19,19 @@ if [ $have_torch = 0 ]; then
 fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# Issue 9: one Deep Image Prior step per arm (bench/bench_train.c, torch_ref.py dip_step), at
+# BENCH_DIP_SIZES (default "128 224"), BENCH_DIP_REPS timed steps per process (default 10);
+# BENCH_DIP_ONLY=1 runs only these.
+dip_sizes=${BENCH_DIP_SIZES:-128 224}
+dip_reps=${BENCH_DIP_REPS:-10}
 for r in $(seq "$rounds"); do
+    for s in $dip_sizes; do
+        for arm in mse vgg pgn; do
+            build/bench/bench_train dip_step "$arm" "$dip_reps" "$s" >>"$log" 2>/dev/null
+            [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py dip_step --arm "$arm" --size "$s" --reps "$dip_reps" --threads 2 >>"$log"
+        done
+    done
+    [ "${BENCH_DIP_ONLY:-0}" = 1 ] && continue
     "$C" conv3x3 "$reps" >>"$log"
     [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py conv3x3 --reps "$reps" --threads 2 >>"$log"
     "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
@@ -35,6 +47,8 @@ for r in $(seq "$rounds"); do
     PGND_WINOGRAD=0 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
     PGND_WINOGRAD=1 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
 done
+# BENCH_RAW=FILE keeps every process's lines (per round) in FILE.
+[ -n "${BENCH_RAW:-}" ] && cp "$log" "$BENCH_RAW"
 # Medians over rounds, then the ratios pgnd / PyTorch.
 awk '
 function median(name,   n, i, j, t, a) {
@@ -59,6 +73,35 @@ END {
         printf "bench fit_step_6x64_teacher_ratio_vs_torch %.3f x\n", m["pgnd_fit_step_6x64_teacher_ms"] / m["torch_fit_step_6x64_teacher_ms"]
     if (("pgnd_fit_step_6x64_peak_rss_mb") in m && ("torch_fit_step_6x64_peak_rss_mb") in m)
         printf "bench fit_step_6x64_rss_ratio_vs_torch %.3f x\n", m["pgnd_fit_step_6x64_peak_rss_mb"] / m["torch_fit_step_6x64_peak_rss_mb"]
+    # Issue 9: each DIP arm (whole step, loss part, DIP part) against PyTorch; VGG step / PGN step
+    # per side; the memory of the PGN arm over that of the VGG arm (engine-accounted, peak RSS).
+    for (i = 1; i <= k; i++) {
+        n = order[i]
+        if (n ~ /^pgnd_dip_[a-z]+_[0-9]+(_loss|_dip|_min)?_ms$/ || n ~ /^pgnd_dip_[a-z]+_[0-9]+_peak_rss_mb$/) {
+            t = n; sub(/^pgnd_/, "torch_", t)
+            name = n; sub(/^pgnd_/, "", name); sub(/_ms$/, "", name); sub(/_peak_rss_mb$/, "_rss", name)
+            if (t in m && m[t] > 0)
+                printf "bench %s_ratio_vs_torch %.3f x\n", name, m[n] / m[t]
+        }
+        if (n ~ /^pgnd_dip_vgg_[0-9]+_ms$/) {
+            size = n; sub(/^pgnd_dip_vgg_/, "", size); sub(/_ms$/, "", size)
+            for (side = 1; side <= 2; side++) {
+                pre = side == 1 ? "pgnd" : "torch"
+                v = pre "_dip_vgg_" size "_ms"; p = pre "_dip_pgn_" size "_ms"
+                if (v in m && p in m && m[p] > 0)
+                    printf "bench dip_vgg_over_pgn_%s_%s %.3f x\n", size, pre, m[v] / m[p]
+                v = pre "_dip_vgg_" size "_min_ms"; p = pre "_dip_pgn_" size "_min_ms"
+                if (v in m && p in m && m[p] > 0)
+                    printf "bench dip_vgg_over_pgn_%s_%s_min %.3f x\n", size, pre, m[v] / m[p]
+                v = pre "_dip_vgg_" size "_peak_rss_mb"; p = pre "_dip_pgn_" size "_peak_rss_mb"
+                if (v in m && p in m && m[v] > 0)
+                    printf "bench dip_pgn_over_vgg_%s_rss_%s %.3f x\n", size, pre, m[p] / m[v]
+            }
+            v = "pgnd_dip_vgg_" size "_engine_peak_mb"; p = "pgnd_dip_pgn_" size "_engine_peak_mb"
+            if (v in m && p in m && m[v] > 0)
+                printf "bench dip_pgn_over_vgg_%s_engine_mem_pgnd %.3f x\n", size, m[p] / m[v]
+        }
+    }
     split("256 224 8x128", sz, " ")
     for (i in sz) {
         t = "vgg_perceptual_" sz[i]

@@ -3,7 +3,7 @@
 
     OPENBLAS_NUM_THREADS=1 command -p python3 bench/torch_ref.py MODE [--reps 7] [--threads 2]
         MODE: conv3x3 | vgg_perceptual [--size 256] [--batch 1] | fit_step [--size 64] [--batch 6]
-              | rss_baseline
+              | rss_baseline | dip_step [--arm mse|vgg|pgn] [--size 128]
 
 The caller runs each mode in its own process so that the peak RSS reported is that mode's alone.
 stdout carries only `bench <name> <value> <unit>` lines (parsed by bench/run.sh); anything else goes
@@ -198,6 +198,105 @@ def bench_fit_step(args):
     emit(f"{tag}_peak_rss_mb", peak_rss_mb(), "MB")
 
 
+# ---------------------------------------------------------------------------------------------
+# dip_step: one Deep Image Prior step of one arm of issue 9 (the step of torch-anchors.md A, the
+# authors' bench_dip.py): zero_grad, gen = normalise(dip(noise)), the arm's loss, backward, Adam
+# (lr 0.01). The DIP is tools/fixtures_dip.py's replica (train mode, default init, seed 0), its
+# input U[0, 0.1); the target a random [0,1] image, normalised (the cost does not depend on it).
+#   mse  mean over C,H,W of (gen - gt)^2 (mse_loss_batchwise)
+#   vgg  the perceptual loss P (VGG-19 features[:30], avg pools, as above), target features cached
+#   pgn  the UNet PGN replica (tools/fixtures_pgn_unet.py, default init, eval mode, parameters
+#        frozen) on gen.detach() and gt, its sigmoid proxy head (kappa 1.1, s 0.048) giving
+#        g = 2 (gen - p) / (N s) without a graph; loss = (gen * g).sum(dim=(1, 2, 3))
+# The step is timed whole (median and fastest of --reps after 2 warm-ups); afterwards, like the
+# anchors, the components alone: loss = the arm's gradient w.r.t. gen (VGG forward + backward to
+# its input; PGN forward + head), dip = DIP forward + backward from a fixed gradient + Adam.
+# ---------------------------------------------------------------------------------------------
+
+DIP_MEAN, DIP_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DIP_KAPPA, DIP_UNET_GRAD_SCALE = 1.1, 0.048
+
+
+def bench_dip_step(args):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+    from fixtures_dip import skip_net  # noqa: E402
+    from fixtures_pgn_unet import UNetCustom  # noqa: E402
+
+    torch.manual_seed(0)
+    s = args.size
+    mean = torch.tensor(DIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(DIP_STD).view(1, 3, 1, 1)
+    dip = skip_net().train()
+    dip_input = torch.rand(1, 3, s, s) * 0.1
+    gt = (torch.rand(1, 3, s, s) - mean) / std
+    opt = torch.optim.Adam(dip.parameters(), lr=0.01)
+
+    if args.arm == "vgg":
+        vgg = vgg19_features_avgpool()
+        with torch.no_grad():
+            feats = vgg_taps(vgg, gt)
+
+        def loss_fn(gen):
+            return sum((f - tf).abs().mean(dim=(1, 2, 3)) for f, tf in zip(vgg_taps(vgg, gen), feats))
+    elif args.arm == "pgn":
+        pgn = UNetCustom().eval()
+        for q in pgn.parameters():
+            q.requires_grad_(False)
+        n_el = 3 * s * s
+
+        def pgn_grad(gen_d):
+            with torch.no_grad():
+                p = DIP_KAPPA * (torch.sigmoid(pgn(gen_d, gt)) - mean) / std
+                return 2.0 * (gen_d - p) / (n_el * DIP_UNET_GRAD_SCALE)
+
+        def loss_fn(gen):
+            return (gen * pgn_grad(gen.detach())).sum(dim=(1, 2, 3))
+    else:
+        def loss_fn(gen):
+            return (gen - gt).pow(2).mean(dim=(1, 2, 3))
+
+    def step():
+        opt.zero_grad()
+        gen = (dip(dip_input) - mean) / std
+        loss = loss_fn(gen)
+        loss.backward(torch.ones_like(loss))
+        opt.step()
+
+    for _ in range(WARMUPS):
+        step()
+    times = []
+    for _ in range(args.reps):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+
+    gen0 = ((dip(dip_input) - mean) / std).detach()
+
+    def loss_alone():
+        if args.arm == "pgn":
+            return pgn_grad(gen0)
+        x = gen0.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss_fn(x).sum(), x)
+        return g
+
+    dgen = loss_alone()
+
+    def dip_alone():
+        opt.zero_grad()
+        gen = (dip(dip_input) - mean) / std
+        gen.backward(dgen)
+        opt.step()
+
+    loss_ms = median_ms(loss_alone, args.reps)
+    dip_ms = median_ms(dip_alone, args.reps)
+    tag = f"torch_dip_{args.arm}_{s}"
+    emit(f"{tag}_ms", statistics.median(times), "ms")
+    emit(f"{tag}_min_ms", min(times), "ms")
+    emit(f"{tag}_loss_ms", loss_ms, "ms")
+    emit(f"{tag}_dip_ms", dip_ms, "ms")
+    emit(f"{tag}_peak_rss_mb", peak_rss_mb(), "MB")
+
+
 def bench_rss_baseline(args):
     # What importing torch alone costs, to subtract from the other modes' peak RSS.
     emit("torch_baseline_rss_mb", peak_rss_mb(), "MB")
@@ -207,6 +306,8 @@ MODES = {"conv3x3": bench_conv3x3, "vgg_perceptual": bench_vgg_perceptual, "fit_
          "rss_baseline": bench_rss_baseline}
 # Per-mode defaults of --size / --batch.
 SIZE_BATCH = {"fit_step": (64, 6)}
+MODES["dip_step"] = bench_dip_step
+SIZE_BATCH["dip_step"] = (128, 1)
 
 
 def main():
@@ -216,6 +317,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=None, help="vgg_perceptual: image side (256); fit_step: crop side (64)")
     ap.add_argument("--batch", type=int, default=None, help="vgg_perceptual: batch size (1); fit_step: batch (6)")
+    ap.add_argument("--arm", choices=("mse", "vgg", "pgn"), default="pgn", help="dip_step: the arm (pgn)")
     args = ap.parse_args()
     size, batch = SIZE_BATCH.get(args.mode, (256, 1))
     args.size = size if args.size is None else args.size
