@@ -1,6 +1,6 @@
 #include "daemon/jobtype_list.h"
 
-/* Each job type lives in its own daemon/job_<type>.c. collect joins as its issue lands. */
+/* Each job type lives in its own daemon/job_<type>.c. */
 extern const job_type job_type_fit;
 extern const job_type job_type_train;
 extern const job_type job_type_collect;
