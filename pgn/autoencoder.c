@@ -1,5 +1,6 @@
 #include "pgn/autoencoder.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -230,6 +231,21 @@ void pgn_autoencoder_reset(pgn_autoencoder *ae, nn_rng *rng)
             l->num_batches_tracked = 0;
         }
     }
+}
+
+int pgn_autoencoder_reset_if_stale(pgn_autoencoder *ae, double l1, double samples, double *best, double *best_at,
+                                   double l1_limit, double plateau_samples, double prob, nn_rng *rng)
+{
+    if (l1 < *best)
+        *best = l1, *best_at = samples;
+    int reset = !(l1 <= l1_limit); /* NaN resets too */
+    if (!reset && samples - *best_at >= plateau_samples)
+        reset = nn_rng_uniform(rng) < prob;
+    if (!reset)
+        return 0;
+    pgn_autoencoder_reset(ae, rng);
+    *best = INFINITY, *best_at = samples;
+    return 1;
 }
 
 void pgn_autoencoder_set_training(pgn_autoencoder *ae, int training)

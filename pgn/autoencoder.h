@@ -92,6 +92,13 @@ void pgn_autoencoder_free(pgn_autoencoder *ae);
  * num_batches_tracked 0. Shapes, gradients, the training flag and any optimiser state are left
  * alone (reset the optimiser's moments separately if wanted). */
 void pgn_autoencoder_reset(pgn_autoencoder *ae, nn_rng *rng);
+/* The paper's reset rule (method.md §4.1), after a step at `samples` samples seen with L1 error
+ * l1: *best / *best_at track the best L1 and when it was reached; L1 above l1_limit (or NaN)
+ * resets, else a plateau of plateau_samples resets with probability prob (one draw from rng, only
+ * when the plateau holds). A reset re-initialises the net (pgn_autoencoder_reset) and restarts the
+ * tracking. Returns 1 when it reset. */
+int pgn_autoencoder_reset_if_stale(pgn_autoencoder *ae, double l1, double samples, double *best, double *best_at,
+                                   double l1_limit, double plateau_samples, double prob, nn_rng *rng);
 /* 1: BN uses batch statistics and updates its running statistics; 0: running statistics. */
 void pgn_autoencoder_set_training(pgn_autoencoder *ae, int training);
 

@@ -265,14 +265,8 @@ int pgn_collect_step(pgn_collect *c, const float *y, pgn_collect_stats *st, nn_e
         for (size_t q = 0; q < (size_t)b * cnt; q++)
             l1 += fabs((double)a[q] - t[q]);
         st->ae_l1[i] = l1 / ((double)b * cnt);
-        if (st->ae_l1[i] < c->ae_best[i])
-            c->ae_best[i] = st->ae_l1[i], c->ae_best_at[i] = c->samples;
-        int reset = !(st->ae_l1[i] <= p->ae_reset_l1); /* NaN resets too */
-        if (!reset && c->samples - c->ae_best_at[i] >= p->ae_plateau_samples)
-            reset = nn_rng_uniform(&c->rng) < p->ae_reset_prob;
-        if (reset) {
-            pgn_autoencoder_reset(&c->ae[i], &c->rng);
-            c->ae_best[i] = INFINITY, c->ae_best_at[i] = c->samples;
+        if (pgn_autoencoder_reset_if_stale(&c->ae[i], st->ae_l1[i], c->samples, &c->ae_best[i], &c->ae_best_at[i],
+                                           p->ae_reset_l1, p->ae_plateau_samples, p->ae_reset_prob, &c->rng)) {
             c->resets++;
             st->ae_reset[i] = 1;
         }

@@ -462,14 +462,8 @@ static int step(pgn_fit *f, const float *y, const float *yhat_in, const float *g
         for (size_t k = 0; k < (size_t)b * cnt; k++)
             l1 += fabs((double)a[k] - t[k]);
         st->ae_l1[i] = l1 / ((double)b * cnt);
-        if (st->ae_l1[i] < f->ae_best[i])
-            f->ae_best[i] = st->ae_l1[i], f->ae_best_at[i] = f->samples;
-        int reset = !(st->ae_l1[i] <= p->ae_reset_l1); /* NaN resets too */
-        if (!reset && f->samples - f->ae_best_at[i] >= p->ae_plateau_samples)
-            reset = nn_rng_uniform(&f->rng) < p->ae_reset_prob;
-        if (reset) {
-            pgn_autoencoder_reset(&f->ae[i], &f->rng);
-            f->ae_best[i] = INFINITY, f->ae_best_at[i] = f->samples;
+        if (pgn_autoencoder_reset_if_stale(&f->ae[i], st->ae_l1[i], f->samples, &f->ae_best[i], &f->ae_best_at[i],
+                                           p->ae_reset_l1, p->ae_plateau_samples, p->ae_reset_prob, &f->rng)) {
             f->resets++;
             st->ae_reset[i] = 1;
         }

@@ -414,6 +414,27 @@ static void reset_reinitialises(void **state)
     nn_ctx_free(&ctx);
 }
 
+/* The §4.1 rule: a new best is tracked, L1 above the limit (or NaN) resets, a plateau resets with
+ * its probability (1: always, 0: never), and a reset restarts the tracking. */
+static void reset_rule(void **state)
+{
+    pgn_autoencoder ae;
+    nn_err e;
+    fx_ok(pgn_autoencoder_init(&ae, 0, 1, &e), &e);
+    nn_rng r;
+    nn_rng_seed(&r, 5);
+    double best = INFINITY, at = 0;
+    assert_int_equal(pgn_autoencoder_reset_if_stale(&ae, 0.8, 6, &best, &at, 1e3, 100, 1.0, &r), 0);
+    assert_true(best == 0.8 && at == 6);
+    assert_int_equal(pgn_autoencoder_reset_if_stale(&ae, 0.9, 100, &best, &at, 1e3, 100, 1.0, &r), 0); /* 94 < 100 */
+    assert_int_equal(pgn_autoencoder_reset_if_stale(&ae, 0.9, 106, &best, &at, 1e3, 100, 0.0, &r), 0); /* prob 0 */
+    assert_int_equal(pgn_autoencoder_reset_if_stale(&ae, 0.9, 106, &best, &at, 1e3, 100, 1.0, &r), 1); /* plateau */
+    assert_true(isinf(best) && at == 106);
+    assert_int_equal(pgn_autoencoder_reset_if_stale(&ae, 2e3, 112, &best, &at, 1e3, 1e9, 0.0, &r), 1); /* limit */
+    assert_int_equal(pgn_autoencoder_reset_if_stale(&ae, NAN, 118, &best, &at, 1e3, 1e9, 0.0, &r), 1); /* NaN */
+    pgn_autoencoder_free(&ae);
+}
+
 static void refusals(void **state)
 {
     (void)state;
@@ -503,7 +524,7 @@ int main(void)
         cmocka_unit_test(param_counts_and_keys), cmocka_unit_test(match_torch_0),
         cmocka_unit_test(match_torch_1),         cmocka_unit_test(match_torch_2),
         cmocka_unit_test(reset_reinitialises),   cmocka_unit_test(refusals),
-        cmocka_unit_test(act_input_and_adam),
+        cmocka_unit_test(act_input_and_adam),    cmocka_unit_test(reset_rule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
