@@ -1,6 +1,7 @@
 /* Weights files: format detection, the nn_weights container, lookup and conversion to float32.
  * The format readers live in safetensors.c and torch_pth.c. */
 #include "nn/weights.h"
+#include "nn/tfjs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -225,6 +226,9 @@ int nn_weights_read_filtered(nn_weights *w, const char *path, nn_weights_filter 
 {
     uint8_t *buf = NULL;
     size_t len = 0;
+    char dir[1024], manifest[1200];
+    if (nn_tfjs_locate(path, dir, sizeof dir, manifest, sizeof manifest))
+        return nn_tfjs_read(w, path, want, arg, e) ? -1 : check_unique(w, e) ? (nn_weights_free(w), -1) : 0;
     memset(w, 0, sizeof *w);
     w->want = want;
     w->want_arg = arg;
