@@ -176,6 +176,8 @@ typedef struct nn_pool_prims nn_pool_prims;
 typedef struct nn_pool2d {
     int is_max;
     int k, s, p;
+    int avg_exclude_pad; /* average over the window's in-image elements only (TensorFlow's "same"
+                          * average pooling; PyTorch's count_include_pad=False). Set before use. */
     nn_pool_prims *prims;
 } nn_pool2d;
 

@@ -63,7 +63,9 @@ static nn_pool_prims *get_prims(nn_ctx *ctx, nn_pool2d *l, const nn_act *x, nn_e
     dnnl_memory_desc_init_by_tag(&dst, 4, dd, dnnl_f32, dnnl_format_tag_any);
     dnnl_dims_t strides = {l->s, l->s}, kernel = {l->k, l->k}, dil = {0, 0}, pl = {l->p, l->p};
     dnnl_dims_t pr = {(oh - 1) * l->s + l->k - x->h - l->p, (ow - 1) * l->s + l->k - x->w - l->p};
-    dnnl_alg_kind_t alg = l->is_max ? dnnl_pooling_max : dnnl_pooling_avg_include_padding;
+    dnnl_alg_kind_t alg = l->is_max            ? dnnl_pooling_max
+                          : l->avg_exclude_pad ? dnnl_pooling_avg_exclude_padding
+                                               : dnnl_pooling_avg_include_padding;
     dnnl_pooling_v2_desc_t d;
     dnnl_memory_desc_t src_any = x->md;
     if (dnnl_pooling_v2_forward_desc_init(&d, dnnl_forward_training, alg, &src_any, &dst, strides, kernel, dil, pl,
