@@ -244,11 +244,8 @@ int pgn_fit_open(pgn_fit **out, const pgn_fit_params *p, const char *teacher_wei
     if (pgn_teacher_open(&f->teacher, teacher_weights, 0, e))
         goto fail;
     f->teacher_open = 1;
-    if (p->fast_teacher) {
-        f->teacher.net.winograd_auto = 0;
-        for (int i = 0; i < VGG19_CONVS; i++)
-            f->teacher.net.conv[i].winograd = NN_WINO_FWD | NN_WINO_BWD_DATA;
-    }
+    if (p->fast_teacher)
+        pgn_teacher_set_fast(&f->teacher);
     f->pgn_avg = f->ae_avg = p->clip_init;
     nn_rng_seed(&f->rng, p->seed ^ 0x5eed0f17ULL);
     if (reserve(f, p->batch, e))

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "nn/sha256.h"
+#include "nn/tfjs.h"
 
 const float pgn_imagenet_mean[3] = {0.485f, 0.456f, 0.406f};
 const float pgn_imagenet_std[3] = {0.229f, 0.224f, 0.225f};
@@ -52,7 +53,7 @@ static size_t appendf(char *buf, size_t len, size_t at, const char *fmt, ...)
     return n > 0 ? at + (size_t)n : at;
 }
 
-int pgn_teacher_check_weights(const nn_weights *w, char *report, size_t len)
+static int vgg19_check_weights(const nn_weights *w, char *report, size_t len)
 {
     int problems = 0;
     size_t at = 0;
@@ -92,31 +93,46 @@ int pgn_teacher_check_weights(const nn_weights *w, char *report, size_t len)
     return problems;
 }
 
-int pgn_teacher_open(pgn_teacher *t, const char *weights_path, uint64_t seed, nn_err *e)
+int pgn_teacher_check_weights(const nn_weights *w, char *report, size_t len)
 {
-    memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "vgg19");
-    t->seed = seed;
-    if (vgg19_init(&t->net, seed, e))
+    return nn_weights_meta(w, NN_TFJS_TOPOLOGY_KEY) ? inception3_check_weights(w, report, len)
+                                                    : vgg19_check_weights(w, report, len);
+}
+
+const char *pgn_teacher_kind_of_path(const char *weights_path)
+{
+    char dir[1024], manifest[1200];
+    return weights_path && *weights_path && nn_tfjs_locate(weights_path, dir, sizeof dir, manifest, sizeof manifest)
+               ? "inception3"
+               : "vgg19";
+}
+
+/* The report as one line ("a; b; c"). */
+static void one_line(char *report)
+{
+    size_t n = strlen(report);
+    if (n && report[n - 1] == '\n')
+        report[n - 1] = 0;
+    for (char *p = report; (p = strchr(p, '\n'));)
+        *p = ';', p++;
+}
+
+static int open_vgg19(pgn_teacher *t, const char *weights_path, nn_err *e)
+{
+    if (vgg19_init(&t->net, t->seed, e))
         return -1;
-    if (!weights_path || !*weights_path) {
-        t->random = 1;
+    if (!weights_path || !*weights_path)
         return 0;
-    }
     nn_weights w;
     if (nn_weights_read_filtered(&w, weights_path, is_needed, NULL, e)) {
         vgg19_free(&t->net);
         return nn_err_prefix(e, "teacher weights");
     }
     char report[4096];
-    int problems = pgn_teacher_check_weights(&w, report, sizeof report);
+    int problems = vgg19_check_weights(&w, report, sizeof report);
     int rc = 0;
     if (problems) {
-        size_t n = strlen(report);
-        if (n && report[n - 1] == '\n')
-            report[n - 1] = 0;
-        for (char *p = report; (p = strchr(p, '\n'));)
-            *p = ';', p++;
+        one_line(report);
         rc = nn_errf(e, "%s is not a usable VGG-19 teacher (%d problem%s): %s", weights_path, problems,
                      problems == 1 ? "" : "s", report);
     }
@@ -130,17 +146,82 @@ int pgn_teacher_open(pgn_teacher *t, const char *weights_path, uint64_t seed, nn
     nn_weights_free(&w);
     if (!rc && nn_sha256_file(weights_path, t->weights_sha256))
         rc = nn_errf(e, "%s: cannot read for its checksum", weights_path);
-    if (rc) {
+    if (rc)
         vgg19_free(&t->net);
+    return rc;
+}
+
+static int open_inception3(pgn_teacher *t, const char *weights_path, nn_err *e)
+{
+    if (inception3_init(&t->inc, t->seed, e))
         return -1;
+    if (!weights_path || !*weights_path)
+        return 0;
+    nn_weights w;
+    if (nn_weights_read_filtered(&w, weights_path, inception3_needs_key, NULL, e)) {
+        inception3_free(&t->inc);
+        return nn_err_prefix(e, "teacher weights");
     }
-    snprintf(t->weights_path, sizeof t->weights_path, "%s", weights_path);
+    int rc = inception3_load(&t->inc, &w, e);
+    if (rc)
+        nn_err_prefix(e, "%s", weights_path);
+    const nn_weight_meta *sha = nn_weights_meta(&w, NN_TFJS_SHA256_KEY);
+    if (!rc)
+        snprintf(t->weights_sha256, sizeof t->weights_sha256, "%s", sha ? sha->str : "");
+    nn_weights_free(&w);
+    if (rc)
+        inception3_free(&t->inc);
+    return rc;
+}
+
+int pgn_teacher_open_named(pgn_teacher *t, const char *name, const char *weights_path, uint64_t seed, nn_err *e)
+{
+    memset(t, 0, sizeof *t);
+    int have = weights_path && *weights_path;
+    const char *from_path = pgn_teacher_kind_of_path(weights_path);
+    if (!name || !*name || !strcmp(name, "auto"))
+        name = from_path;
+    if (strcmp(name, "vgg19") && strcmp(name, "inception3"))
+        return nn_errf(e, "unknown teacher \"%s\" (vgg19 or inception3)", name);
+    if (have && strcmp(name, from_path))
+        return nn_errf(e, "teacher %s asked for, but %s holds %s weights", name, weights_path, from_path);
+    t->kind = strcmp(name, "inception3") ? PGN_TEACHER_VGG19 : PGN_TEACHER_INCEPTION3;
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->seed = seed;
+    t->random = !have;
+    if (t->kind == PGN_TEACHER_VGG19 ? open_vgg19(t, weights_path, e) : open_inception3(t, weights_path, e))
+        return -1;
+    if (have)
+        snprintf(t->weights_path, sizeof t->weights_path, "%s", weights_path);
     return 0;
+}
+
+int pgn_teacher_open(pgn_teacher *t, const char *weights_path, uint64_t seed, nn_err *e)
+{
+    return pgn_teacher_open_named(t, NULL, weights_path, seed, e);
+}
+
+void pgn_teacher_set_fast(pgn_teacher *t)
+{
+    if (t->kind == PGN_TEACHER_VGG19) {
+        t->net.winograd_auto = 0;
+        for (int i = 0; i < VGG19_CONVS; i++)
+            t->net.conv[i].winograd = NN_WINO_FWD | NN_WINO_BWD_DATA;
+        return;
+    }
+    for (int i = 0; i < INC3_CONVS; i++) {
+        nn_conv2d *c = &t->inc.conv[i];
+        if (c->geo.kh == 3 && c->geo.kw == 3 && c->geo.sh == 1 && c->geo.sw == 1)
+            c->winograd = NN_WINO_FWD | NN_WINO_BWD_DATA;
+    }
 }
 
 void pgn_teacher_close(pgn_teacher *t)
 {
-    vgg19_free(&t->net);
+    if (t->kind == PGN_TEACHER_INCEPTION3)
+        inception3_free(&t->inc);
+    else
+        vgg19_free(&t->net);
     nn_free(t->xn);
     memset(t, 0, sizeof *t);
 }
@@ -157,44 +238,72 @@ const char *pgn_teacher_describe(const pgn_teacher *t, char *buf, size_t len)
     return buf;
 }
 
-void pgn_to_normalised(float *dst, const float *src, int n, int h, int w, pgn_space space)
+/* Every space is a per-channel affine image of [0, 1]: x = (unit - m_c) / s_c. */
+static void space_affine(pgn_space sp, int c, float *m, float *s)
+{
+    switch (sp) {
+    case PGN_SPACE_NORMALISED: *m = pgn_imagenet_mean[c], *s = pgn_imagenet_std[c]; break;
+    case PGN_SPACE_PM1: *m = 0.5f, *s = 0.5f; break;
+    default: *m = 0.0f, *s = 1.0f; break;
+    }
+}
+
+void pgn_space_convert(float *dst, const float *src, int n, int h, int w, pgn_space from, pgn_space to)
 {
     size_t plane = (size_t)h * w;
     for (int i = 0; i < n; i++)
         for (int c = 0; c < 3; c++) {
-            /* unit = a * x + b maps the space to [0, 1]; then (unit - mean) / std */
-            float a = space == PGN_SPACE_PM1 ? 0.5f : 1.0f, b = space == PGN_SPACE_PM1 ? 0.5f : 0.0f;
-            float m = pgn_imagenet_mean[c], s = pgn_imagenet_std[c];
             const float *x = src + ((size_t)i * 3 + c) * plane;
             float *y = dst + ((size_t)i * 3 + c) * plane;
-            if (space == PGN_SPACE_NORMALISED) {
+            if (from == to) {
                 if (y != x)
                     memcpy(y, x, plane * sizeof(float));
                 continue;
             }
+            float ma, sa, mb, sb;
+            space_affine(from, c, &ma, &sa);
+            space_affine(to, c, &mb, &sb);
             for (size_t k = 0; k < plane; k++)
-                y[k] = (a * x[k] + b - m) / s;
+                y[k] = (x[k] * sa + ma - mb) / sb;
         }
 }
 
-void pgn_grad_from_normalised(float *g, int n, int h, int w, pgn_space space)
+void pgn_grad_convert(float *g, int n, int h, int w, pgn_space from, pgn_space to)
 {
-    if (space == PGN_SPACE_NORMALISED)
+    if (from == to)
         return;
     size_t plane = (size_t)h * w;
     for (int i = 0; i < n; i++)
         for (int c = 0; c < 3; c++) {
-            float k = (space == PGN_SPACE_PM1 ? 0.5f : 1.0f) / pgn_imagenet_std[c];
+            float ma, sa, mb, sb;
+            space_affine(from, c, &ma, &sa);
+            space_affine(to, c, &mb, &sb);
+            float k = sb / sa; /* x_from = (x_to * sb + mb - ma) / sa */
             float *p = g + ((size_t)i * 3 + c) * plane;
             for (size_t j = 0; j < plane; j++)
                 p[j] *= k;
         }
 }
 
-/* The input in normalised space: the caller's buffer itself, or a converted copy. */
-static const float *normalised(pgn_teacher *t, const float *x, int n, int h, int w, pgn_space space, nn_err *e)
+void pgn_to_normalised(float *dst, const float *src, int n, int h, int w, pgn_space space)
 {
-    if (space == PGN_SPACE_NORMALISED)
+    pgn_space_convert(dst, src, n, h, w, space, PGN_SPACE_NORMALISED);
+}
+
+void pgn_grad_from_normalised(float *g, int n, int h, int w, pgn_space space)
+{
+    pgn_grad_convert(g, n, h, w, PGN_SPACE_NORMALISED, space);
+}
+
+static pgn_space native_space(const pgn_teacher *t)
+{
+    return t->kind == PGN_TEACHER_INCEPTION3 ? PGN_SPACE_PM1 : PGN_SPACE_NORMALISED;
+}
+
+/* The input in the teacher's own space: the caller's buffer itself, or a converted copy. */
+static const float *native(pgn_teacher *t, const float *x, int n, int h, int w, pgn_space space, nn_err *e)
+{
+    if (space == native_space(t))
         return x;
     size_t bytes = (size_t)n * 3 * h * w * sizeof(float);
     if (bytes > t->xn_cap) {
@@ -206,28 +315,34 @@ static const float *normalised(pgn_teacher *t, const float *x, int n, int h, int
             return NULL;
         }
     }
-    pgn_to_normalised(t->xn, x, n, h, w, space);
+    pgn_space_convert(t->xn, x, n, h, w, space, native_space(t));
     return t->xn;
 }
 
 int pgn_teacher_set_target(nn_ctx *ctx, pgn_teacher *t, const float *y, int n, int h, int w, pgn_space space,
                            nn_err *e)
 {
-    const float *yn = normalised(t, y, n, h, w, space, e);
-    return yn ? vgg19_set_target(ctx, &t->net, yn, n, h, w, e) : -1;
+    const float *yn = native(t, y, n, h, w, space, e);
+    if (!yn)
+        return -1;
+    return t->kind == PGN_TEACHER_INCEPTION3 ? inception3_set_target(ctx, &t->inc, yn, n, h, w, e)
+                                             : vgg19_set_target(ctx, &t->net, yn, n, h, w, e);
 }
 
 int pgn_teacher_loss_grad(nn_ctx *ctx, pgn_teacher *t, const float *x, int n, int h, int w, pgn_space space,
                           double *per_sample, double *loss, float *grad, nn_err *e)
 {
-    const float *xn = normalised(t, x, n, h, w, space, e);
+    const float *xn = native(t, x, n, h, w, space, e);
     double total;
-    if (!xn || vgg19_perceptual(ctx, &t->net, xn, n, h, w, &total, per_sample, grad, e))
+    if (!xn)
+        return -1;
+    if (t->kind == PGN_TEACHER_INCEPTION3 ? inception3_perceptual(ctx, &t->inc, xn, n, h, w, &total, per_sample, grad, e)
+                                          : vgg19_perceptual(ctx, &t->net, xn, n, h, w, &total, per_sample, grad, e))
         return -1;
     if (loss)
         *loss = total;
     if (grad)
-        pgn_grad_from_normalised(grad, n, h, w, space);
+        pgn_grad_convert(grad, n, h, w, native_space(t), space);
     return 0;
 }
 
