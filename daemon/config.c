@@ -8,10 +8,11 @@
 
 /* The keys, in the order config_print shows them. */
 enum { K_LISTEN, K_STATE_DIR, K_DATABASE, K_WEB_DIR, K_WORKERS, K_THREADS, K_TEACHER, K_QUEUE, K_TOKENS,
-       K_LOG, K_RETENTION, K_MAX_BODY, K_COUNT };
+       K_LOG, K_RETENTION, K_MAX_BODY, K_IMAGES, K_COUNT };
 static const char *const key_names[K_COUNT] = {"listen", "state_dir", "database", "web_dir",
                                                "workers", "threads", "teacher_weights", "queue_limit",
-                                               "token_file", "log_level", "checkpoint_retention", "max_body"};
+                                               "token_file", "log_level", "checkpoint_retention", "max_body",
+                                               "images"};
 static const char *const source_names[] = {"default", "file", "environment", "command line"};
 
 void config_defaults(pgnd_config *c)
@@ -100,6 +101,7 @@ int config_set(pgnd_config *c, const char *key, const char *v, config_source src
     case K_DATABASE: rc = copy_str(c->database, sizeof c->database, v, err, errlen, key); break;
     case K_WEB_DIR: rc = copy_str(c->web_dir, sizeof c->web_dir, v, err, errlen, key); break;
     case K_TEACHER: rc = copy_str(c->teacher_weights, sizeof c->teacher_weights, v, err, errlen, key); break;
+    case K_IMAGES: rc = copy_str(c->images, sizeof c->images, v, err, errlen, key); break;
     case K_TOKENS: rc = copy_str(c->token_file, sizeof c->token_file, v, err, errlen, key); break;
     case K_WORKERS:
     case K_THREADS:
@@ -246,4 +248,6 @@ void config_print(const pgnd_config *c, FILE *out)
     fprintf(out, "log_level = %s  # %s\n", c->log_level, source_names[c->src[K_LOG]]);
     fprintf(out, "checkpoint_retention = %d  # %s\n", c->checkpoint_retention, source_names[c->src[K_RETENTION]]);
     fprintf(out, "max_body = %ld  # %s\n", c->max_body, source_names[c->src[K_MAX_BODY]]);
+    fprintf(out, "images = %s  # %s\n", c->images[0] ? c->images : "(none: jobs must name their photographs)",
+            source_names[c->src[K_IMAGES]]);
 }

@@ -22,6 +22,7 @@ typedef struct pgnd_config {
     char log_level[16];      /* error | warn | info | debug */
     int checkpoint_retention;
     long max_body;           /* request bodies over this get 413 */
+    char images[1024];       /* default folder of photographs for fit and collect jobs ("" = none) */
     config_source src[16];   /* where each key's value came from (index = key order) */
 } pgnd_config;
 

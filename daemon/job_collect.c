@@ -8,8 +8,8 @@
 #include "pgn/collect.h"
 
 static const param_spec params[] = {
-    {"data", P_DIR, NULL, 0, 0, NULL, NULL,
-     "Folder of training photographs (PNG/JPEG, searched recursively), as the daemon sees the path"},
+    {"data", P_DIR, "\"\"", 0, 0, NULL, NULL,
+     "Folder of training photographs (PNG/JPEG, searched recursively), as the daemon sees the path (default: the daemon's images folder)"},
     {"samples", P_INT, "1024", 1, 1000000000, NULL, "samples", "Samples (y_hat, y, g_true, loss) to collect"},
     {"samples_per_shard", P_INT, "256", 1, 65536, NULL, "samples", "Samples per shard file"},
     {"size", P_INT, "64", 8, 1024, NULL, "px", "Crop side (the paper: 224); a multiple of 8"},
@@ -28,8 +28,8 @@ static const param_spec params[] = {
     {"ae_reset_prob", P_NUMBER, "0.01", 0, 1, NULL, NULL, "Per-step reset probability of a stale autoencoder"},
     {"ae_reset_l1", P_NUMBER, "1000", 0, 1e12, NULL, NULL, "An autoencoder whose L1 exceeds this is reset"},
     {"seed", P_INT, "0", 0, 2147483647, NULL, NULL, "Seed of the generators, the data order and the resets"},
-    {"teacher_weights", P_FILE, "\"\"", 0, 0, NULL, NULL,
-     "VGG-19 weights for this job (default: the daemon's teacher_weights; none: random teacher)"},
+    {"teacher_weights", P_PATH, "\"\"", 0, 0, NULL, NULL,
+     "Teacher weights for this job: VGG-19 (.pth or .safetensors) or an InceptionV3 tfjs model directory (nsfwjs 4.4.0 inception_v3; see make teacher). Default: the daemon's teacher_weights; none: random VGG-19, not a perceptual loss"},
 };
 
 static unsigned generator_mask(json_t *list)
@@ -52,6 +52,13 @@ static void check(json_t *p, json_t *problems, const pgnd_config *cfg)
     json_int_t batch = json_integer_value(json_object_get(p, "batch"));
     unsigned m = generator_mask(json_object_get(p, "generators"));
     int k = (m & 1) + (m >> 1 & 1) + (m >> 2 & 1);
+    const char *data = json_string_value(json_object_get(p, "data"));
+    if (!data || !*data) {
+        if (cfg && cfg->images[0]) /* the daemon's default photographs */
+            json_object_set_new(p, "data", json_string(cfg->images));
+        else
+            job_problem(problems, "data", "is required (a folder of photographs; or set the daemon's images)");
+    }
     if (size % 8)
         job_problem(problems, "size", "must be a multiple of 8 (the autoencoders halve it three times), got %lld",
                     (long long)size);
@@ -110,5 +117,5 @@ static int run(const char *params_json, const pgn_job_io *io, char *err, size_t 
 }
 
 const job_type job_type_collect = {"collect",
-                                   "Collect teacher gradients into shards (generators on real trajectories + VGG-19 teacher)",
+                                   "Collect teacher gradients into shards (generators on real trajectories + the perceptual teacher)",
                                    params, sizeof params / sizeof *params, check, run};

@@ -9,7 +9,7 @@
 
 static const param_spec params[] = {
     {"data", P_DIR, "\"\"", 0, 0, NULL, NULL,
-     "Folder of training photographs (PNG/JPEG, searched recursively), as the daemon sees the path (or give collection)"},
+     "Folder of training photographs (PNG/JPEG, searched recursively), as the daemon sees the path (or give collection; default: the daemon's images folder)"},
     {"collection", P_DIR, "\"\"", 0, 0, NULL, NULL,
      "Fit from a collect job's folder of teacher gradients instead of online autoencoders (the PGN alone steps; "
      "the teacher still runs for the proxy's perceptual term unless w_proxy_perceptual is 0)"},
@@ -48,8 +48,8 @@ static const param_spec params[] = {
     {"image_every", P_INT, "500", 0, 10000000, NULL, "steps", "Gradient-field panels every this many steps (0: never)"},
     {"checkpoint_every", P_INT, "100", 1, 10000000, NULL, "steps", "Checkpoints every this many steps"},
     {"seed", P_INT, "0", 0, 2147483647, NULL, NULL, "Seed of the initialisation, the data order and the split"},
-    {"teacher_weights", P_FILE, "\"\"", 0, 0, NULL, NULL,
-     "VGG-19 weights for this job (default: the daemon's teacher_weights; none: random teacher)"},
+    {"teacher_weights", P_PATH, "\"\"", 0, 0, NULL, NULL,
+     "Teacher weights for this job: VGG-19 (.pth or .safetensors) or an InceptionV3 tfjs model directory (nsfwjs 4.4.0 inception_v3; see make teacher). Default: the daemon's teacher_weights; none: random VGG-19, not a perceptual loss"},
 };
 
 static void check(json_t *p, json_t *problems, const pgnd_config *cfg)
@@ -65,8 +65,12 @@ static void check(json_t *p, json_t *problems, const pgnd_config *cfg)
         job_problem(problems, "batch", "must be a multiple of 3 (one share per autoencoder), got %lld", (long long)batch);
     const char *data = json_string_value(json_object_get(p, "data"));
     const char *coll = json_string_value(json_object_get(p, "collection"));
-    if ((!data || !*data) && (!coll || !*coll))
-        job_problem(problems, "data", "is required (a folder of photographs), unless a collection is given");
+    if ((!data || !*data) && (!coll || !*coll)) {
+        if (cfg && cfg->images[0]) /* the daemon's default photographs (`images`, e.g. make run's samples) */
+            json_object_set_new(p, "data", json_string(cfg->images));
+        else
+            job_problem(problems, "data", "is required (a folder of photographs), unless a collection is given");
+    }
     const char *init = json_string_value(json_object_get(p, "init"));
     if (init && *init) {
         nn_weights w;
@@ -138,5 +142,5 @@ static int run(const char *params_json, const pgn_job_io *io, char *err, size_t 
     return pgn_fit_run(&p, io, err, errlen);
 }
 
-const job_type job_type_fit = {"fit", "Fit a perceptual gradient network online (autoencoders + VGG-19 teacher)",
+const job_type job_type_fit = {"fit", "Fit a perceptual gradient network online (autoencoders + the perceptual teacher)",
                                params, sizeof params / sizeof *params, check, run};

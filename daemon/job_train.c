@@ -26,8 +26,8 @@ static const param_spec params[] = {
     {"log_every", P_INT, "50", 1, 1000000, NULL, "steps", "Metrics every this many steps"},
     {"image_every", P_INT, "500", 1, 1000000, NULL, "steps", "Generated images every this many steps"},
     {"checkpoint_every", P_INT, "100", 1, 1000000, NULL, "steps", "Checkpoints every this many steps"},
-    {"teacher_weights", P_FILE, "\"\"", 0, 0, NULL, NULL,
-     "VGG-19 weights for this job (default: the daemon's teacher_weights; none: random teacher)"},
+    {"teacher_weights", P_PATH, "\"\"", 0, 0, NULL, NULL,
+     "Teacher weights for this job: VGG-19 (.pth or .safetensors) or an InceptionV3 tfjs model directory (nsfwjs 4.4.0 inception_v3; see make teacher). Default: the daemon's teacher_weights; none: random VGG-19, not a perceptual loss"},
 };
 
 static void check(json_t *p, json_t *problems, const pgnd_config *cfg)

@@ -18,7 +18,7 @@ const job_type *job_type_find(const char *name)
 
 static const char *kind_name(param_kind k)
 {
-    static const char *const names[] = {"integer", "number", "boolean", "string", "choice", "choices", "file", "dir"};
+    static const char *const names[] = {"integer", "number", "boolean", "string", "choice", "choices", "file", "dir", "path"};
     return names[k];
 }
 
@@ -122,7 +122,8 @@ static void check_value(const param_spec *p, json_t *v, json_t *problems)
         return;
     }
     case P_FILE:
-    case P_DIR: {
+    case P_DIR:
+    case P_PATH: {
         /* An optional path whose default is "" may stay empty ("not given"). */
         if (json_is_string(v) && !*json_string_value(v) && p->def && !strcmp(p->def, "\"\""))
             return;
@@ -136,7 +137,9 @@ static void check_value(const param_spec *p, json_t *v, json_t *problems)
             return job_problem(problems, f, "%s is not a regular file", path);
         if (p->kind == P_DIR && !S_ISDIR(st.st_mode))
             return job_problem(problems, f, "%s is not a directory", path);
-        if (access(path, R_OK | (p->kind == P_DIR ? X_OK : 0)))
+        if (p->kind == P_PATH && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+            return job_problem(problems, f, "%s is neither a regular file nor a directory", path);
+        if (access(path, R_OK | (S_ISDIR(st.st_mode) ? X_OK : 0)))
             job_problem(problems, f, "%s is not readable by pgnd", path);
         return;
     }
@@ -170,7 +173,7 @@ json_t *job_params_validate(const job_type *t, json_t *given, json_t *problems, 
         size_t before = json_array_size(problems);
         check_value(p, x, problems);
         /* Paths are stored absolute: the daemon's working directory is not the submitter's. */
-        if ((p->kind == P_FILE || p->kind == P_DIR) && json_array_size(problems) == before && json_is_string(x) &&
+        if ((p->kind == P_FILE || p->kind == P_DIR || p->kind == P_PATH) && json_array_size(problems) == before && json_is_string(x) &&
             *json_string_value(x)) {
             char *abs = realpath(json_string_value(x), NULL);
             if (abs) {

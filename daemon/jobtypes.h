@@ -19,6 +19,7 @@ typedef enum param_kind {
     P_CHOICES, /* a non-empty list of distinct values from `choices` */
     P_FILE,    /* path of a readable regular file */
     P_DIR,     /* path of a readable directory */
+    P_PATH,    /* path of a readable file or directory (weights: a file, or a tfjs model folder) */
 } param_kind;
 
 typedef struct param_spec {

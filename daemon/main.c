@@ -45,7 +45,8 @@ static int load_config(int argc, char **argv, pgnd_config *c, char **rest, int *
     }
     static const char *const flags[][2] = {{"--listen", "listen"},   {"--state-dir", "state_dir"},
                                            {"--threads", "threads"}, {"--workers", "workers"},
-                                           {"--web-dir", "web_dir"}, {"--teacher-weights", "teacher_weights"}};
+                                           {"--web-dir", "web_dir"}, {"--teacher-weights", "teacher_weights"},
+                                           {"--images", "images"}};
     *nrest = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--config") && i + 1 < argc) {

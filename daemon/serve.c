@@ -51,9 +51,12 @@ static int check_teacher(pgnd_daemon *d)
         snprintf(d->teacher_desc, sizeof d->teacher_desc, "vgg19, random teacher: not a perceptual loss");
         return 0;
     }
+    const char *kind = pgn_teacher_kind_of_path(d->cfg.teacher_weights);
     nn_weights w;
     nn_err e;
-    if (nn_weights_read_filtered(&w, d->cfg.teacher_weights, NULL, NULL, &e)) {
+    /* only the tensors the teacher reads are materialised (torchvision's file is 548 MB) */
+    nn_weights_filter want = strcmp(kind, "inception3") ? NULL : inception3_needs_key;
+    if (nn_weights_read_filtered(&w, d->cfg.teacher_weights, want, NULL, &e)) {
         daemon_log(d, "error", "teacher_weights: %s", e.msg);
         return -1;
     }
@@ -61,11 +64,11 @@ static int check_teacher(pgnd_daemon *d)
     int problems = pgn_teacher_check_weights(&w, report, sizeof report);
     nn_weights_free(&w);
     if (problems) {
-        daemon_log(d, "error", "teacher_weights %s is not a usable VGG-19 teacher:\n%s", d->cfg.teacher_weights,
-                   report);
+        daemon_log(d, "error", "teacher_weights %s is not a usable %s teacher:\n%s", d->cfg.teacher_weights,
+                   strcmp(kind, "inception3") ? "VGG-19" : "InceptionV3", report);
         return -1;
     }
-    snprintf(d->teacher_desc, sizeof d->teacher_desc, "vgg19, weights %s", d->cfg.teacher_weights);
+    snprintf(d->teacher_desc, sizeof d->teacher_desc, "%s, weights %s", kind, d->cfg.teacher_weights);
     return 0;
 }
 

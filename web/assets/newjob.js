@@ -58,9 +58,10 @@ function control(p, value) {
     }
     default: { // string, file, dir
       const placeholder = p.kind === 'file' ? 'path of a file on the pgnd machine'
-        : p.kind === 'dir' ? 'path of a folder on the pgnd machine' : '';
+        : p.kind === 'dir' ? 'path of a folder on the pgnd machine'
+        : p.kind === 'path' ? 'path of a file or folder on the pgnd machine' : '';
       const input = h('input', { id, name: p.name, type: 'text', value: v ?? '', required: p.required, placeholder,
-        spellcheck: 'false', autocomplete: 'off', class: p.kind === 'file' || p.kind === 'dir' ? 'path' : '' });
+        spellcheck: 'false', autocomplete: 'off', class: p.kind === 'file' || p.kind === 'dir' || p.kind === 'path' ? 'path' : '' });
       return { el: input, get: () => input.value };
     }
   }
