@@ -12,7 +12,7 @@ B       := build
 # Debian packages the build and tests need (kept in one place: .ci/run and `make deps` use it).
 DEB_PKGS := gcc make pkg-config libdnnl-dev libmicrohttpd-dev libjansson-dev libsqlite3-dev \
             libpng-dev libjpeg62-turbo-dev libcmocka-dev \
-            nodejs chromium fonts-dejavu-core
+            nodejs chromium fonts-dejavu-core curl
 # (npm: Debian's `npm` package, unless the nodejs in use brings its own, as NodeSource's does;
 # .ci/run installs it only when the npm command is missing.)
 
@@ -43,7 +43,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(B)/bench/%)
 DAEMON_OBJ := $(B)/daemon/main.o
 
 .DELETE_ON_ERROR:
-.PHONY: all test bench run deps clean print-deps install web
+.PHONY: all test bench run deps clean print-deps install web teacher photos
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(B)/pgnd
 
 $(B)/%.o: %.c
@@ -79,7 +79,7 @@ $(B)/pgnd: $(DAEMON_OBJ) $(LIB)
 
 # The unit and API tests, then the dashboard's browser tests (tests/browser/, headless chromium);
 # the target fails when either fails, and ends with both summary lines.
-test: $(TEST_BIN) $(B)/pgnd web
+test: $(TEST_BIN) $(B)/pgnd web $(INCEPTION3_TFJS)
 	$(B)/pgnd selfcheck
 	@t=$$(mktemp -d); \
 	{ tests/run_unit.sh $(TEST_BIN); echo $$? > $$t/unit.rc; } | tee $$t/unit.log; \
@@ -88,6 +88,23 @@ test: $(TEST_BIN) $(B)/pgnd web
 	grep '^browser tests: ' $$t/browser.log | tail -n 1 || echo "browser tests: did not finish"; \
 	u=$$(cat $$t/unit.rc 2>/dev/null || echo 1); b=$$(cat $$t/browser.rc 2>/dev/null || echo 1); rm -rf $$t; \
 	[ "$$u" -eq 0 ] && [ "$$b" -eq 0 ]
+
+# The inception3 teacher's weights: nsfwjs 4.4.0's InceptionV3 (tfjs layers model), fetched with
+# npm pack, checked against pinned checksums and cached under ./var (issue 7). Its fidelity test
+# compares pgnd with @tensorflow/tfjs-layers on these weights: the reference file is made here.
+INCEPTION3_DIR  := var/teachers/inception3-nsfwjs-4.4.0
+INCEPTION3_TFJS := $(B)/fixtures/inception3_tfjs.safetensors
+teacher:
+	@tools/fetch_inception3.sh $(INCEPTION3_DIR)
+
+$(INCEPTION3_TFJS): tests/fidelity/inception3_tfjs.mjs node_modules/.package-lock.json | teacher
+	@mkdir -p $(dir $@)
+	node tests/fidelity/inception3_tfjs.mjs $(INCEPTION3_DIR) $@ 75 75
+
+# Sample photographs (public domain / CC0, data/photos/SOURCES.md) for `make run` and the demo jobs.
+PHOTOS_DIR := var/photos
+photos:
+	@tools/fetch_photos.sh $(PHOTOS_DIR)
 
 # The dashboard (web/) is served by pgnd at /; its charting library comes from npm (package-lock.json)
 # and is copied into web/vendor/, so the dashboard works offline, without any CDN.
@@ -115,16 +132,13 @@ deps:
 print-deps:
 	@echo $(DEB_PKGS)
 
-# `make run`: the daemon on the embedded defaults (state and database under ./var, loopback).
+# `make run`: the daemon on the embedded defaults (tools/run_demo.sh): state under ./var, loopback,
+# the sample photographs, the inception3 teacher unless PGND_TEACHER_WEIGHTS names VGG-19 weights,
+# and a demo fit job on the first start.
 run: deps
 	@$(MAKE) --no-print-directory $(B)/pgnd
 	@$(MAKE) --no-print-directory web || echo "pgnd: no charts on the dashboard until \`make web\` works (it needs npm)"
-	@mkdir -p var
-	@echo "pgnd: dashboard and API on http://127.0.0.1:8080/ (state in ./var; Ctrl-C stops, jobs resume next start)"
-	@echo "submit a job:  curl -s -X POST http://127.0.0.1:8080/api/v1/jobs -H 'Content-Type: application/json' \\"
-	@echo "  -d '{\"type\": \"train\", \"params\": {\"image\": \"$(CURDIR)/tests/fixtures/images/pattern_80x72.png\", \"size\": 64, \"steps\": 300}}'"
-	@echo "watch it:      curl -sN http://127.0.0.1:8080/api/v1/events"
-	$(B)/pgnd serve --state-dir var --web-dir web
+	@B=$(B) tools/run_demo.sh
 
 PREFIX ?= /usr/local
 install: $(B)/pgnd web

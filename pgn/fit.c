@@ -24,6 +24,8 @@
 #include "pgn/teacher.h"
 #include "pgn/viz.h"
 
+static void teacher_meta(const struct pgn_fit *f, char *name, char *sha, char *desc, size_t len);
+
 #define CK_FORMAT "pgnd fit checkpoint v1"
 #define PCT_SAMPLES 16384 /* percentiles from an evenly strided subset: cheap and deterministic */
 
@@ -697,11 +699,11 @@ int pgn_fit_save(pgn_fit *f, const char *path, const uint32_t data_rng[4], nn_er
     }
     for (int i = 0; i < c.nt; i++)
         names[i] = c.names[i];
-    char v[17][160];
+    char v[20][160];
     /* "grad_scale" and "backbone_to_grad_type" are also what pgn_checkpoint_read's callers read */
-    const char *k[17] = {"format", "arch", "size", "batch", "step", "samples", "avg", "adam_steps", "rng",
+    const char *k[20] = {"format", "arch", "size", "batch", "step", "samples", "avg", "adam_steps", "rng",
                          "data_rng", "ae_best", "ae_best_at", "resets", "grad_scale", "backbone_to_grad_type",
-                         "seed", "source_pos"};
+                         "seed", "source_pos", "teacher", "teacher_sha256", "teacher_description"};
     snprintf(v[0], sizeof v[0], CK_FORMAT);
     snprintf(v[1], sizeof v[1], "%s", f->p.arch);
     snprintf(v[2], sizeof v[2], "%d", f->p.size);
@@ -722,10 +724,11 @@ int pgn_fit_save(pgn_fit *f, const char *path, const uint32_t data_rng[4], nn_er
     snprintf(v[14], sizeof v[14], "%s", f->head.mode == PGN_PROXY_DIRECT ? "direct" : "proxy");
     snprintf(v[15], sizeof v[15], "%llu", (unsigned long long)f->p.seed);
     snprintf(v[16], sizeof v[16], "%s", f->source_pos);
-    const char *vv[17];
-    for (int i = 0; i < 17; i++)
+    teacher_meta(f, v[17], v[18], v[19], sizeof v[17]);
+    const char *vv[20];
+    for (int i = 0; i < 20; i++)
         vv[i] = v[i];
-    int rc = nn_safetensors_write(path, c.nt, names, c.t, 17, k, vv, e);
+    int rc = nn_safetensors_write(path, c.nt, names, c.t, 20, k, vv, e);
     free(names);
     ck_free(&c);
     return rc;
@@ -737,8 +740,19 @@ static const char *meta_str(const nn_weights *w, const char *k)
     return m ? m->str : NULL;
 }
 
+/* The teacher's identity, recorded in checkpoints and exports: its name, the weights' checksum
+ * ("random" for a random teacher) and the one-line description. */
+static void teacher_meta(const pgn_fit *f, char *name, char *sha, char *desc, size_t len)
+{
+    snprintf(name, len, "%s", f->teacher.name);
+    snprintf(sha, len, "%s", f->teacher.random ? "random" : f->teacher.weights_sha256);
+    pgn_teacher_describe(&f->teacher, desc, len);
+}
+
 int pgn_fit_load(pgn_fit *f, const char *path, uint32_t data_rng[4], nn_err *e)
 {
+    char want_name[160], want_sha[160], want_desc[160];
+    teacher_meta(f, want_name, want_sha, want_desc, sizeof want_name);
     nn_weights w;
     if (nn_weights_read(&w, path, e))
         return nn_err_prefix(e, "cannot resume");
@@ -754,6 +768,11 @@ int pgn_fit_load(pgn_fit *f, const char *path, uint32_t data_rng[4], nn_err *e)
     } else if (strcmp(arch, f->p.arch) || atoi(size) != f->p.size || atoi(batch) != f->p.batch) {
         rc = nn_errf(e, "cannot resume: %s was made by a fit with arch %s, size %s, batch %s; this one has %s, %d, %d",
                      path, arch, size, batch, f->p.arch, f->p.size, f->p.batch);
+    } else if (meta_str(&w, "teacher") && (strcmp(meta_str(&w, "teacher"), want_name) ||
+                                           strcmp(meta_str(&w, "teacher_sha256") ?: "", want_sha))) {
+        /* older checkpoints carry no teacher and are taken as they are */
+        rc = nn_errf(e, "cannot resume: %s was made with the teacher %s; this fit has %s", path,
+                     meta_str(&w, "teacher_description") ?: meta_str(&w, "teacher"), want_desc);
     }
     ck_set c;
     if (!rc && ck_build(f, &c, e))
@@ -816,13 +835,16 @@ int pgn_fit_export(pgn_fit *f, const char *path, nn_err *e)
     snprintf(os, sizeof os, "%.9g", f->head.out_scale);
     snprintf(st, sizeof st, "%lld", (long long)f->step);
     int direct = f->head.mode == PGN_PROXY_DIRECT;
+    char tn[160], tsha[160], tdesc[160];
+    teacher_meta(f, tn, tsha, tdesc, sizeof tn);
     const char *k[] = {"format", "backbone_type", "arch", "fit_step", "backbone_to_grad_type",
-                       "backbone_to_grad_params.grad_type", "backbone_to_grad_params.grad_scale",
+                       "backbone_to_grad_params.grad_type", "backbone_to_grad_params.grad_scale", "teacher",
+                       "teacher_sha256", "teacher_description",
                        direct ? "backbone_to_grad_params.out_scale" : "backbone_to_grad_params.type",
                        "backbone_to_grad_params.sigmoid.scale"};
     const char *v[] = {"pgnd pgn v1", f->unet ? "unet" : "resnet", f->p.arch, st, direct ? "direct" : "proxy",
-                       "mse", gs, direct ? os : "sigmoid", ks};
-    int nk = direct ? 8 : 9;
+                       "mse", gs, tn, tsha, tdesc, direct ? os : "sigmoid", ks};
+    int nk = direct ? 11 : 12;
     int rc = nn_safetensors_write(path, x.n, names, x.t, nk, k, v, e);
     free(names);
     pgn_state_export_free(&x);
@@ -954,6 +976,7 @@ static void logf_(const pgn_job_io *io, const char *level, const char *fmt, ...)
     va_end(ap);
     io->log(io->ctx, level, msg);
 }
+
 
 typedef struct job {
     const pgn_fit_params *p;
