@@ -15,6 +15,7 @@ teacher=${PGND_TEACHER_WEIGHTS:-}
 if [ -n "$teacher" ]; then
     echo "pgnd: teacher from PGND_TEACHER_WEIGHTS: $teacher"
 elif teacher=$(tools/fetch_inception3.sh var/teachers/inception3-nsfwjs-4.4.0 | tail -n 1) && [ -d "$teacher" ]; then
+    teacher=$(cd "$teacher" && pwd)
     echo "pgnd: teacher inception3 (nsfwjs 4.4.0's ImageNet InceptionV3 up to mixed2) from $teacher"
     echo "      for the paper's VGG-19 loss: make run PGND_TEACHER_WEIGHTS=/path/to/vgg19-dcbb9e9d.pth"
 else
@@ -26,7 +27,7 @@ fi
 images=""
 if tools/fetch_photos.sh var/photos >/dev/null; then
     images=$(cd var/photos && pwd)
-    echo "pgnd: sample photographs in $images ($(find "$images" -type f | wc -l) files; data/photos/SOURCES.md)"
+    echo "pgnd: sample photographs in $images ($(find "$images" -type f \( -name '*.jpg' -o -name '*.png' \) | wc -l) photographs; data/photos/SOURCES.md)"
 else
     echo "pgnd: WARNING: the sample photographs could not be fetched: jobs must name their own folder"
 fi
