@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "nn/adam.h"
+#include "nn/memstat.h"
 #include "nn/weights.h"
 #include "pgn/dip.h"
 #include "pgn/image.h"
@@ -26,6 +27,10 @@ typedef struct arm {
     nn_adam opt;
     float *y, *grad; /* output in [0,1] space and dL/dy */
     double step_ms, loss;
+    /* engine memory (nn/memstat) the arm's first step in this process added: its generator's and
+     * its loss's buffers, which later steps reuse (the teacher's forward buffers for the target are
+     * made at set-up and shared); < 0 until measured */
+    double mem_added_mb;
     /* stability mode */
     int stopped, stop_reason;
     int64_t stop_step, best_step;
@@ -266,7 +271,8 @@ static int log_metrics(run *r, char *err, size_t errlen)
                  {"ssim", pgn_ssim(am->y, r->target, 3, r->s, r->s)},
                  {"ssim_paper", pgn_ssim_paper(r->yn, r->target_n, 3, r->s, r->s)},
                  {"perceptual", perceptual},
-                 {"step_ms", am->step_ms}};
+                 {"step_ms", am->step_ms},
+                 {"engine_added_mb", am->mem_added_mb}};
         for (size_t k = 0; k < sizeof m / sizeof *m; k++) {
             snprintf(names[n], sizeof names[n], "%s.%s", arm_names[a], m[k].k);
             keys[n] = names[n];
@@ -313,6 +319,12 @@ static int log_metrics(run *r, char *err, size_t errlen)
     }
     keys[n] = "peak_rss_mb";
     vals[n++] = peak_rss_mb();
+    nn_memstat ms;
+    nn_memstat_get(&ms);
+    keys[n] = "engine_mb"; /* everything the engine holds now, all arms and the teacher */
+    vals[n++] = ms.total / 1048576.0;
+    keys[n] = "engine_peak_mb"; /* since the arms' first steps */
+    vals[n++] = ms.total_peak / 1048576.0;
     return r->io->metrics(r->io->ctx, r->step, n, keys, vals);
 }
 
@@ -420,6 +432,7 @@ static int setup(run *r, char *err, size_t errlen)
         arm *am = &r->arms[a];
         am->on = p->arms[a];
         am->p_init = -1;
+        am->mem_added_mb = -1;
         if (!am->on)
             continue;
         /* Same seed for every arm: the arms start from identical weights (§5.1). */
@@ -610,6 +623,23 @@ static int stability(run *r, char *err, size_t errlen)
     return running;
 }
 
+/* One arm's step; the first one's engine memory is measured (process-wide counters: with several
+ * workers, other jobs' allocations count too), and the job's peak is tracked for the log. */
+static int measured_arm_step(run *r, int a, char *err, size_t errlen)
+{
+    arm *am = &r->arms[a];
+    nn_memstat before, after;
+    if (am->mem_added_mb < 0)
+        nn_memstat_reset_peak();
+    nn_memstat_get(&before);
+    if (arm_step(r, a, err, errlen))
+        return -1;
+    nn_memstat_get(&after);
+    if (am->mem_added_mb < 0)
+        am->mem_added_mb = (after.total_peak > before.total ? after.total_peak - before.total : 0) / 1048576.0;
+    return 0;
+}
+
 int pgn_train_run(const pgn_train_params *p, const pgn_job_io *io, char *err, size_t errlen)
 {
     /* Each arm's net is ~200 KB of layer state: keep it off the worker thread's stack. */
@@ -637,7 +667,7 @@ int pgn_train_run(const pgn_train_params *p, const pgn_job_io *io, char *err, si
     int64_t last_ck = r.step;
     while (r.step < p->steps) {
         for (int a = 0; a < PGN_ARMS; a++)
-            if (r.arms[a].on && !r.arms[a].stopped && arm_step(&r, a, err, errlen))
+            if (r.arms[a].on && !r.arms[a].stopped && measured_arm_step(&r, a, err, errlen))
                 goto out;
         r.step++;
         int running = stability(&r, err, errlen);
