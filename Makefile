@@ -77,6 +77,10 @@ $(B)/bench/%: $(B)/bench/%.o $(LIB)
 $(B)/pgnd: $(DAEMON_OBJ) $(LIB)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
+# The inception3 teacher's weights (make teacher) and its tfjs reference (before `test`, which needs them).
+INCEPTION3_DIR  := var/teachers/inception3-nsfwjs-4.4.0
+INCEPTION3_TFJS := $(B)/fixtures/inception3_tfjs.safetensors
+
 # The unit and API tests, then the dashboard's browser tests (tests/browser/, headless chromium);
 # the target fails when either fails, and ends with both summary lines.
 test: $(TEST_BIN) $(B)/pgnd web $(INCEPTION3_TFJS)
@@ -92,8 +96,6 @@ test: $(TEST_BIN) $(B)/pgnd web $(INCEPTION3_TFJS)
 # The inception3 teacher's weights: nsfwjs 4.4.0's InceptionV3 (tfjs layers model), fetched with
 # npm pack, checked against pinned checksums and cached under ./var (issue 7). Its fidelity test
 # compares pgnd with @tensorflow/tfjs-layers on these weights: the reference file is made here.
-INCEPTION3_DIR  := var/teachers/inception3-nsfwjs-4.4.0
-INCEPTION3_TFJS := $(B)/fixtures/inception3_tfjs.safetensors
 teacher:
 	@tools/fetch_inception3.sh $(INCEPTION3_DIR)
 
