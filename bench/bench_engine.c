@@ -1,6 +1,7 @@
 /* pgnd side of `make bench`: prints `bench <name> <value> <unit>` lines.
  *   bench_engine conv3x3 [reps]          3x3 conv 64->64 @ 1x64x128x128: fwd, bwd-data, bwd-weights
  *   bench_engine vgg_perceptual [reps] [batch] [size]
+ *   bench_engine teacher [reps] [batch] [size] [weights]   either teacher through pgn/teacher.h
  *                                        VGG-19 (avg pools) perceptual loss + gradient w.r.t. the input
  *   bench_engine fit_step [reps] [batch] [size] [arch]
  *                                        one online PGN fit step (pgn/fit.h), random teacher and
@@ -167,6 +168,38 @@ static void bench_vgg(nn_ctx *ctx, int reps, int n, int size)
     nn_free(x), nn_free(y), nn_free(g);
 }
 
+/* Loss and gradient through the teacher interface (either teacher; weights "" = random VGG-19),
+ * [0,1] inputs as the DIP arms hand them. */
+static void bench_teacher(nn_ctx *ctx, int reps, int n, int size, const char *weights)
+{
+    nn_err e;
+    nn_rng r;
+    nn_rng_seed(&r, 2);
+    pgn_teacher t;
+    if (pgn_teacher_open(&t, weights, 0, &e))
+        die(&e);
+    size_t count = (size_t)n * 3 * size * size;
+    float *x = nn_alloc(count * sizeof(float)), *y = nn_alloc(count * sizeof(float)),
+          *g = nn_alloc(count * sizeof(float));
+    fill_random(x, count, &r, 0, 1);
+    fill_random(y, count, &r, 0, 1);
+    if (pgn_teacher_set_target(ctx, &t, y, n, size, size, PGN_SPACE_UNIT, &e))
+        die(&e);
+    double tm[MAXREPS], loss;
+    for (int i = 0; i < WARMUP + reps; i++) {
+        double t0 = now_ms();
+        if (pgn_teacher_loss_grad(ctx, &t, x, n, size, size, PGN_SPACE_UNIT, NULL, &loss, g, &e))
+            die(&e);
+        if (i >= WARMUP)
+            tm[i - WARMUP] = now_ms() - t0;
+    }
+    printf("bench pgnd_teacher_%s%s_%dx%d_ms %.3f ms\n", t.name, t.random ? "_random" : "", n, size, median(tm, reps));
+    printf("bench pgnd_teacher_%s%s_%dx%d_peak_rss_mb %.1f MB\n", t.name, t.random ? "_random" : "", n, size,
+           peak_rss_mb());
+    pgn_teacher_close(&t);
+    nn_free(x), nn_free(y), nn_free(g);
+}
+
 static void bench_fit(int threads, int reps, int batch, int size, const char *arch)
 {
     nn_err e;
@@ -325,6 +358,8 @@ int main(int argc, char **argv)
         bench_conv(&ctx, reps);
     else if (!strcmp(mode, "vgg_perceptual"))
         bench_vgg(&ctx, reps, argc > 3 ? atoi(argv[3]) : 1, argc > 4 ? atoi(argv[4]) : 256);
+    else if (!strcmp(mode, "teacher"))
+        bench_teacher(&ctx, reps, argc > 3 ? atoi(argv[3]) : 6, argc > 4 ? atoi(argv[4]) : 64, argc > 5 ? argv[5] : "");
     else if (!strcmp(mode, "fit_step"))
         bench_fit(threads, reps, argc > 3 ? atoi(argv[3]) : 6, argc > 4 ? atoi(argv[4]) : 64,
                   argc > 5 ? argv[5] : "unet");
@@ -333,7 +368,7 @@ int main(int argc, char **argv)
     else if (!strcmp(mode, "rss_baseline"))
         printf("bench pgnd_baseline_rss_mb %.1f MB\n", peak_rss_mb());
     else {
-        fprintf(stderr, "usage: bench_engine conv3x3|vgg_perceptual|fit_step|collect|rss_baseline [reps] [batch] [size] [arch]\n");
+        fprintf(stderr, "usage: bench_engine conv3x3|vgg_perceptual|teacher|fit_step|collect|rss_baseline [reps] [batch] [size] [arch|weights]\n");
         return 2;
     }
     nn_ctx_free(&ctx);

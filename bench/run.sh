@@ -44,6 +44,12 @@ for r in $(seq "$rounds"); do
     # one online PGN fit step (UNet, batch 6, 64x64, teacher included) next to the PyTorch replica
     "$C" fit_step "$reps" 6 64 >>"$log" 2>/dev/null
     [ $have_torch = 1 ] && command -p python3 bench/torch_ref.py fit_step --reps "$reps" --threads 2 --batch 6 --size 64 >>"$log"
+    # the two teachers through the same interface (issue 7): random VGG-19 and inception3, when fetched
+    for s in 64 128; do
+        "$C" teacher "$reps" 6 "$s" >>"$log" 2>/dev/null
+        [ -d var/teachers/inception3-nsfwjs-4.4.0 ] &&
+            "$C" teacher "$reps" 6 "$s" var/teachers/inception3-nsfwjs-4.4.0 >>"$log" 2>/dev/null
+    done
     PGND_WINOGRAD=0 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
     PGND_WINOGRAD=1 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
 done
