@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "daemon/jobtypes.h"
 
@@ -19,6 +21,7 @@ typedef struct fg_ctx {
     /* the headline figures of the progress line, when the job logs them */
     double loss, cos, val_cos, val_base;
     int has_loss, has_cos, has_val;
+    int keep; /* checkpoints kept (the config's checkpoint_retention), as the daemon does */
 } fg_ctx;
 
 static volatile sig_atomic_t interrupted;
@@ -79,6 +82,48 @@ static int fg_artifact(void *c, const char *name, const char *path, const char *
     return 0; /* files already sit in the output directory */
 }
 
+static int cmp_ll_desc(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Keeps the newest `keep` checkpoints named like path (same prefix before the step number, same
+ * extension), this run's and earlier runs' alike; never the one just written. */
+static void prune_checkpoints(const char *dir, const char *path, int keep)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    const char *ext = strrchr(base, '.');
+    if (!ext || keep < 1)
+        return;
+    size_t plen = (size_t)(ext - base);
+    while (plen && base[plen - 1] >= '0' && base[plen - 1] <= '9')
+        plen--;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    long long steps[4096];
+    int n = 0;
+    for (struct dirent *de; (de = readdir(d)) && n < 4096;) {
+        char *end;
+        if (strncmp(de->d_name, base, plen) || !(de->d_name[plen] >= '0' && de->d_name[plen] <= '9'))
+            continue;
+        long long v = strtoll(de->d_name + plen, &end, 10);
+        if (!strcmp(end, ext))
+            steps[n++] = v;
+    }
+    closedir(d);
+    qsort(steps, (size_t)n, sizeof *steps, cmp_ll_desc);
+    int width = (int)(ext - base) - (int)plen; /* the zero padding of the step number */
+    for (int i = keep; i < n; i++) {
+        char victim[2200];
+        snprintf(victim, sizeof victim, "%s/%.*s%0*lld%s", dir, (int)plen, base, width, steps[i], ext);
+        if (strcmp(victim, path))
+            unlink(victim);
+    }
+}
+
 static int fg_checkpoint(void *c, const char *path, int64_t step)
 {
     fg_ctx *f = c;
@@ -94,6 +139,7 @@ static int fg_checkpoint(void *c, const char *path, int64_t step)
     fprintf(o, "%lld %s\n", (long long)step, path);
     if (fclose(o) || rename(tmp, ptr))
         return -1;
+    prune_checkpoints(f->dir, path, f->keep);
     return 0;
 }
 
@@ -164,6 +210,7 @@ int run_job_file(const char *job_path, const char *out_dir, const pgnd_config *c
     fg_ctx f;
     memset(&f, 0, sizeof f);
     snprintf(f.dir, sizeof f.dir, "%s", out_dir);
+    f.keep = cfg->checkpoint_retention;
     if (mkdir(out_dir, 0750) && errno != EEXIST) {
         fprintf(stderr, "pgnd run: cannot create %s: %s\n", out_dir, strerror(errno));
         return 1;

@@ -1,0 +1,65 @@
+/* `pgnd run JOB.json` in the foreground: a collect run keeps only the newest checkpoint_retention
+ * checkpoints (as the daemon does), across an interrupted-and-rerun pair of runs too. */
+#include <dirent.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "tests/api/client.h"
+
+static int count_prefix(const char *dir, const char *prefix)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *de; (de = readdir(d));)
+        n += !strncmp(de->d_name, prefix, strlen(prefix));
+    closedir(d);
+    return n;
+}
+
+static void collect_keeps_the_newest_checkpoints(void **s)
+{
+    char tmp[] = "/tmp/pgnd-test-run-XXXXXX";
+    assert_non_null(mkdtemp(tmp));
+    char job[512], out[512], conf[512], cwd[1024];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    snprintf(job, sizeof job, "%s/collect.json", tmp);
+    snprintf(out, sizeof out, "%s/out", tmp);
+    snprintf(conf, sizeof conf, "%s/pgnd.conf", tmp);
+    FILE *f = fopen(job, "w");
+    assert_non_null(f);
+    /* 5 shards of 3 samples: a checkpoint after each */
+    fprintf(f, "{\"type\": \"collect\", \"params\": {\"data\": \"%s/tests/fixtures/images\", \"samples\": 15, "
+               "\"samples_per_shard\": 3, \"size\": 32, \"batch\": 3}}\n", cwd);
+    fclose(f);
+    f = fopen(conf, "w");
+    assert_non_null(f);
+    fprintf(f, "checkpoint_retention = 2\n");
+    fclose(f);
+    char text[8192];
+    const char *args[] = {"run", job, "--out", out, "--config", conf, NULL};
+    assert_int_equal(pgnd_cli(tmp, text, sizeof text, args), 0);
+    assert_int_equal(count_prefix(out, "shard-"), 5);
+    assert_int_equal(count_prefix(out, "collect-checkpoint-"), 2);
+    char newest[600];
+    snprintf(newest, sizeof newest, "%s/collect-checkpoint-000005.safetensors", out);
+    assert_int_equal(access(newest, R_OK), 0);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(collect_keeps_the_newest_checkpoints),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
