@@ -234,6 +234,29 @@ static void bench_fit(int threads, int reps, int batch, int size, const char *ar
         printf("bench pgnd_fit_step_%dx%d%s_ms %.3f ms\n", batch, size, part[k], median(t[k], reps));
     printf("bench pgnd_fit_step_%dx%d_peak_rss_mb %.1f MB\n", batch, size, peak_rss_mb());
     pgn_fit_close(f);
+    /* Issue 5: a step from a collection (pgn_fit_step_pairs: the PGN alone; shard reading not
+     * included), with the teacher's proxy term (the default) and without it (w_proxy_perceptual 0). */
+    float *yh = malloc(count * sizeof(float)), *g = malloc(count * sizeof(float));
+    for (int variant = 0; variant < 2; variant++) {
+        p.w_proxy_perceptual = variant ? 0.0 : 0.2;
+        if (pgn_fit_open(&f, &p, NULL, threads, &e))
+            die(&e);
+        double tp[MAXREPS];
+        for (int i = 0; i < WARMUP + reps; i++) {
+            fill_random(y, count, &r, -2, 2);
+            fill_random(yh, count, &r, -2, 2);
+            fill_random(g, count, &r, -1e-4, 1e-4);
+            double t0 = now_ms();
+            if (pgn_fit_step_pairs(f, yh, y, g, &st, &e))
+                die(&e);
+            if (i >= WARMUP)
+                tp[i - WARMUP] = now_ms() - t0;
+        }
+        printf("bench pgnd_fit_step_pairs_%dx%d%s_ms %.3f ms\n", batch, size, variant ? "_no_proxy_perceptual" : "",
+               median(tp, reps));
+        pgn_fit_close(f);
+    }
+    free(yh), free(g);
     free(y);
 }
 

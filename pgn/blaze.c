@@ -20,6 +20,18 @@ int pgn_sep_forward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, 
     return 0;
 }
 
+int pgn_sep_forward_into(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, nn_act *tmp, nn_act *y,
+                         const char *name, nn_err *e)
+{
+    if (tmp == x || y == x || y == tmp)
+        return nn_errf(e, "%s: internal: buffers of a lean sep forward overlap", name);
+    TRY(nn_conv2d_forward(ctx, &s->c0, x, tmp, e));
+    TRY(nn_conv2d_forward(ctx, &s->c1, tmp, y, e));
+    if (!s->fused)
+        TRY(nn_eltwise_forward(ctx, relu, y, y, e)); /* in place */
+    return 0;
+}
+
 int pgn_sep_backward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, const nn_act *gout, nn_act *gx,
                      const char *name, nn_err *e)
 {
@@ -66,6 +78,28 @@ int pgn_blaze_forward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act 
     }
     TRY(nn_add_forward(ctx, &t[PGN_B_BN2], res, &t[PGN_B_PRE2], e));
     TRY(nn_eltwise_forward(ctx, relu, &t[PGN_B_PRE2], &k->out, e));
+    return 0;
+}
+
+int pgn_blaze_forward_into(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act *x, nn_act *p, nn_act *q,
+                           const char *name, nn_err *e)
+{
+    if (!k->folded)
+        return nn_errf(e, "%s: the lean forward needs the block's batch norms folded (pgn_blaze_fold_bn)", name);
+    if (p == x || q == x || p == q)
+        return nn_errf(e, "%s: internal: buffers of a lean block forward overlap", name);
+    /* The folded forward's chain, ping-ponging between p and q: x stays until the residual. */
+    TRY(nn_conv2d_forward(ctx, &k->cdw1, x, p, e));
+    TRY(nn_conv2d_forward(ctx, &k->cpw1, p, q, e)); /* bn1 folded, ReLU fused */
+    TRY(nn_conv2d_forward(ctx, &k->cdw2, q, p, e));
+    TRY(nn_conv2d_forward(ctx, &k->cpw2, p, q, e)); /* bn2 folded */
+    const nn_act *res = x;
+    if (k->stride == 2) {
+        TRY(nn_conv2d_forward(ctx, &k->c1, x, p, e));
+        res = p;
+    }
+    TRY(nn_add_forward(ctx, q, res, q, e));     /* in place */
+    TRY(nn_eltwise_forward(ctx, relu, q, q, e)); /* in place */
     return 0;
 }
 

@@ -146,16 +146,11 @@ static void free_acts(nn_act *a, int n)
         nn_act_free(&a[i]);
 }
 
-void pgn_unet_free(pgn_unet *u)
+/* Every activation (and gradient) of the ordinary forward and backward, except x, out and dout. */
+static void free_layer_acts(pgn_unet *u)
 {
-    for (int m = 0; m < PGN_UNET_MODULES; m++) {
-        if (u->mod[m].conv)
-            nn_conv2d_free(u->mod[m].conv);
-        if (u->mod[m].bn)
-            nn_batchnorm2d_free(u->mod[m].bn);
-    }
-    nn_act *l0[] = {&u->l0_c, &u->l0_pre, &u->l0_out, &u->l0_gc, &u->l0_gpre, &u->l0_gout, &u->pool_out,
-                    &u->pool_g, &u->orig_g, &u->orig0_g, &u->x, &u->out, &u->dout};
+    nn_act *l0[] = {&u->l0_c,   &u->l0_pre, &u->l0_out, &u->l0_gc,  &u->l0_gpre,
+                    &u->l0_gout, &u->pool_out, &u->pool_g, &u->orig_g, &u->orig0_g};
     for (size_t i = 0; i < sizeof l0 / sizeof *l0; i++)
         nn_act_free(l0[i]);
     for (int k = 0; k < 4; k++) {
@@ -175,6 +170,21 @@ void pgn_unet_free(pgn_unet *u)
     free_acts(u->up_g, 5);
     free_acts(u->cat_g, 5);
     free_acts(u->dec_g, 5);
+}
+
+void pgn_unet_free(pgn_unet *u)
+{
+    for (int m = 0; m < PGN_UNET_MODULES; m++) {
+        if (u->mod[m].conv)
+            nn_conv2d_free(u->mod[m].conv);
+        if (u->mod[m].bn)
+            nn_batchnorm2d_free(u->mod[m].bn);
+    }
+    free_layer_acts(u);
+    nn_act_free(&u->x);
+    nn_act_free(&u->out);
+    nn_act_free(&u->dout);
+    free_acts(u->lean_buf, PGN_UNET_LEAN_BUFS);
     nn_eltwise_free(&u->relu);
     nn_upsample2x_free(&u->upsample);
     nn_pool2d_free(&u->pool);

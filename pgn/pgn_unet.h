@@ -39,6 +39,7 @@
 #define PGN_UNET_STATE_KEYS 115
 #define PGN_UNET_SEPS 12
 #define PGN_UNET_RELUS 21           /* 12 seps + layer0 + 2 per block */
+#define PGN_UNET_LEAN_BUFS 8        /* activation buffers of the inference-only forward */
 
 /* sep conv: c0 (kxk grouped) -> c1 (1x1) -> ReLU. pre = c1's output (the ReLU input). */
 typedef pgn_sep pgn_unet_sep;     /* pgn/blaze.h */
@@ -82,6 +83,8 @@ typedef struct pgn_unet {
     int forwarded;           /* a train-mode forward ran (the backward needs one) */
     int folded;              /* 1: BNs folded, ReLUs fused (pgn_unet_fold_bn), prediction only;
                               * -1: a fold failed partway (the net is unusable) */
+    int lean;                /* inference-only forwards (pgn_unet_set_lean): activations live in lean[] */
+    nn_act lean_buf[PGN_UNET_LEAN_BUFS];
 } pgn_unet;
 
 /* Builds the net with PyTorch's default initialisation drawn from the engine's seeded generator
@@ -103,6 +106,16 @@ void pgn_unet_set_training(pgn_unet *u, int training);
  * values, so they are NOT the state dict (do not export or train them), and pgn_unet_relu_input's
  * activations are not written. Fails in train mode; a second call does nothing. */
 int pgn_unet_fold_bn(pgn_unet *u, nn_err *e);
+
+/* Inference-only forwards, for a folded net (pgn_unet_fold_bn; pgn_net_load turns it on): each
+ * forward keeps only what is still needed later (the skip connections s0..s3 and x_original until
+ * the decoder consumes them) and writes everything else into a few buffers it reuses layer after
+ * layer (PGN_UNET_LEAN_BUFS, owned by the net, sized by the first forward of a shape; a steady-state
+ * forward allocates nothing). Same output as the folded forward (the same layers in the same order),
+ * about half the activation memory. Only u->x and u->out are written of the net's activations;
+ * the backward is refused. on = 1 frees the ordinary forward's activations, on = 0 frees the lean
+ * buffers (the next forward is an ordinary folded one). Fails unless the net is folded. */
+int pgn_unet_set_lean(pgn_unet *u, int on, nn_err *e);
 
 /* H and W multiples of 32 (and positive). */
 int pgn_unet_check_size(int h, int w, nn_err *e);
