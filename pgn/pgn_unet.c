@@ -153,17 +153,11 @@ static void free_layer_acts(pgn_unet *u)
                     &u->l0_gout, &u->pool_out, &u->pool_g, &u->orig_g, &u->orig0_g};
     for (size_t i = 0; i < sizeof l0 / sizeof *l0; i++)
         nn_act_free(l0[i]);
-    for (int k = 0; k < 4; k++) {
-        free_acts(u->blk[k].t, PGN_B_ACTS);
-        free_acts(u->blk[k].g, PGN_B_ACTS);
-        nn_act_free(&u->blk[k].out);
-    }
+    for (int k = 0; k < 4; k++)
+        pgn_blaze_free_acts(&u->blk[k]);
     free_acts(u->blk_gout, 4);
-    for (int i = 0; i < PGN_UNET_SEPS; i++) {
-        nn_act *a[] = {&u->sep[i].a0, &u->sep[i].pre, &u->sep[i].out, &u->sep[i].g0, &u->sep[i].gpre};
-        for (size_t j = 0; j < sizeof a / sizeof *a; j++)
-            nn_act_free(a[j]);
-    }
+    for (int i = 0; i < PGN_UNET_SEPS; i++)
+        pgn_sep_free_acts(&u->sep[i]);
     free_acts(u->skip_g, 5);
     free_acts(u->up, 5);
     free_acts(u->cat, 5);
@@ -250,6 +244,76 @@ static int blaze_backward(nn_ctx *ctx, pgn_unet *u, pgn_unet_blaze *k, const nn_
 
 static const char *const BLK_NAME[4] = {"layer1.1", "layer2", "layer3", "layer4"};
 
+static int sep_into(nn_ctx *ctx, pgn_unet *u, pgn_unet_sep *s, const nn_act *x, nn_act *tmp, nn_act *y, nn_err *e)
+{
+    return pgn_sep_forward_into(ctx, s, &u->relu, x, tmp, y, sep_name(u, s), e) ? nn_err_prefix(e, "pgn unet") : 0;
+}
+
+/* The lean buffers (pgn_unet_set_lean). XORIG holds x_original from its sep until the last decoder
+ * step's concat, S0..S3 the skips s0..s3 until theirs; BIG, CAT and T take everything else in turn,
+ * each layer writing into one that holds nothing still needed. In units of n*H*W floats, the largest
+ * each one gets: BIG 128 (the last upsampled map), CAT 192 (the last concat), XORIG 64, T 32,
+ * S0 16, S1 4, S2 2, S3 1. The assignment depends only on the net, not on the input size, so the
+ * buffers grow at the first forward of a larger shape and are reused as they are afterwards. */
+enum { LB_XORIG, LB_BIG, LB_CAT, LB_T, LB_S0, LB_S1, LB_S2, LB_S3, LB_COUNT };
+_Static_assert(LB_COUNT == PGN_UNET_LEAN_BUFS, "PGN_UNET_LEAN_BUFS");
+
+/* The folded forward's layers in the same order, on the lean buffers. */
+static int lean_forward(nn_ctx *ctx, pgn_unet *u, nn_err *e)
+{
+    nn_act *b = u->lean_buf, *big = &b[LB_BIG], *cat = &b[LB_CAT], *xorig = &b[LB_XORIG];
+    const nn_act *x = &u->x;
+    pgn_unet_sep *s = u->sep;
+    if (sep_into(ctx, u, &s[PGN_UNET_SEP_ORIG0], x, big, cat, e) ||
+        sep_into(ctx, u, &s[PGN_UNET_SEP_ORIG1], cat, big, xorig, e))
+        return -1;
+    TRY(nn_conv2d_forward(ctx, &u->l0_conv, x, big, e), "layer0"); /* BN folded, ReLU fused */
+    if (sep_into(ctx, u, &s[PGN_UNET_SEP_SKIP0], big, cat, &b[LB_S0], e))
+        return -1;
+    TRY(nn_pool2d_forward(ctx, &u->pool, big, cat, e), "layer1.0");
+    /* Blocks: the input in `in`, the output into `q`, BIG as the blocks' and the skips' temporary;
+     * in and q swap roles. s4 goes into the last block's input buffer (T). */
+    nn_act *in = cat, *q = &b[LB_T];
+    for (int k = 0; k < 4; k++) {
+        if (pgn_blaze_forward_into(ctx, &u->blk[k], &u->relu, in, big, q, BLK_NAME[k], e))
+            return nn_err_prefix(e, "pgn unet");
+        if (sep_into(ctx, u, &s[PGN_UNET_SEP_SKIP1 + k], q, big, k < 3 ? &b[LB_S1 + k] : in, e))
+            return -1;
+        nn_act *t = in;
+        in = q;
+        q = t;
+    }
+    nn_act *d = &b[LB_T]; /* s4 */
+    for (int j = 0; j < 5; j++) {
+        const nn_act *skip = DEC_SKIP[j] >= 0 ? &b[LB_S0 + DEC_SKIP[j]] : xorig;
+        nn_act *dst = j < 4 ? &b[LB_T] : xorig; /* d (T) is consumed by the upsample; x_original by the concat */
+        TRY(nn_upsample2x_forward(ctx, &u->upsample, d, big, e), "upsample");
+        TRY(nn_concat_forward(ctx, big, skip, cat, e), "concat");
+        if (sep_into(ctx, u, &s[DEC_SEP[j]], cat, big, dst, e))
+            return -1;
+        d = dst;
+    }
+    TRY(nn_conv2d_forward(ctx, &u->last, d, &u->out, e), "conv_last");
+    return 0;
+}
+
+int pgn_unet_set_lean(pgn_unet *u, int on, nn_err *e)
+{
+    if (on) {
+        if (u->folded <= 0)
+            return nn_errf(e, "pgn unet: the inference-only forward needs a net whose batch norms are folded "
+                              "(pgn_unet_fold_bn)");
+        if (!u->lean)
+            free_layer_acts(u);
+        u->lean = 1;
+        u->forwarded = 0;
+    } else if (u->lean) {
+        free_acts(u->lean_buf, PGN_UNET_LEAN_BUFS);
+        u->lean = 0;
+    }
+    return 0;
+}
+
 /* Forward on u->x (already set). */
 static int net_forward(nn_ctx *ctx, pgn_unet *u, nn_err *e)
 {
@@ -266,6 +330,8 @@ static int net_forward(nn_ctx *ctx, pgn_unet *u, nn_err *e)
                        "pgn unet: a train-mode forward of [%d, 6, %d, %d] is not possible: the deepest batch norm "
                        "would see one value per channel (batch statistics need n * H/32 * W/32 >= 2)",
                        x->n, x->h, x->w);
+    if (u->lean)
+        return lean_forward(ctx, u, e);
     pgn_unet_sep *s = u->sep;
     if (sep_forward(ctx, u, &s[PGN_UNET_SEP_ORIG0], x, e) ||
         sep_forward(ctx, u, &s[PGN_UNET_SEP_ORIG1], &s[PGN_UNET_SEP_ORIG0].out, e))
@@ -330,8 +396,14 @@ int pgn_unet_forward_pair(nn_ctx *ctx, pgn_unet *u, const nn_act *yhat, const nn
     "pgn unet: the batch norms were folded into the convolutions (pgn_unet_fold_bn): the net is prediction only, no " \
     "backward"
 
+#define LEAN_MSG                                                                                                       \
+    "pgn unet: backward after an inference-only forward (pgn_unet_set_lean: the activations it needs were not "      \
+    "kept; the net is prediction only)"
+
 int pgn_unet_backward_act(nn_ctx *ctx, pgn_unet *u, const nn_act *dout, nn_err *e)
 {
+    if (u->lean)
+        return nn_errf(e, LEAN_MSG);
     if (u->folded)
         return nn_errf(e, FOLDED_MSG);
     if (!u->forwarded)
@@ -387,6 +459,8 @@ int pgn_unet_backward_act(nn_ctx *ctx, pgn_unet *u, const nn_act *dout, nn_err *
 
 int pgn_unet_backward(nn_ctx *ctx, pgn_unet *u, const float *dout, nn_err *e)
 {
+    if (u->lean)
+        return nn_errf(e, LEAN_MSG);
     if (u->folded)
         return nn_errf(e, FOLDED_MSG);
     if (!u->forwarded)
