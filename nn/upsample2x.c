@@ -83,55 +83,99 @@ static inline void ac_coord(int o, int in, int out, int *i0, int *i1, float *lam
     *lambda = src - (float)i;
 }
 
-static void bilinear_forward(float *y, const nn_view5 *vy, const float *x, const nn_view5 *vx)
+/* Per output column: its two source columns and weight (the same for every row and channel). */
+typedef struct col_coord {
+    int w0, w1;
+    float lw;
+} col_coord;
+
+static col_coord *col_coords(int in, int out)
 {
-    int blk = vx->blk;
+    col_coord *c = malloc((size_t)out * sizeof *c);
+    if (c)
+        for (int o = 0; o < out; o++)
+            ac_coord(o, in, out, &c[o].w0, &c[o].w1, &c[o].lw);
+    return c;
+}
+
+/* One output row of BLK-channel blocks: the same arithmetic, in the same order, as PyTorch's. BLK is
+ * a compile-time constant for the blocked layouts, so the channel loop is one vector. */
+#define BILINEAR_ROW(BLK)                                                                                             \
+    for (int ow = 0; ow < wout; ow++) {                                                                                \
+        const float *a0 = x0 + (size_t)cc[ow].w0 * (BLK), *a1 = x0 + (size_t)cc[ow].w1 * (BLK);                      \
+        const float *b0 = x1 + (size_t)cc[ow].w0 * (BLK), *b1 = x1 + (size_t)cc[ow].w1 * (BLK);                      \
+        float lw = cc[ow].lw;                                                                                          \
+        float *o = yr + (size_t)ow * (BLK);                                                                            \
+        _Pragma("omp simd") for (int b = 0; b < (BLK); b++)                                                           \
+        {                                                                                                              \
+            float top = (1 - lw) * a0[b] + lw * a1[b];                                                                 \
+            float bot = (1 - lw) * b0[b] + lw * b1[b];                                                                 \
+            o[b] = (1 - lh) * top + lh * bot;                                                                          \
+        }                                                                                                              \
+    }
+
+static int bilinear_forward(float *y, const nn_view5 *vy, const float *x, const nn_view5 *vx)
+{
+    int blk = vx->blk, wout = vy->w;
+    col_coord *cc = col_coords(vx->w, vy->w);
+    if (!cc)
+        return -1;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int nc = 0; nc < vx->n * vx->cb; nc++)
         for (int oh = 0; oh < vy->h; oh++) {
-            int h0, h1, w0, w1;
-            float lh, lw;
+            int h0, h1;
+            float lh;
             ac_coord(oh, vx->h, vy->h, &h0, &h1, &lh);
             const float *x0 = x + ((size_t)nc * vx->h + h0) * vx->w * blk;
             const float *x1 = x + ((size_t)nc * vx->h + h1) * vx->w * blk;
             float *yr = y + ((size_t)nc * vy->h + oh) * vy->w * blk;
-            for (int ow = 0; ow < vy->w; ow++) {
-                ac_coord(ow, vx->w, vy->w, &w0, &w1, &lw);
-                for (int b = 0; b < blk; b++) {
-                    float top = (1 - lw) * x0[w0 * blk + b] + lw * x0[w1 * blk + b];
-                    float bot = (1 - lw) * x1[w0 * blk + b] + lw * x1[w1 * blk + b];
-                    yr[ow * blk + b] = (1 - lh) * top + lh * bot;
-                }
+            if (blk == 16) {
+                BILINEAR_ROW(16)
+            } else if (blk == 8) {
+                BILINEAR_ROW(8)
+            } else {
+                BILINEAR_ROW(blk)
             }
         }
+    free(cc);
+    return 0;
 }
 
 /* Scatter-add per (n, channel block) plane: planes are independent, so no races. */
-static void bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, const nn_view5 *vy)
+static int bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, const nn_view5 *vy)
 {
     int blk = vx->blk;
     size_t plane = (size_t)vx->h * vx->w * blk;
+    col_coord *cc = col_coords(vx->w, vy->w);
+    if (!cc)
+        return -1;
 #pragma omp parallel for schedule(static)
     for (int nc = 0; nc < vx->n * vx->cb; nc++) {
         float *d = dx + nc * plane;
         memset(d, 0, plane * sizeof(float));
         for (int oh = 0; oh < vy->h; oh++) {
-            int h0, h1, w0, w1;
-            float lh, lw;
+            int h0, h1;
+            float lh;
             ac_coord(oh, vx->h, vy->h, &h0, &h1, &lh);
             const float *g = dy + ((size_t)nc * vy->h + oh) * vy->w * blk;
             for (int ow = 0; ow < vy->w; ow++) {
-                ac_coord(ow, vx->w, vy->w, &w0, &w1, &lw);
+                int w0 = cc[ow].w0, w1 = cc[ow].w1;
+                float lw = cc[ow].lw;
+                float *d00 = d + ((size_t)h0 * vx->w + w0) * blk, *d01 = d + ((size_t)h0 * vx->w + w1) * blk;
+                float *d10 = d + ((size_t)h1 * vx->w + w0) * blk, *d11 = d + ((size_t)h1 * vx->w + w1) * blk;
+                const float *v = g + (size_t)ow * blk;
+                /* the four targets may coincide (w0 == w1 at the last column): keep the adds in order */
                 for (int b = 0; b < blk; b++) {
-                    float v = g[ow * blk + b];
-                    d[((size_t)h0 * vx->w + w0) * blk + b] += (1 - lh) * (1 - lw) * v;
-                    d[((size_t)h0 * vx->w + w1) * blk + b] += (1 - lh) * lw * v;
-                    d[((size_t)h1 * vx->w + w0) * blk + b] += lh * (1 - lw) * v;
-                    d[((size_t)h1 * vx->w + w1) * blk + b] += lh * lw * v;
+                    d00[b] += (1 - lh) * (1 - lw) * v[b];
+                    d01[b] += (1 - lh) * lw * v[b];
+                    d10[b] += lh * (1 - lw) * v[b];
+                    d11[b] += lh * lw * v[b];
                 }
             }
         }
     }
+    free(cc);
+    return 0;
 }
 
 int nn_upsample2x_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x_in, nn_act *y, nn_err *e)
@@ -155,7 +199,8 @@ int nn_upsample2x_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x_in, nn_
     if (nn_act_reserve(y, x->n, x->c, 2 * x->h, 2 * x->w, &md, e))
         return -1;
     nn_view5_of(&md, x->n, x->c, 2 * x->h, 2 * x->w, &vy);
-    bilinear_forward(y->data, &vy, x->data, &vx);
+    if (bilinear_forward(y->data, &vy, x->data, &vx))
+        return nn_errf(e, "out of memory");
     y->valid = 1;
     return 0;
 }
@@ -202,7 +247,8 @@ int nn_upsample2x_backward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy_in, n
     } else if (!out) {
         return -1;
     }
-    bilinear_backward(out, &vx, dy->data, &vy);
+    if (bilinear_backward(out, &vx, dy->data, &vy))
+        return nn_errf(e, "out of memory");
     if (out == dx->data) {
         dx->valid = 1;
         return 0;
