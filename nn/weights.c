@@ -231,7 +231,7 @@ int nn_weights_read_filtered(nn_weights *w, const char *path, nn_weights_filter 
         return nn_tfjs_read(w, path, want, arg, e) ? -1 : check_unique(w, e) ? (nn_weights_free(w), -1) : 0;
     struct stat st;
     if (!stat(path, &st) && S_ISDIR(st.st_mode))
-        return nn_errf(e, "%s is a folder but not a tfjs layers model (no model.json, model.min.js or model.js in it)",
+        return nn_errf(e, "%s: a folder, but not a tfjs layers model (no model.json, model.min.js or model.js in it)",
                        path);
     memset(w, 0, sizeof *w);
     w->want = want;

@@ -400,7 +400,7 @@ static void test_missing_empty_and_wrong_files(void **state)
 {
     (void)state;
     expect_fail(tmp_path("does-not-exist.pth"), "cannot open: No such file or directory");
-    expect_fail(tmpdir, "is a folder but not a tfjs layers model");
+    expect_fail(tmpdir, "a folder, but not a tfjs layers model");
     spit(tmp_path("empty.pth"), "", 0);
     expect_fail(tmp_path("empty.pth"), "the file is empty");
     static const uint8_t png[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R'};
