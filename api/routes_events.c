@@ -1,5 +1,8 @@
 /* Server-Sent Events: GET /api/v1/events and /api/v1/jobs/{id}/events. Each event carries its
- * store id, so a client that reconnects with Last-Event-ID gets exactly what it missed. */
+ * store id, so a client that reconnects with Last-Event-ID gets exactly what it missed.
+ * GET /api/v1/events/latest gives the newest id, where a client that has just read the state opens
+ * its stream. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,6 +68,20 @@ static int guard(const http_request *r, http_response *res, void *ctx)
     return 0;
 }
 
+/* Where the dashboard opens its live stream: the newest event id, so that it does not replay the
+ * whole event log it has just read as a job list. */
+static void events_latest(const http_request *r, http_response *res, void *ctx)
+{
+    pgnd_daemon *d = ctx;
+    api_identity who;
+    if (auth_check(d->store, r, ROLE_READ, &who, res))
+        return;
+    pthread_mutex_lock(&d->lock);
+    long long last = (long long)d->last_event;
+    pthread_mutex_unlock(&d->lock);
+    http_json(res, 200, json_pack("{s:I}", "last_event_id", (json_int_t)last));
+}
+
 static events_route all_events, job_events;
 
 void api_register_events(http_server *srv, pgnd_daemon *d)
@@ -73,4 +90,5 @@ void api_register_events(http_server *srv, pgnd_daemon *d)
     job_events = (events_route){d, 1};
     http_route_sse(srv, "/api/v1/events", guard, stream, &all_events);
     http_route_sse(srv, "/api/v1/jobs/{id}/events", guard, stream, &job_events);
+    http_route(srv, "GET", "/api/v1/events/latest", events_latest, d);
 }

@@ -1,5 +1,5 @@
 /* The dashboard's routes (see api/routes_static.h): GET / and /index.html, /assets/{name},
- * /vendor/{name}, and GET /api/v1/events/latest. Only single file names under the two folders
+ * /vendor/{name}. Only single file names under the two folders
  * are served (no directory traversal: a name is [A-Za-z0-9._-] without a leading dot, and the
  * route patterns match one path segment); other paths keep the HTTP layer's behaviour. */
 #define _GNU_SOURCE
@@ -198,20 +198,6 @@ static void index_page(const http_request *r, http_response *res, void *ctx) { s
 static void asset(const http_request *r, http_response *res, void *ctx) { serve_file(r, res, "assets", r->params[0]); }
 static void vendor(const http_request *r, http_response *res, void *ctx) { serve_file(r, res, "vendor", r->params[0]); }
 
-/* Where the dashboard opens its live stream: the newest event id, so that it does not replay the
- * whole event log it has just read as a job list. */
-static void events_latest(const http_request *r, http_response *res, void *ctx)
-{
-    pgnd_daemon *d = ctx;
-    api_identity who;
-    if (auth_check(d->store, r, ROLE_READ, &who, res))
-        return;
-    pthread_mutex_lock(&d->lock);
-    long long last = (long long)d->last_event;
-    pthread_mutex_unlock(&d->lock);
-    http_json(res, 200, json_pack("{s:I}", "last_event_id", (json_int_t)last));
-}
-
 void api_register_static(http_server *srv, pgnd_daemon *d)
 {
     routes_ctx.d = d;
@@ -226,5 +212,4 @@ void api_register_static(http_server *srv, pgnd_daemon *d)
     http_route(srv, "GET", "/index.html", index_page, d);
     http_route(srv, "GET", "/assets/{name}", asset, d);
     http_route(srv, "GET", "/vendor/{name}", vendor, d);
-    http_route(srv, "GET", "/api/v1/events/latest", events_latest, d);
 }
