@@ -190,5 +190,13 @@ json_t *job_params_validate(const job_type *t, json_t *given, json_t *problems, 
         json_decref(out);
         return NULL;
     }
+    /* The job records the teacher it runs with: the daemon's default is written into its params, so
+     * a restart with another teacher_weights does not change the loss of a job already queued. */
+    json_t *tw = json_object_get(out, "teacher_weights");
+    if (json_is_string(tw) && !*json_string_value(tw) && cfg && cfg->teacher_weights[0]) {
+        char *abs = realpath(cfg->teacher_weights, NULL);
+        json_object_set_new(out, "teacher_weights", json_string(abs ? abs : cfg->teacher_weights));
+        free(abs);
+    }
     return out;
 }
