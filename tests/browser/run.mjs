@@ -198,7 +198,9 @@ cleanups.push(async () => fs.rmSync(path.dirname(tokenFile), { recursive: true, 
 let authed = null;
 let samJob = null;
 try {
-  authed = await startPgnd('tokens', { PGND_TOKEN_FILE: tokenFile });
+  // this pgnd has the inception3 teacher (make test fetches it), the open one a random teacher
+  authed = await startPgnd('tokens', { PGND_TOKEN_FILE: tokenFile,
+    PGND_TEACHER_WEIGHTS: path.resolve('var/teachers/inception3-nsfwjs-4.4.0') });
   // sam's job, paused at its first step (a paused job uses no CPU; cancelling it is immediate)
   const r = await http(authed.base, '/api/v1/jobs', { method: 'POST', token: tokens.submit,
     body: { type: 'train', params: { image: FIXTURE_IMAGE, size: 64, steps: 2000, arms: ['mse'] } } });
@@ -240,6 +242,7 @@ await test('the jobs page opens, with the live event stream connected', async ()
   await page.waitForSelector('#jobs-table');
   await page.waitForSelector('#live[data-status="live"]');
   await page.waitForSelector('text=No jobs yet.');
+  await page.waitForSelector('.banner.warn >> text=Random teacher.');
   await page.evaluate(() => { window.__sameDocument = true; });
 }, { page });
 
@@ -453,6 +456,8 @@ if (authed) {
     await p2.waitForSelector(`#jobs-table tr[data-job="${samJob}"]`);
     await p2.waitForSelector('#live[data-status="live"]'); // the event stream works with the session cookie
     assert(/rita/.test(await p2.textContent('#who')) && /read/.test(await p2.textContent('#who')), 'who am I');
+    await p2.waitForSelector('.banner.info[data-teacher="inception3"]');
+    assert(!(await p2.isVisible('.banner.warn')), 'a random-teacher warning with the inception3 teacher');
     assert(await p2.locator('[data-action]').count() === 0, 'a reader sees action buttons');
     assert(!(await p2.isVisible('a[data-nav="new"]')), 'a reader sees "New job"');
     await p2.goto(`${authed.base}/#/jobs/${samJob}`);

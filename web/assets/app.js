@@ -33,7 +33,10 @@ function renderHeader() {
   if (t && t.random) {
     banner.append(h('div', { class: 'banner warn' },
       h('strong', null, 'Random teacher. '),
-      'pgnd has no VGG-19 weights (teacher_weights), so its "perceptual" loss and gradients are those of a random network, not a perceptual loss. Fine for trying things out; not for results.'));
+      'pgnd has no teacher weights (teacher_weights: VGG-19, or the inception3 tfjs model that make teacher fetches), so its "perceptual" loss and gradients are those of a random network, not a perceptual loss. Fine for trying things out; not for results.'));
+  } else if (t && t.description) {
+    // Which perceptual loss every job's numbers mean: VGG-19 (the paper's) or inception3.
+    banner.append(h('div', { class: 'banner info', 'data-teacher': t.description.split(',')[0] }, 'Teacher: ', t.description));
   }
 }
 
