@@ -54,15 +54,15 @@ int pgn_net_load_opts(pgn_net *n, const char *path, int fold, nn_err *e)
     else
         pgn_unet_set_training(n->unet, 0);
     if (fold) {
-        /* The UNet also runs inference-only forwards (freeing what the backward would need). */
-        if (n->resnet ? pgn_resnet_fold_bn(n->resnet, e)
+        /* Inference-only forwards too (freeing what the backward would need). */
+        if (n->resnet ? pgn_resnet_fold_bn(n->resnet, e) || pgn_resnet_set_lean(n->resnet, 1, e)
                       : pgn_unet_fold_bn(n->unet, e) || pgn_unet_set_lean(n->unet, 1, e)) {
             nn_err_prefix(e, "PGN checkpoint %s", path);
             pgn_net_free(n);
             return -1;
         }
         n->folded = 1;
-        n->lean = n->unet != NULL;
+        n->lean = 1;
     }
     size_t len = strlen(n->desc);
     snprintf(n->desc + len, sizeof n->desc - len, ", %s head, grad scale %g",

@@ -110,19 +110,16 @@ int pgn_resnet_init(pgn_resnet *r, int blocks, uint64_t seed, nn_err *e)
     return 0;
 }
 
-void pgn_resnet_free(pgn_resnet *r)
+/* The ordinary forward's and the backward's activations, but the input and the output (the lean
+ * forward writes those too). */
+static void free_layer_acts(pgn_resnet *r)
 {
-    for (int m = 0; m < r->nmod; m++) {
-        if (r->mod[m].conv)
-            nn_conv2d_free(r->mod[m].conv);
-        if (r->mod[m].bn)
-            nn_batchnorm2d_free(r->mod[m].bn);
-    }
     for (int i = 0; i < PGN_RESNET_MAX_BLOCKS; i++)
         for (int k = 0; k < PGN_RB_ACTS; k++)
             nn_act_free(&r->blk[i].act[k]);
     for (int k = 0; k < PGN_RS_ACTS; k++) {
-        nn_act_free(&r->act[k]);
+        if (k != PGN_RS_X && k != PGN_RS_OUT)
+            nn_act_free(&r->act[k]);
         nn_act_free(&r->grad[k]);
     }
     for (int k = 0; k < PGN_RB_ACTS; k++)
@@ -131,6 +128,21 @@ void pgn_resnet_free(pgn_resnet *r)
     nn_act_free(&r->gchain[1]);
     nn_act_free(&r->b2);
     nn_act_free(&r->gb2);
+}
+
+void pgn_resnet_free(pgn_resnet *r)
+{
+    for (int m = 0; m < r->nmod; m++) {
+        if (r->mod[m].conv)
+            nn_conv2d_free(r->mod[m].conv);
+        if (r->mod[m].bn)
+            nn_batchnorm2d_free(r->mod[m].bn);
+    }
+    free_layer_acts(r);
+    nn_act_free(&r->act[PGN_RS_X]);
+    nn_act_free(&r->act[PGN_RS_OUT]);
+    for (int k = 0; k < PGN_RESNET_LEAN_BUFS; k++)
+        nn_act_free(&r->lean_buf[k]);
     nn_eltwise_free(&r->lrelu);
     nn_upsample2x_free(&r->up);
     free(r->xbuf);
@@ -187,12 +199,63 @@ static int forward_folded(nn_ctx *ctx, pgn_resnet *r, nn_err *e)
     return 0;
 }
 
+/* The lean buffers (pgn_resnet_set_lean). In units of n*H*W floats, the largest each one gets:
+ * BIG 128 (the upsampled map), A 64 (model.0's and model.7+N's outputs), T 32. A holds the chain
+ * of block outputs at H/2 (each block adds its branch into its input's buffer, in place), BIG and
+ * T the branch's two convolutions; peak use is at model.7+N (BIG -> A). The assignment depends only
+ * on the net, not on the input size, so the buffers grow at the first forward of a larger shape and
+ * are reused as they are afterwards. */
+enum { LB_BIG, LB_A, LB_T, LB_COUNT };
+_Static_assert(LB_COUNT == PGN_RESNET_LEAN_BUFS, "PGN_RESNET_LEAN_BUFS");
+
+/* The folded forward's layers in the same order, on the lean buffers. The sum x + b2 is the same
+ * float sum whichever buffer receives it (nn_add_forward keeps the layout of its first operand, as
+ * the folded forward does), so the output is bit-identical. */
+static int forward_lean(nn_ctx *ctx, pgn_resnet *r, nn_err *e)
+{
+    nn_act *b = r->lean_buf, *big = &b[LB_BIG], *chain = &b[LB_A], *t = &b[LB_T];
+    TRY(nn_conv2d_forward(ctx, &r->stem, &r->act[PGN_RS_X], big, e), "model.0");
+    TRY(nn_conv2d_forward(ctx, &r->down, big, chain, e), "model.3");
+    for (int i = 0; i < r->blocks; i++) {
+        pgn_resnet_block *k = &r->blk[i];
+        const char *what = r->mod[4 + 4 * i].prefix;
+        TRY(nn_conv2d_forward(ctx, &k->conv1, chain, big, e), what);
+        TRY(nn_conv2d_forward(ctx, &k->conv2, big, t, e), what);
+        TRY(nn_add_forward(ctx, chain, t, chain, e), what); /* in place: the block's output */
+    }
+    const char *up = r->mod[r->nmod - 3].prefix, *fin = r->mod[r->nmod - 1].prefix;
+    TRY(nn_upsample2x_forward(ctx, &r->up, chain, big, e), "upsample");
+    TRY(nn_conv2d_forward(ctx, &r->up_conv, big, &b[LB_A], e), up); /* the chain is consumed */
+    TRY(nn_conv2d_forward(ctx, &r->final, &b[LB_A], &r->act[PGN_RS_OUT], e), fin);
+    return 0;
+}
+
+int pgn_resnet_set_lean(pgn_resnet *r, int on, nn_err *e)
+{
+    if (on) {
+        if (r->folded <= 0)
+            return nn_errf(e, "pgn resnet: the inference-only forward needs a net whose batch norms are folded "
+                              "(pgn_resnet_fold_bn)");
+        if (!r->lean)
+            free_layer_acts(r);
+        r->lean = 1;
+        r->forwarded = 0;
+    } else if (r->lean) {
+        for (int k = 0; k < PGN_RESNET_LEAN_BUFS; k++)
+            nn_act_free(&r->lean_buf[k]);
+        r->lean = 0;
+    }
+    return 0;
+}
+
 static int forward_from_x(nn_ctx *ctx, pgn_resnet *r, nn_err *e)
 {
     nn_act *a = r->act;
     r->forwarded = 0;
     if (r->folded < 0)
         return nn_errf(e, "pgn resnet: folding the batch norms failed partway; load the net again");
+    if (r->lean)
+        return forward_lean(ctx, r, e); /* no backward: forwarded stays 0 */
     if (r->folded)
         return forward_folded(ctx, r, e); /* no backward: forwarded stays 0 */
     TRY(nn_conv2d_forward(ctx, &r->stem, &a[PGN_RS_X], &a[PGN_RS_STEM_CONV], e), "model.0");
@@ -270,8 +333,14 @@ int pgn_resnet_forward_act(nn_ctx *ctx, pgn_resnet *r, const nn_act *yhat, const
     "pgn resnet: the batch norms were folded into the convolutions (pgn_resnet_fold_bn): the net is prediction "     \
     "only, no backward"
 
+#define LEAN_MSG                                                                                                       \
+    "pgn resnet: backward after an inference-only forward (pgn_resnet_set_lean: the activations it needs were not "  \
+    "kept; the net is prediction only)"
+
 int pgn_resnet_backward_act(nn_ctx *ctx, pgn_resnet *r, const nn_act *dout, nn_err *e)
 {
+    if (r->lean)
+        return nn_errf(e, LEAN_MSG);
     if (r->folded)
         return nn_errf(e, FOLDED_MSG);
     if (!r->forwarded)
@@ -329,6 +398,8 @@ int pgn_resnet_backward_act(nn_ctx *ctx, pgn_resnet *r, const nn_act *dout, nn_e
 
 int pgn_resnet_backward(nn_ctx *ctx, pgn_resnet *r, const float *dout, nn_err *e)
 {
+    if (r->lean)
+        return nn_errf(e, LEAN_MSG);
     if (r->folded)
         return nn_errf(e, FOLDED_MSG);
     if (!r->forwarded)

@@ -38,6 +38,7 @@
 #define PGN_RESNET_MAX_MODULES (7 + 4 * PGN_RESNET_MAX_BLOCKS)
 #define PGN_RESNET_MAX_PARAMS (11 + 8 * PGN_RESNET_MAX_BLOCKS)
 #define PGN_RESNET_MAX_KEYS (20 + 14 * PGN_RESNET_MAX_BLOCKS)
+#define PGN_RESNET_LEAN_BUFS 3 /* activation buffers of the inference-only forward */
 /* Counts for n blocks. */
 #define PGN_RESNET_PARAM_TENSORS(n) (11 + 8 * (n))
 #define PGN_RESNET_STATE_KEYS(n) (20 + 14 * (n))
@@ -89,6 +90,8 @@ typedef struct pgn_resnet {
     int forwarded;             /* a forward ran and its activations are intact */
     int folded;                /* 1: BNs folded into the convs (pgn_resnet_fold_bn), prediction only;
                                 * -1: a fold failed partway (the net is unusable) */
+    int lean;                  /* inference-only forwards (pgn_resnet_set_lean): activations in lean_buf[] */
+    nn_act lean_buf[PGN_RESNET_LEAN_BUFS];
 } pgn_resnet;
 
 /* Builds ResNet-`blocks` with PyTorch's default initialisation drawn from the engine's seeded
@@ -112,6 +115,18 @@ void pgn_resnet_set_training(pgn_resnet *r, int training);
  * act[*_BN], blk[].act[PGN_RB_C1], [PGN_RB_B1] are not written. Fails in train mode; a second call
  * does nothing. */
 int pgn_resnet_fold_bn(pgn_resnet *r, nn_err *e);
+
+/* Inference-only forwards, for a folded net (pgn_resnet_fold_bn; pgn_net_load turns it on): the
+ * folded forward's layers in the same order, but every activation between the input and the output
+ * goes into one of PGN_RESNET_LEAN_BUFS buffers reused layer after layer (the net has no long skip
+ * connection: only a residual block's input stays alive, and the block's sum is written into it).
+ * The buffers are owned by the net, sized by the first forward of a shape and grown only for a
+ * larger one (a steady-state forward allocates nothing). Same output as the folded forward, bit for
+ * bit; for ResNet-4 well under half its activation memory. Only act[PGN_RS_X] and act[PGN_RS_OUT]
+ * are written of the net's activations; the backward is refused. on = 1 frees the ordinary
+ * forward's activations, on = 0 frees the lean buffers (the next forward is an ordinary folded
+ * one). Fails unless the net is folded. */
+int pgn_resnet_set_lean(pgn_resnet *r, int on, nn_err *e);
 
 /* H and W must be positive and even (the stride-2 conv and the x2 upsample must give back H x W). */
 int pgn_resnet_check_size(int h, int w, nn_err *e);
