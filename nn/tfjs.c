@@ -176,8 +176,18 @@ static char *js_literal_to_json(const char *s, size_t len, nn_err *e)
                 n += 4;
                 continue;
             }
-            if (!literal) /* a bare key */
+            if (!literal) { /* a bare word is only accepted as an object key */
+                const char *q = p;
+                while (q < end && (*q == ' ' || *q == '\n' || *q == '\t' || *q == '\r'))
+                    q++;
+                if (q >= end || *q != ':') {
+                    free(out);
+                    nn_errf(e, "unsupported JavaScript value '%.*s' in the object literal (only data: strings, "
+                               "numbers, true/false/null, arrays, objects)", (int)(wl > 40 ? 40 : wl), w0);
+                    return NULL;
+                }
                 PUT('"');
+            }
             memcpy(out + n, w0, wl);
             n += wl;
             if (!literal)
@@ -344,16 +354,12 @@ static int read_group(nn_weights *w, const char *dir, json_t *group, nn_sha256 *
                          total);
             break;
         }
-        int wanted = !w->want || w->want(name, w->want_arg);
-        nn_weight_entry *t = nn_weights_add(w, name, NN_F32, nd, dims, e);
+        nn_weight_entry *t = nn_weights_add(w, name, NN_F32, nd, dims, e); /* data NULL unless w->want takes it */
         if (!t) {
             rc = -1;
             break;
         }
-        if (!wanted) { /* listed, not materialised */
-            free(t->data);
-            t->data = NULL;
-        } else {
+        if (t->data) {
             float *dst = t->data;
             const uint8_t *src = all + at;
             if (q) {

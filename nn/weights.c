@@ -227,13 +227,13 @@ int nn_weights_read_filtered(nn_weights *w, const char *path, nn_weights_filter 
     uint8_t *buf = NULL;
     size_t len = 0;
     char dir[1024], manifest[1200];
+    memset(w, 0, sizeof *w); /* a failed read leaves w empty (safe to free) on every path */
     if (nn_tfjs_locate(path, dir, sizeof dir, manifest, sizeof manifest))
         return nn_tfjs_read(w, path, want, arg, e) ? -1 : check_unique(w, e) ? (nn_weights_free(w), -1) : 0;
     struct stat st;
     if (!stat(path, &st) && S_ISDIR(st.st_mode))
         return nn_errf(e, "%s: a folder, but not a tfjs layers model (no model.json, model.min.js or model.js in it)",
                        path);
-    memset(w, 0, sizeof *w);
     w->want = want;
     w->want_arg = arg;
     if (!(w->path = strdup(path)))

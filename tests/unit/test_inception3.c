@@ -112,6 +112,16 @@ static void reads_wrapped_tfjs_models(void **s)
     const char *s2short = "h.exports=\"/wA=\"";
     write_file(p, s2short, strlen(s2short));
     fx_expect_error(nn_weights_read(&w, tmpdir, &e), &e, "but the shards hold");
+    /* a bare word as a value (not data) is refused, not read as a string */
+    const char *code = "n.exports={modelTopology:{a:NaN},weightsManifest:[]}";
+    snprintf(p, sizeof p, "%s/model.min.js", tmpdir);
+    write_file(p, code, strlen(code));
+    fx_expect_error(nn_weights_read(&w, tmpdir, &e), &e, "unsupported JavaScript value 'NaN'");
+    /* a folder without a model is named as such, and leaves w empty */
+    unlink(p);
+    fx_expect_error(nn_weights_read(&w, tmpdir, &e), &e, "a folder, but not a tfjs layers model");
+    assert_int_equal(w.count, 0);
+    nn_weights_free(&w);
     rm_tmpdir();
 }
 
