@@ -6,6 +6,7 @@
 #include "daemon/jobtypes.h"
 #include "nn/weights.h"
 #include "pgn/collect.h"
+#include "pgn/teacher.h"
 
 static const param_spec params[] = {
     {"data", P_DIR, "\"\"", 0, 0, NULL, NULL,
@@ -62,6 +63,12 @@ static void check(json_t *p, json_t *problems, const pgnd_config *cfg)
     if (size % 8)
         job_problem(problems, "size", "must be a multiple of 8 (the autoencoders halve it three times), got %lld",
                     (long long)size);
+    const char *tw = json_string_value(json_object_get(p, "teacher_weights"));
+    if (!tw || !*tw)
+        tw = cfg ? cfg->teacher_weights : "";
+    if (size < INC3_MIN_SIZE && !strcmp(pgn_teacher_kind_of_path(tw), "inception3"))
+        job_problem(problems, "size", "must be at least %d with the inception3 teacher (its mixed2 needs a %dx%d input), got %lld",
+                    INC3_MIN_SIZE, INC3_MIN_SIZE, INC3_MIN_SIZE, (long long)size);
     if (k && batch % k)
         job_problem(problems, "batch", "must be a multiple of %d (one equal share per generator), got %lld", k,
                     (long long)batch);

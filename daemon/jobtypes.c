@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "daemon/jobtype_list.h"
+#include "pgn/teacher.h"
 
 const job_type *job_type_find(const char *name)
 {
@@ -193,6 +194,15 @@ json_t *job_params_validate(const job_type *t, json_t *given, json_t *problems, 
     /* The job records the teacher it runs with: the daemon's default is written into its params, so
      * a restart with another teacher_weights does not change the loss of a job already queued. */
     json_t *tw = json_object_get(out, "teacher_weights");
+    struct stat tst;
+    if (json_is_string(tw) && *json_string_value(tw) && !stat(json_string_value(tw), &tst) && S_ISDIR(tst.st_mode) &&
+        strcmp(pgn_teacher_kind_of_path(json_string_value(tw)), "inception3")) {
+        job_problem(problems, "teacher_weights",
+                    "%s is a folder but not a tfjs layers model (no model.json, model.min.js or model.js in it)",
+                    json_string_value(tw));
+        json_decref(out);
+        return NULL;
+    }
     if (json_is_string(tw) && !*json_string_value(tw) && cfg && cfg->teacher_weights[0]) {
         char *abs = realpath(cfg->teacher_weights, NULL);
         json_object_set_new(out, "teacher_weights", json_string(abs ? abs : cfg->teacher_weights));

@@ -1,7 +1,8 @@
 /* The embedded defaults (issue 7) through a real pgnd: with teacher_weights naming the inception3
  * tfjs model folder and `images` naming a photo folder, /api/v1/info reports the inception3 teacher,
  * a fit job submitted with no data and no teacher gets both written into its params (so a restart
- * with other defaults does not change a queued job), and it runs to the end on them.
+ * with other defaults does not change a queued job), and it runs to the end on them; a crop too
+ * small for inception3 and a non-model folder as teacher weights are refused at submission.
  * Needs var/teachers/inception3-nsfwjs-4.4.0 (`make test` fetches it). */
 #include <limits.h>
 #include <setjmp.h>
@@ -49,6 +50,21 @@ static void fit_job_takes_the_daemons_teacher_and_images(void **s)
     assert_string_equal(json_string_value(json_object_get(p, "data")), images);
     long long id = json_integer_value(json_object_get(j, "id"));
     json_decref(j);
+    http_reply_free(&r);
+
+    /* refused at submission, not when the job starts: a crop inception3 cannot take, and a folder
+     * that is not a tfjs model as teacher weights */
+    assert_int_equal(http_do(srv.port, "POST", "/api/v1/jobs", "{\"type\": \"collect\", \"params\": {\"size\": 16}}",
+                             NULL, &r),
+                     0);
+    assert_int_equal(r.status, 422);
+    assert_non_null(strstr(r.body, "with the inception3 teacher"));
+    http_reply_free(&r);
+    char body[PATH_MAX + 128];
+    snprintf(body, sizeof body, "{\"type\": \"fit\", \"params\": {\"teacher_weights\": \"%s\"}}", images);
+    assert_int_equal(http_do(srv.port, "POST", "/api/v1/jobs", body, NULL, &r), 0);
+    assert_int_equal(r.status, 422);
+    assert_non_null(strstr(r.body, "is a folder but not a tfjs layers model"));
     http_reply_free(&r);
 
     json_t *done = wait_job_state(srv.port, id, "succeeded|failed", 180000, NULL);
