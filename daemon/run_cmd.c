@@ -82,14 +82,20 @@ static int fg_artifact(void *c, const char *name, const char *path, const char *
     return 0; /* files already sit in the output directory */
 }
 
-static int cmp_ll_desc(const void *a, const void *b)
+typedef struct ck_file {
+    long long step;
+    char name[256];
+} ck_file;
+
+static int cmp_step_desc(const void *a, const void *b)
 {
-    long long x = *(const long long *)a, y = *(const long long *)b;
+    long long x = ((const ck_file *)a)->step, y = ((const ck_file *)b)->step;
     return x < y ? 1 : x > y ? -1 : 0;
 }
 
 /* Keeps the newest `keep` checkpoints named like path (same prefix before the step number, same
- * extension), this run's and earlier runs' alike; never the one just written. */
+ * extension) up to path's own step, this run's and earlier runs' alike; never path itself. Files of
+ * later steps (left by an earlier, longer run) are not this run's history and stay. */
 static void prune_checkpoints(const char *dir, const char *path, int keep)
 {
     const char *base = strrchr(path, '/');
@@ -100,28 +106,40 @@ static void prune_checkpoints(const char *dir, const char *path, int keep)
     size_t plen = (size_t)(ext - base);
     while (plen && base[plen - 1] >= '0' && base[plen - 1] <= '9')
         plen--;
+    long long now = strtoll(base + plen, NULL, 10);
     DIR *d = opendir(dir);
     if (!d)
         return;
-    long long steps[4096];
-    int n = 0;
-    for (struct dirent *de; (de = readdir(d)) && n < 4096;) {
+    ck_file *f = NULL;
+    int n = 0, cap = 0;
+    for (struct dirent *de; (de = readdir(d));) {
         char *end;
-        if (strncmp(de->d_name, base, plen) || !(de->d_name[plen] >= '0' && de->d_name[plen] <= '9'))
+        if (strncmp(de->d_name, base, plen) || !(de->d_name[plen] >= '0' && de->d_name[plen] <= '9') ||
+            strlen(de->d_name) >= sizeof f->name)
             continue;
         long long v = strtoll(de->d_name + plen, &end, 10);
-        if (!strcmp(end, ext))
-            steps[n++] = v;
+        if (strcmp(end, ext) || v > now)
+            continue;
+        if (n == cap) {
+            ck_file *g = realloc(f, (size_t)(cap = cap ? 2 * cap : 64) * sizeof *f);
+            if (!g)
+                break;
+            f = g;
+        }
+        f[n].step = v;
+        snprintf(f[n].name, sizeof f[n].name, "%s", de->d_name);
+        n++;
     }
     closedir(d);
-    qsort(steps, (size_t)n, sizeof *steps, cmp_ll_desc);
-    int width = (int)(ext - base) - (int)plen; /* the zero padding of the step number */
-    for (int i = keep; i < n; i++) {
-        char victim[2200];
-        snprintf(victim, sizeof victim, "%s/%.*s%0*lld%s", dir, (int)plen, base, width, steps[i], ext);
-        if (strcmp(victim, path))
+    if (f)
+        qsort(f, (size_t)n, sizeof *f, cmp_step_desc);
+    for (int i = keep; i < n; i++)
+        if (strcmp(f[i].name, base)) {
+            char victim[1400];
+            snprintf(victim, sizeof victim, "%s/%s", dir, f[i].name);
             unlink(victim);
-    }
+        }
+    free(f);
 }
 
 static int fg_checkpoint(void *c, const char *path, int64_t step)
