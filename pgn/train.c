@@ -166,10 +166,15 @@ static int write_checkpoint(run *r, char *err, size_t errlen)
             strcat(arms_s, arm_names[a]);
         }
     snprintf(adam_s, sizeof adam_s, "%ld", adam_steps);
-    const char *mk[6 + PGN_ARMS] = {"format", "step", "seed", "adam_steps", "arms", "generator"};
-    const char *mv[6 + PGN_ARMS] = {"pgnd train checkpoint v1", step_s, seed_s, adam_s, arms_s, "dip-skip"};
+    /* the teacher (the vgg arm's loss and every perceptual metric): a resume with another is refused */
+    char tdesc[256];
+    pgn_teacher_describe(&r->teacher, tdesc, sizeof tdesc);
+    const char *mk[9 + PGN_ARMS] = {"format", "step", "seed", "adam_steps", "arms", "generator",
+                                    "teacher", "teacher_sha256", "teacher_description"};
+    const char *mv[9 + PGN_ARMS] = {"pgnd train checkpoint v1", step_s, seed_s, adam_s, arms_s, "dip-skip",
+                                    r->teacher.name, r->teacher.random ? "random" : r->teacher.weights_sha256, tdesc};
     char stab_k[PGN_ARMS][32], stab_v[PGN_ARMS][160];
-    int nm = 6;
+    int nm = 9;
     for (int a = 0; a < PGN_ARMS; a++) /* stability state: stopped reason stop_step p_init p_best best_step */
         if (r->arms[a].on) {
             arm *am = &r->arms[a];
@@ -205,6 +210,17 @@ static int load_checkpoint(run *r, char *err, size_t errlen)
         snprintf(err, errlen, "cannot resume: %s is not a pgnd train checkpoint", r->io->resume_checkpoint);
         rc = -1;
     }
+    const nn_weight_meta *tn = nn_weights_meta(&w, "teacher"), *ts = nn_weights_meta(&w, "teacher_sha256");
+    const char *want_sha = r->teacher.random ? "random" : r->teacher.weights_sha256;
+    if (!rc && tn && (strcmp(tn->str, r->teacher.name) || !ts || strcmp(ts->str, want_sha))) {
+        const nn_weight_meta *td = nn_weights_meta(&w, "teacher_description");
+        char desc[256];
+        snprintf(err, errlen, "cannot resume: %s was made with the teacher %s; this job has %s",
+                 r->io->resume_checkpoint, td ? td->str : tn->str, pgn_teacher_describe(&r->teacher, desc, sizeof desc));
+        rc = -1;
+    } else if (!rc && !tn)
+        r->io->log(r->io->ctx, "warn", "resuming from a checkpoint that does not record its teacher (made before pgnd "
+                                       "recorded it): the teacher cannot be checked");
     ck_list l;
     if (!rc && ck_collect(r, &l))
         rc = -1;
