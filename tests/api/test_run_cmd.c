@@ -1,5 +1,6 @@
 /* `pgnd run JOB.json` in the foreground: a collect run keeps only the newest checkpoint_retention
- * checkpoints (as the daemon does), across an interrupted-and-rerun pair of runs too. */
+ * checkpoints (as the daemon does); a train run does not resume with another teacher than its
+ * checkpoint's (needs var/teachers/inception3-nsfwjs-4.4.0, which `make test` fetches). */
 #include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -56,10 +57,42 @@ static void collect_keeps_the_newest_checkpoints(void **s)
     assert_int_equal(system(cmd), 0);
 }
 
+static void resume_with_another_teacher_is_refused(void **s)
+{
+    char tmp[] = "/tmp/pgnd-test-run-XXXXXX";
+    assert_non_null(mkdtemp(tmp));
+    char job1[512], job2[512], out[512], cwd[1024];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    snprintf(job1, sizeof job1, "%s/a.json", tmp);
+    snprintf(job2, sizeof job2, "%s/b.json", tmp);
+    snprintf(out, sizeof out, "%s/out", tmp);
+    FILE *f = fopen(job1, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"type\": \"train\", \"params\": {\"image\": \"%s/tests/fixtures/images/pattern_80x72.png\", "
+               "\"size\": 64, \"steps\": 4, \"arms\": [\"mse\"], \"log_every\": 2, \"checkpoint_every\": 2}}\n", cwd);
+    fclose(f);
+    f = fopen(job2, "w");
+    assert_non_null(f);
+    fprintf(f, "{\"type\": \"train\", \"params\": {\"image\": \"%s/tests/fixtures/images/pattern_80x72.png\", "
+               "\"size\": 64, \"steps\": 6, \"arms\": [\"mse\"], \"log_every\": 2, \"checkpoint_every\": 2, "
+               "\"teacher_weights\": \"%s/var/teachers/inception3-nsfwjs-4.4.0\"}}\n", cwd, cwd);
+    fclose(f);
+    char text[8192];
+    const char *a1[] = {"run", job1, "--out", out, NULL};
+    assert_int_equal(pgnd_cli(tmp, text, sizeof text, a1), 0);
+    /* the same folder, now with the inception3 teacher: the random VGG-19 checkpoint is refused */
+    const char *a2[] = {"run", job2, "--out", out, NULL};
+    assert_int_not_equal(pgnd_cli(tmp, text, sizeof text, a2), 0);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(collect_keeps_the_newest_checkpoints),
+        cmocka_unit_test(resume_with_another_teacher_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
