@@ -55,7 +55,7 @@ static int check_teacher(pgnd_daemon *d)
     nn_weights w;
     nn_err e;
     /* only the tensors the teacher reads are materialised (torchvision's file is 548 MB) */
-    nn_weights_filter want = strcmp(kind, "inception3") ? NULL : inception3_needs_key;
+    nn_weights_filter want = strcmp(kind, "inception3") ? pgn_teacher_vgg19_needs_key : inception3_needs_key;
     if (nn_weights_read_filtered(&w, d->cfg.teacher_weights, want, NULL, &e)) {
         daemon_log(d, "error", "teacher_weights: %s", e.msg);
         return -1;

@@ -21,7 +21,10 @@ static void key_of(char *buf, size_t len, int conv, int bias)
     snprintf(buf, len, "features.%d.%s", vgg19_feature_index(conv), bias ? "bias" : "weight");
 }
 
-static int is_needed(const char *name, void *arg)
+int pgn_teacher_vgg19_needs_key(const char *name, void *arg);
+static int is_needed(const char *name, void *arg) { return pgn_teacher_vgg19_needs_key(name, arg); }
+
+int pgn_teacher_vgg19_needs_key(const char *name, void *arg)
 {
     char k[64];
     for (int i = 0; i < VGG19_CONVS; i++)
@@ -183,6 +186,9 @@ int pgn_teacher_open_named(pgn_teacher *t, const char *name, const char *weights
         name = from_path;
     if (strcmp(name, "vgg19") && strcmp(name, "inception3"))
         return nn_errf(e, "unknown teacher \"%s\" (vgg19 or inception3)", name);
+    if (have && !strcmp(name, "inception3") && strcmp(from_path, "inception3"))
+        return nn_errf(e, "teacher inception3 asked for, but %s is not a tfjs layers model (no model.json, "
+                          "model.min.js or model.js)", weights_path);
     if (have && strcmp(name, from_path))
         return nn_errf(e, "teacher %s asked for, but %s holds %s weights", name, weights_path, from_path);
     t->kind = strcmp(name, "inception3") ? PGN_TEACHER_VGG19 : PGN_TEACHER_INCEPTION3;
@@ -231,9 +237,14 @@ const char *pgn_teacher_describe(const pgn_teacher *t, char *buf, size_t len)
     if (t->random)
         snprintf(buf, len, "%s, %s (seed %llu)", t->name, PGN_TEACHER_RANDOM_NOTE, (unsigned long long)t->seed);
     else {
-        const char *base = strrchr(t->weights_path, '/');
-        snprintf(buf, len, "%s, weights %s (sha256 %.16s...)", t->name, base ? base + 1 : t->weights_path,
-                 t->weights_sha256);
+        /* the file or folder name (a folder given as "dir/" is named by its last component) */
+        const char *p = t->weights_path, *end = p + strlen(p);
+        while (end > p + 1 && end[-1] == '/')
+            end--;
+        const char *base = end;
+        while (base > p && base[-1] != '/')
+            base--;
+        snprintf(buf, len, "%s, weights %.*s (sha256 %.16s...)", t->name, (int)(end - base), base, t->weights_sha256);
     }
     return buf;
 }

@@ -84,6 +84,9 @@ int pgn_teacher_loss_grad_pair(nn_ctx *ctx, pgn_teacher *t, const float *x, cons
  * (0 = usable). torchvision's unused keys (features.30-34, classifier.*) and the layers of a tfjs
  * model past mixed2 are expected, not problems. */
 int pgn_teacher_check_weights(const nn_weights *w, char *report, size_t len);
+/* Filters for nn_weights_read_filtered: the tensors each teacher reads (VGG-19 needs 80 MB of
+ * torchvision's 548 MB file; inception3's is inception3_needs_key). */
+int pgn_teacher_vgg19_needs_key(const char *name, void *arg);
 
 /* Space conversions, in place or out of place (count = n*3*h*w, NCHW). */
 void pgn_space_convert(float *dst, const float *src, int n, int h, int w, pgn_space from, pgn_space to);
