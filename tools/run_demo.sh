@@ -11,8 +11,14 @@ B=${B:-build}
 PORT=${PGND_PORT:-8080}
 mkdir -p var
 
+if curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
+    echo "pgnd: something already answers on 127.0.0.1:$PORT (another pgnd?): stop it, or make run PGND_PORT=<port>" >&2
+    exit 1
+fi
+
 teacher=${PGND_TEACHER_WEIGHTS:-}
 if [ -n "$teacher" ]; then
+    teacher=$(realpath -e "$teacher") || { echo "pgnd: PGND_TEACHER_WEIGHTS: ${PGND_TEACHER_WEIGHTS} does not exist" >&2; exit 1; }
     echo "pgnd: teacher from PGND_TEACHER_WEIGHTS: $teacher"
 elif teacher=$(tools/fetch_inception3.sh var/teachers/inception3-nsfwjs-4.4.0 | tail -n 1) && [ -d "$teacher" ]; then
     teacher=$(cd "$teacher" && pwd)
@@ -41,7 +47,7 @@ if [ -n "$images" ] && [ ! -e var/demo-submitted ]; then
     # The demo: a short PGN fit on the sample photographs with the teacher above, submitted once
     # pgnd answers. It shows up on the dashboard; later starts do not submit it again.
     (
-        for _ in $(seq 1 100); do
+        for _ in $(seq 1 600); do # up to 2 minutes (a first start checks the teacher's weights)
             curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
             sleep 0.2
         done
