@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "nn/tfjs.h"
+#include "pgn/report.h"
 
 const char *const inc3_tap_names[INC3_TAPS] = {"activation_3", "activation_5", "mixed0", "mixed1", "mixed2"};
 
@@ -88,24 +89,11 @@ void inception3_free(inception3 *v)
     nn_pool2d_free(&v->maxpool);
     nn_pool2d_free(&v->avgpool);
     nn_eltwise_free(&v->relu);
-    free(v->ps);
-    free(v->tap_ps);
+    pgn_l1_taps_free(&v->sums);
     memset(v, 0, sizeof *v);
 }
 
 /* ---- weights ---- */
-
-static size_t appendf(char *buf, size_t len, size_t at, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static size_t appendf(char *buf, size_t len, size_t at, const char *fmt, ...)
-{
-    if (at >= len)
-        return at;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf + at, len - at, fmt, ap);
-    va_end(ap);
-    return n > 0 ? at + (size_t)n : at;
-}
 
 static const char *const bn_parts[] = {"beta", "moving_mean", "moving_variance", "gamma"};
 
@@ -153,19 +141,19 @@ static int check_topology(json_t *topo, char *report, size_t len, size_t *at)
         json_t *c = json_object_get(topology_layer(topo, name), "config");
         const char *pad = json_string_value(json_object_get(c, "padding"));
         if (!c || !pad) {
-            *at = appendf(report, len, *at, "topology has no Conv2D layer %s\n", name);
+            *at = pgn_report_append(report, len, *at, "topology has no Conv2D layer %s\n", name);
             problems++;
         } else if (!pair_is(json_object_get(c, "strides"), g.s) || !pair_is(json_object_get(c, "kernel_size"), g.k) ||
                    strcmp(pad, g.same ? "same" : "valid") || json_integer_value(json_object_get(c, "filters")) != g.cout ||
                    json_is_true(json_object_get(c, "use_bias"))) {
-            *at = appendf(report, len, *at, "topology layer %s is not a %dx%d/%d %s convolution to %d channels without bias\n",
+            *at = pgn_report_append(report, len, *at, "topology layer %s is not a %dx%d/%d %s convolution to %d channels without bias\n",
                           name, g.k, g.k, g.s, g.same ? "same" : "valid", g.cout);
             problems++;
         }
         snprintf(name, sizeof name, "batch_normalization_%d", i + 1);
         c = json_object_get(topology_layer(topo, name), "config");
         if (!c || !json_is_false(json_object_get(c, "scale")) || !json_is_true(json_object_get(c, "center"))) {
-            *at = appendf(report, len, *at, "topology layer %s is not a BatchNormalization with center and no scale\n", name);
+            *at = pgn_report_append(report, len, *at, "topology layer %s is not a BatchNormalization with center and no scale\n", name);
             problems++;
         }
     }
@@ -174,7 +162,7 @@ static int check_topology(json_t *topo, char *report, size_t len, size_t *at)
         json_t *c = json_object_get(topology_layer(topo, name), "config");
         if (!c || !pair_is(json_object_get(c, "pool_size"), 3) || !pair_is(json_object_get(c, "strides"), 2) ||
             strcmp(json_string_value(json_object_get(c, "padding")) ?: "", "valid")) {
-            *at = appendf(report, len, *at, "topology layer %s is not a 3x3/2 valid max-pool\n", name);
+            *at = pgn_report_append(report, len, *at, "topology layer %s is not a 3x3/2 valid max-pool\n", name);
             problems++;
         }
     }
@@ -183,7 +171,7 @@ static int check_topology(json_t *topo, char *report, size_t len, size_t *at)
         json_t *c = json_object_get(topology_layer(topo, name), "config");
         if (!c || !pair_is(json_object_get(c, "pool_size"), 3) || !pair_is(json_object_get(c, "strides"), 1) ||
             strcmp(json_string_value(json_object_get(c, "padding")) ?: "", "same")) {
-            *at = appendf(report, len, *at, "topology layer %s is not a 3x3/1 same average pool\n", name);
+            *at = pgn_report_append(report, len, *at, "topology layer %s is not a 3x3/1 same average pool\n", name);
             problems++;
         }
         /* mixed<b> concatenates the four branches in this order */
@@ -198,7 +186,7 @@ static int check_topology(json_t *topo, char *report, size_t len, size_t *at)
             ok &= got && !strcmp(got, act);
         }
         if (!in || !ok || json_array_size(node) != 4) {
-            *at = appendf(report, len, *at, "topology layer %s does not concatenate activation_%d, _%d, _%d, _%d\n", name,
+            *at = pgn_report_append(report, len, *at, "topology layer %s does not concatenate activation_%d, _%d, _%d, _%d\n", name,
                           want[0], want[1], want[2], want[3]);
             problems++;
         }
@@ -224,13 +212,13 @@ int inception3_check_weights(const nn_weights *w, char *report, size_t len)
             const int64_t *ws = part < 0 ? want : &want[3];
             const nn_weight_entry *t = nn_weights_find(w, k);
             if (!t) {
-                at = appendf(report, len, at, "missing key %s\n", k);
+                at = pgn_report_append(report, len, at, "missing key %s\n", k);
                 problems++;
             } else if (t->ndim != nd || memcmp(t->shape, ws, (size_t)nd * sizeof *ws)) {
                 char have[96], exp[96];
                 nn_shape_str(have, sizeof have, t->ndim, t->shape);
                 nn_shape_str(exp, sizeof exp, nd, ws);
-                at = appendf(report, len, at, "key %s has shape %s, expected %s\n", k, have, exp);
+                at = pgn_report_append(report, len, at, "key %s has shape %s, expected %s\n", k, have, exp);
                 problems++;
             }
         }
@@ -239,7 +227,7 @@ int inception3_check_weights(const nn_weights *w, char *report, size_t len)
     if (m) {
         json_t *topo = json_loads(m->str, 0, NULL);
         if (!topo) {
-            at = appendf(report, len, at, "the model topology is not valid JSON\n");
+            at = pgn_report_append(report, len, at, "the model topology is not valid JSON\n");
             problems++;
         } else
             problems += check_topology(topo, report, len, &at);
@@ -262,11 +250,7 @@ int inception3_load(inception3 *v, const nn_weights *w, nn_err *e)
     char report[4096];
     int problems = inception3_check_weights(w, report, sizeof report);
     if (problems) {
-        size_t n = strlen(report);
-        if (n && report[n - 1] == '\n')
-            report[n - 1] = 0;
-        for (char *p = report; (p = strchr(p, '\n'));)
-            *p = ';', p++;
+        pgn_report_one_line(report);
         return nn_errf(e, "not a usable InceptionV3 teacher (%d problem%s): %s", problems, problems == 1 ? "" : "s",
                        report);
     }
@@ -392,29 +376,11 @@ int inception3_perceptual(nn_ctx *ctx, inception3 *v, const float *x, int n, int
                        w, v->target_n, v->target_h, v->target_w);
     if (inception3_forward(ctx, v, x, n, h, w, e))
         return -1;
-    if (n > v->ps_cap) {
-        free(v->ps);
-        free(v->tap_ps);
-        v->ps = calloc((size_t)n, sizeof *v->ps);
-        v->tap_ps = calloc((size_t)n, sizeof *v->tap_ps);
-        v->ps_cap = v->ps && v->tap_ps ? n : 0;
-        if (!v->ps_cap)
-            return nn_errf(e, "out of memory");
-    }
-    memset(v->ps, 0, (size_t)n * sizeof *v->ps);
-    double total = 0;
-    for (int t = 0; t < INC3_TAPS; t++) {
-        double l;
-        if (nn_l1_loss(ctx, inception3_tap(v, t), &v->target[t], &l, v->tap_ps, e))
-            return -1;
-        total += l * n; /* sum over samples of per-sample means */
-        for (int s = 0; s < n; s++)
-            v->ps[s] += v->tap_ps[s];
-    }
-    if (loss)
-        *loss = total;
-    if (per_sample)
-        memcpy(per_sample, v->ps, (size_t)n * sizeof(double));
+    const nn_act *taps[INC3_TAPS];
+    for (int t = 0; t < INC3_TAPS; t++)
+        taps[t] = inception3_tap(v, t);
+    if (pgn_l1_taps_sum(ctx, &v->sums, taps, v->target, INC3_TAPS, n, loss, per_sample, e))
+        return -1;
     if (!grad)
         return 0;
 

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pgn/report.h"
+
 static const char *const BN_SUFFIX[5] = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"};
 
 typedef struct want_key {
@@ -55,20 +57,6 @@ static int expected_keys(const pgn_module *mods, int n, want_key **out)
     return k ? nk : -1;
 }
 
-static size_t appendf(char *buf, size_t len, size_t at, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static size_t appendf(char *buf, size_t len, size_t at, const char *fmt, ...)
-{
-    if (at >= len)
-        return at;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf + at, len - at, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return at;
-    return at + (size_t)n < len ? at + (size_t)n : len;
-}
-
 static int is_float_dtype(nn_dtype t) { return t == NN_F32 || t == NN_F64 || t == NN_F16 || t == NN_BF16; }
 static int is_count_dtype(nn_dtype t)
 {
@@ -83,13 +71,13 @@ int pgn_state_check(const pgn_module *mods, int n, const nn_weights *w, char *re
     if (len)
         report[0] = 0;
     if (nk < 0) {
-        appendf(report, len, 0, "out of memory\n");
+        pgn_report_append(report, len, 0, "out of memory\n");
         return 1;
     }
     for (int i = 0; i < nk; i++) {
         const nn_weight_entry *t = nn_weights_find(w, k[i].name);
         if (!t) {
-            at = appendf(report, len, at, "missing key %s\n", k[i].name);
+            at = pgn_report_append(report, len, at, "missing key %s\n", k[i].name);
             problems++;
             continue;
         }
@@ -97,14 +85,14 @@ int pgn_state_check(const pgn_module *mods, int n, const nn_weights *w, char *re
             char have[96], exp[96];
             nn_shape_str(have, sizeof have, t->ndim, t->shape);
             nn_shape_str(exp, sizeof exp, k[i].ndim, k[i].shape);
-            at = appendf(report, len, at, "key %s has shape %s, expected %s\n", k[i].name, have, exp);
+            at = pgn_report_append(report, len, at, "key %s has shape %s, expected %s\n", k[i].name, have, exp);
             problems++;
         } else if (k[i].is_count ? !is_count_dtype(t->dtype) : !is_float_dtype(t->dtype)) {
-            at = appendf(report, len, at, "key %s has dtype %s, expected %s\n", k[i].name, nn_dtype_name(t->dtype),
+            at = pgn_report_append(report, len, at, "key %s has dtype %s, expected %s\n", k[i].name, nn_dtype_name(t->dtype),
                          k[i].is_count ? "an integer" : "a floating type");
             problems++;
         } else if (!t->data) {
-            at = appendf(report, len, at, "key %s was not loaded\n", k[i].name);
+            at = pgn_report_append(report, len, at, "key %s was not loaded\n", k[i].name);
             problems++;
         }
     }
@@ -113,7 +101,7 @@ int pgn_state_check(const pgn_module *mods, int n, const nn_weights *w, char *re
         for (int i = 0; i < nk && !found; i++)
             found = !strcmp(w->entries[j].name, k[i].name);
         if (!found) {
-            at = appendf(report, len, at, "unexpected key %s\n", w->entries[j].name);
+            at = pgn_report_append(report, len, at, "unexpected key %s\n", w->entries[j].name);
             problems++;
         }
     }
@@ -140,11 +128,7 @@ int pgn_state_load(const pgn_module *mods, int n, const nn_weights *w, const cha
     char report[8192];
     int problems = pgn_state_check(mods, n, w, report, sizeof report);
     if (problems) {
-        size_t len = strlen(report);
-        if (len && report[len - 1] == '\n')
-            report[--len] = 0;
-        for (char *p = report; (p = strchr(p, '\n'));)
-            *p = ';', p++;
+        pgn_report_one_line(report);
         return nn_errf(e, "%s is not a %s state dict (%d problem%s%s): %s", w->path ? w->path : "(weights)", what,
                        problems, problems == 1 ? "" : "s", hint ? hint : "", report);
     }

@@ -6,6 +6,7 @@
 
 #include "nn/sha256.h"
 #include "nn/tfjs.h"
+#include "pgn/report.h"
 
 const float pgn_imagenet_mean[3] = {0.485f, 0.456f, 0.406f};
 const float pgn_imagenet_std[3] = {0.229f, 0.224f, 0.225f};
@@ -44,18 +45,6 @@ static int is_known_unused(const char *name)
     return 0;
 }
 
-static size_t appendf(char *buf, size_t len, size_t at, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static size_t appendf(char *buf, size_t len, size_t at, const char *fmt, ...)
-{
-    if (at >= len)
-        return at;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf + at, len - at, fmt, ap);
-    va_end(ap);
-    return n > 0 ? at + (size_t)n : at;
-}
-
 static int vgg19_check_weights(const nn_weights *w, char *report, size_t len)
 {
     int problems = 0;
@@ -70,7 +59,7 @@ static int vgg19_check_weights(const nn_weights *w, char *report, size_t len)
             int64_t want[4] = {vgg19_cout(i), vgg19_cin(i), 3, 3};
             int wnd = b ? 1 : 4;
             if (!t) {
-                at = appendf(report, len, at, "missing key %s\n", k);
+                at = pgn_report_append(report, len, at, "missing key %s\n", k);
                 problems++;
                 continue;
             }
@@ -78,10 +67,10 @@ static int vgg19_check_weights(const nn_weights *w, char *report, size_t len)
                 char have[96], exp[96];
                 nn_shape_str(have, sizeof have, t->ndim, t->shape);
                 nn_shape_str(exp, sizeof exp, wnd, want);
-                at = appendf(report, len, at, "key %s has shape %s, expected %s\n", k, have, exp);
+                at = pgn_report_append(report, len, at, "key %s has shape %s, expected %s\n", k, have, exp);
                 problems++;
             } else if (t->dtype != NN_F32 && t->dtype != NN_F64 && t->dtype != NN_F16 && t->dtype != NN_BF16) {
-                at = appendf(report, len, at, "key %s has dtype %s, expected a floating type\n", k,
+                at = pgn_report_append(report, len, at, "key %s has dtype %s, expected a floating type\n", k,
                              nn_dtype_name(t->dtype));
                 problems++;
             }
@@ -89,7 +78,7 @@ static int vgg19_check_weights(const nn_weights *w, char *report, size_t len)
     for (int i = 0; i < w->count; i++) {
         const char *name = w->entries[i].name;
         if (!is_needed(name, NULL) && !is_known_unused(name)) {
-            at = appendf(report, len, at, "unexpected key %s\n", name);
+            at = pgn_report_append(report, len, at, "unexpected key %s\n", name);
             problems++;
         }
     }
@@ -110,16 +99,6 @@ const char *pgn_teacher_kind_of_path(const char *weights_path)
                : "vgg19";
 }
 
-/* The report as one line ("a; b; c"). */
-static void one_line(char *report)
-{
-    size_t n = strlen(report);
-    if (n && report[n - 1] == '\n')
-        report[n - 1] = 0;
-    for (char *p = report; (p = strchr(p, '\n'));)
-        *p = ';', p++;
-}
-
 static int open_vgg19(pgn_teacher *t, const char *weights_path, nn_err *e)
 {
     if (vgg19_init(&t->net, t->seed, e))
@@ -135,7 +114,7 @@ static int open_vgg19(pgn_teacher *t, const char *weights_path, nn_err *e)
     int problems = vgg19_check_weights(&w, report, sizeof report);
     int rc = 0;
     if (problems) {
-        one_line(report);
+        pgn_report_one_line(report);
         rc = nn_errf(e, "%s is not a usable VGG-19 teacher (%d problem%s): %s", weights_path, problems,
                      problems == 1 ? "" : "s", report);
     }
