@@ -14,6 +14,7 @@
 
 #include "nn/engine.h"
 #include "nn/weights.h"
+#include "pgn/l1_taps.h"
 
 #define INC3_CONVS 26 /* conv2d_1 .. conv2d_26 (index i holds conv2d_{i+1}) */
 #define INC3_BLOCKS 3 /* mixed0 .. mixed2 */
@@ -33,8 +34,7 @@ typedef struct inception3 {
     nn_act target[INC3_TAPS];
     int target_n, target_h, target_w;
     nn_act dout[INC3_CONVS], dpool[2], davg, dcat1, dcat2, dmixed[INC3_BLOCKS], dmask, dx;
-    double *ps, *tap_ps;
-    int ps_cap;
+    pgn_l1_taps sums;
 } inception3;
 
 /* Seeded random weights (PyTorch's default conv init, with a bias in place of the folded BN). */

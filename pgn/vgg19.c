@@ -44,8 +44,7 @@ void vgg19_free(vgg19 *v)
     nn_act_free(&v->grad[1]);
     nn_act_free(&v->x);
     nn_act_free(&v->dx);
-    free(v->ps);
-    free(v->tap_ps);
+    pgn_l1_taps_free(&v->sums);
     nn_pool2d_free(&v->pool);
     memset(v, 0, sizeof *v);
 }
@@ -108,27 +107,11 @@ int vgg19_perceptual(nn_ctx *ctx, vgg19 *v, const float *x, int n, int h, int w,
                        v->target_n, v->target_h, v->target_w);
     if (forward(ctx, v, x, n, h, w, e))
         return -1;
-    if (n > v->ps_cap) {
-        free(v->ps);
-        free(v->tap_ps);
-        v->ps = calloc((size_t)n, sizeof *v->ps);
-        v->tap_ps = calloc((size_t)n, sizeof *v->tap_ps);
-        v->ps_cap = v->ps && v->tap_ps ? n : 0;
-        if (!v->ps_cap)
-            return nn_errf(e, "out of memory");
-    }
-    memset(v->ps, 0, (size_t)n * sizeof *v->ps);
-    *loss = 0;
-    for (int i = 0; i < VGG19_CONVS; i++) {
-        double l;
-        if (nn_l1_loss(ctx, &v->feat[i], &v->target[i], &l, v->tap_ps, e))
-            return -1;
-        *loss += l * n; /* sum over samples of per-sample means */
-        for (int s = 0; s < n; s++)
-            v->ps[s] += v->tap_ps[s];
-    }
-    if (per_sample)
-        memcpy(per_sample, v->ps, (size_t)n * sizeof(double));
+    const nn_act *taps[VGG19_CONVS];
+    for (int i = 0; i < VGG19_CONVS; i++)
+        taps[i] = &v->feat[i];
+    if (pgn_l1_taps_sum(ctx, &v->sums, taps, v->target, VGG19_CONVS, n, loss, per_sample, e))
+        return -1;
     if (!grad)
         return 0;
     /* Backward from relu5_1 to the image. cur holds d loss / d feat[i]. */

@@ -6,6 +6,7 @@
 #define PGN_VGG19_H
 
 #include "nn/engine.h"
+#include "pgn/l1_taps.h"
 
 #define VGG19_CONVS 13
 
@@ -18,9 +19,8 @@ typedef struct vgg19 {
     int target_n, target_h, target_w;
     nn_act grad[2];             /* gradients, ping-pong between consecutive layers */
     nn_act x;                   /* the input of the last forward, NCHW */
-    double *ps, *tap_ps;        /* per-sample sums, grown to the batch size */
+    pgn_l1_taps sums;
     int winograd_auto;          /* pick Winograd per batch size (0: conv[i].winograd as set) */
-    int ps_cap;
     nn_act dx;
 } vgg19;
 
