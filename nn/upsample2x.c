@@ -141,10 +141,29 @@ static int bilinear_forward(float *y, const nn_view5 *vy, const float *x, const 
     return 0;
 }
 
+/* One output row scattered into its two input rows, BLK channels per vector. The four targets may
+ * coincide (w0 == w1 at the last column); each lane still adds in PyTorch's order (d00, d01, d10,
+ * d11 per output pixel, pixels in raster order), so the result is the same as the scalar loop's. */
+#define BILINEAR_BACK_ROW(BLK)                                                                                        \
+    for (int ow = 0; ow < wout; ow++) {                                                                                \
+        float lw = cc[ow].lw;                                                                                          \
+        float *d00 = r0 + (size_t)cc[ow].w0 * (BLK), *d01 = r0 + (size_t)cc[ow].w1 * (BLK);                          \
+        float *d10 = r1 + (size_t)cc[ow].w0 * (BLK), *d11 = r1 + (size_t)cc[ow].w1 * (BLK);                          \
+        const float *v = g + (size_t)ow * (BLK);                                                                       \
+        float k00 = (1 - lh) * (1 - lw), k01 = (1 - lh) * lw, k10 = lh * (1 - lw), k11 = lh * lw;                     \
+        _Pragma("omp simd") for (int b = 0; b < (BLK); b++)                                                           \
+        {                                                                                                              \
+            d00[b] += k00 * v[b];                                                                                      \
+            d01[b] += k01 * v[b];                                                                                      \
+            d10[b] += k10 * v[b];                                                                                      \
+            d11[b] += k11 * v[b];                                                                                      \
+        }                                                                                                              \
+    }
+
 /* Scatter-add per (n, channel block) plane: planes are independent, so no races. */
 static int bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, const nn_view5 *vy)
 {
-    int blk = vx->blk;
+    int blk = vx->blk, wout = vy->w;
     size_t plane = (size_t)vx->h * vx->w * blk;
     col_coord *cc = col_coords(vx->w, vy->w);
     if (!cc)
@@ -158,19 +177,13 @@ static int bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, con
             float lh;
             ac_coord(oh, vx->h, vy->h, &h0, &h1, &lh);
             const float *g = dy + ((size_t)nc * vy->h + oh) * vy->w * blk;
-            for (int ow = 0; ow < vy->w; ow++) {
-                int w0 = cc[ow].w0, w1 = cc[ow].w1;
-                float lw = cc[ow].lw;
-                float *d00 = d + ((size_t)h0 * vx->w + w0) * blk, *d01 = d + ((size_t)h0 * vx->w + w1) * blk;
-                float *d10 = d + ((size_t)h1 * vx->w + w0) * blk, *d11 = d + ((size_t)h1 * vx->w + w1) * blk;
-                const float *v = g + (size_t)ow * blk;
-                /* the four targets may coincide (w0 == w1 at the last column): keep the adds in order */
-                for (int b = 0; b < blk; b++) {
-                    d00[b] += (1 - lh) * (1 - lw) * v[b];
-                    d01[b] += (1 - lh) * lw * v[b];
-                    d10[b] += lh * (1 - lw) * v[b];
-                    d11[b] += lh * lw * v[b];
-                }
+            float *r0 = d + (size_t)h0 * vx->w * blk, *r1 = d + (size_t)h1 * vx->w * blk;
+            if (blk == 16) {
+                BILINEAR_BACK_ROW(16)
+            } else if (blk == 8) {
+                BILINEAR_BACK_ROW(8)
+            } else {
+                BILINEAR_BACK_ROW(blk)
             }
         }
     }
