@@ -17,6 +17,7 @@ struct nn_conv_prims {
     int n, h, w; /* input dims after explicit padding */
     int wino;    /* NN_WINO_* passes that use Winograd for this shape */
     int own;     /* runs on conv_grouped.c's kernels (no primitives; wei holds the bwd-data weights) */
+    int own_bwdw; /* depthwise, whose weight gradient oneDNN would run on its gemm fallback: ours */
     dnnl_memory_desc_t in_md;
     dnnl_primitive_desc_t fwd_pd, bwdd_pd, bwdw_pd;
     dnnl_primitive_t fwd, bwdd, bwdw;
@@ -365,6 +366,30 @@ int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, nn_act *y, 
     return nn_exec(ctx, p->fwd, g->has_bias ? 4 : 3, args, e);
 }
 
+/* Pure depthwise weight gradients: oneDNN 2.6's jit_dw has them for 3x3 only and runs other
+ * kernels (the PGN's and autoencoders' 5x5) on x64:gemm:jit, about 1 ms for a 3 MFLOP pass at
+ * 16x16. Our grouped kernels do them at once; the forward and backward-data stay on jit_dw. */
+static int depthwise_bwdw_is_slow(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const dnnl_memory_desc_t *src,
+                                  const dnnl_memory_desc_t *wei, const dnnl_memory_desc_t *bias,
+                                  const dnnl_memory_desc_t *ddst, const dnnl_dims_t strides, const dnnl_dims_t pad)
+{
+    const nn_conv_shape *g = &l->geo;
+    if (g->groups < 2 || g->cin != g->groups || g->cout != g->groups || g->pad_mode != NN_PAD_ZERO ||
+        !nn_convg_enabled())
+        return 0;
+    dnnl_convolution_desc_t d;
+    dnnl_primitive_desc_t pd = NULL;
+    if (dnnl_convolution_backward_weights_desc_init(&d, dnnl_convolution_direct, src, wei, g->has_bias ? bias : NULL,
+                                                    ddst, strides, pad, pad) != dnnl_success ||
+        dnnl_primitive_desc_create(&pd, &d, NULL, ctx->engine, p->fwd_pd) != dnnl_success)
+        return 0;
+    const char *impl = NULL;
+    int slow = dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl &&
+               strstr(impl, "gemm") != NULL;
+    dnnl_primitive_desc_destroy(pd);
+    return slow;
+}
+
 static int make_backward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, int weights, nn_err *e)
 {
     const nn_conv_shape *g = &l->geo;
@@ -386,6 +411,10 @@ static int make_backward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, int weight
             return -1;
         p->wei_bwdd = nn_alloc(nn_md_bytes(nn_pd_md(p->bwdd_pd, dnnl_query_weights_md, 0)));
         return p->wei_bwdd ? 0 : nn_errf(e, "out of memory");
+    }
+    if (depthwise_bwdw_is_slow(ctx, l, p, &src, &wei, &bias, &ddst, strides, pad)) {
+        p->own_bwdw = 1;
+        return 0;
     }
     int bad = 1;
     for (int wino = (p->wino & NN_WINO_BWD_WEIGHTS) ? 1 : 0; wino >= 0 && bad; wino--)
@@ -438,8 +467,19 @@ static int backward_data(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_a
 static int backward_weights(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_act *x, const nn_act *dy,
                             nn_err *e)
 {
-    if (!p->bwdw && make_backward(ctx, l, p, 1, e))
+    if (!p->bwdw && !p->own_bwdw && make_backward(ctx, l, p, 1, e))
         return -1;
+    if (p->own_bwdw) {
+        nn_conv_shape s = l->geo;
+        s.n = p->n, s.h = p->h, s.w = p->w;
+        const float *src, *ddst;
+        nn_view5 vx, vdy;
+        return input_view(ctx, x, &p->xr_w, &src, &vx, e) || input_view(ctx, dy, &p->dyr_w, &ddst, &vdy, e) ||
+                       nn_convg_backward_weights(ctx, &s, src, &vx, ddst, &vdy, l->dweight.data,
+                                                 l->geo.has_bias ? l->dbias.data : NULL, e)
+                   ? -1
+                   : 0;
+    }
     const dnnl_memory_desc_t *src_md = nn_pd_md(p->bwdw_pd, dnnl_query_src_md, 0);
     const dnnl_memory_desc_t *ddst_md = nn_pd_md(p->bwdw_pd, dnnl_query_diff_dst_md, 0);
     const dnnl_memory_desc_t *dwei_md = nn_pd_md(p->bwdw_pd, dnnl_query_diff_weights_md, 0);

@@ -11,7 +11,9 @@
  *   - results do not depend on the thread count (bitwise);
  *   - inputs in a layout the kernels do not read directly (nhwc) are reordered, not changed;
  *   - the dispatch criterion and the PGND_GROUPED_CONV switch (nn_convg_set_enabled): the oneDNN
- *     path gives the same results. */
+ *     path gives the same results;
+ *   - pure depthwise convs (oneDNN's jit_dw, with our weight gradient where oneDNN would fall back
+ *     to its gemm: 5x5, strided) in every layout, with the switch on and off. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -359,6 +361,27 @@ static void criterion_and_switch(void **state)
     nn_convg_set_enabled(-1);
 }
 
+/* Pure depthwise: forward and backward-data on jit_dw; the weight gradient of kernels jit_dw lacks
+ * (5x5: the UNet's and autoencoders' separable convs) on our kernels, 3x3 on jit_dw. */
+static void depthwise(void **state)
+{
+    static const cfg cases[] = {
+        {64, 64, 64, 5, 1, 2, 16, 16, 2, 0, 0}, /* the autoencoders' 5x5 at 16x16 */
+        {32, 32, 32, 5, 2, 2, 15, 17, 1, 1, 1}, /* strided, bias, ReLU */
+        {48, 48, 48, 5, 1, 2, 9, 33, 3, 0, 2},  /* odd sizes, LeakyReLU */
+        {16, 16, 16, 3, 1, 1, 12, 12, 2, 1, 0}, /* 3x3: jit_dw throughout */
+    };
+    for (int on = 1; on >= 0; on--) {
+        nn_convg_set_enabled(on);
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+            nn_conv_shape sh = shape_of(&cases[i]);
+            assert_false(nn_convg_applies(&sh));
+            run_case(&cases[i], 300 + 10 * (uint64_t)i);
+        }
+    }
+    nn_convg_set_enabled(-1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -367,6 +390,7 @@ int main(void)
         cmocka_unit_test(thread_count),
         cmocka_unit_test(other_layouts),
         cmocka_unit_test(criterion_and_switch),
+        cmocka_unit_test(depthwise),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
