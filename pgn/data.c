@@ -141,7 +141,27 @@ void pgn_data_close(pgn_data *d)
     free(d->train);
     free(d->val);
     free(d->bad);
+    pgn_image_cache_free(&d->cache);
     memset(d, 0, sizeof *d);
+}
+
+const char *pgn_data_cache_describe(const pgn_data *d, char *buf, size_t len)
+{
+    const pgn_image_cache *c = &d->cache;
+    int held = 0;
+    for (int i = 0; i < c->n; i++)
+        held += c->e[i].data != NULL;
+    snprintf(buf, len, "image cache: %d images (%.1f MiB of %.0f), %ld reads, %ld decoded, %ld evicted", held,
+             c->bytes / 1048576.0, c->budget / 1048576.0, c->hits + c->misses, c->misses, c->evictions);
+    return buf;
+}
+
+int pgn_data_set_cache_mb(pgn_data *d, double mb)
+{
+    if (!(mb >= 0))
+        return -1;
+    pgn_image_cache_free(&d->cache);
+    return pgn_image_cache_init(&d->cache, d->n_files, (size_t)(mb * 1024 * 1024));
 }
 
 int pgn_data_open(pgn_data *d, const char *folder, double val_fraction, uint64_t seed, char *err, size_t errlen)
@@ -192,7 +212,8 @@ int pgn_data_open(pgn_data *d, const char *folder, double val_fraction, uint64_t
     d->train = malloc((size_t)(n - n_val) * sizeof *d->train);
     d->val = malloc((size_t)(n_val ? n_val : 1) * sizeof *d->val);
     d->bad = calloc((size_t)n, 1);
-    if (!perm || !d->train || !d->val || !d->bad) {
+    if (!perm || !d->train || !d->val || !d->bad ||
+        pgn_image_cache_init(&d->cache, n, (size_t)PGN_DATA_CACHE_MB_DEFAULT * 1024 * 1024)) {
         free(perm);
         pgn_data_close(d);
         return fail(err, errlen, "%s: out of memory", folder);
@@ -277,16 +298,25 @@ void pgn_data_rrc_params(nn_rng *rng, int h, int w, int *top, int *left, int *ch
     *cw = cw_;
 }
 
-/* out [3, size, size] in [0, 1] (not normalised). tmp holds 3 * ch * cw floats. */
-static void crop_resize_flip(nn_rng *rng, const float *img, int h, int w, float *out, int size, float *tmp)
+/* out [3, size, size] in [0, 1] (not normalised), from the decoded image img [3, h, w] or, when
+ * img is NULL, from the cache entry en. Returns 0, -1 on out of memory (the RNG advanced). */
+static int crop_resize_flip(nn_rng *rng, const float *img, const pgn_image_cache_entry *en, int h, int w,
+                            float *out, int size)
 {
     int top, left, ch, cw;
     pgn_data_rrc_params(rng, h, w, &top, &left, &ch, &cw);
-    for (int c = 0; c < 3; c++)
-        for (int y = 0; y < ch; y++)
-            memcpy(tmp + ((size_t)c * ch + y) * cw, img + ((size_t)c * h + top + y) * w + left,
-                   (size_t)cw * sizeof(float));
-    pgn_image_resize(tmp, 3, ch, cw, out, size, size);
+    float *tmp = NULL;
+    if (img) {
+        if (!(tmp = malloc((size_t)3 * ch * cw * sizeof(float))))
+            return -1;
+        for (int c = 0; c < 3; c++)
+            for (int y = 0; y < ch; y++)
+                memcpy(tmp + ((size_t)c * ch + y) * cw, img + ((size_t)c * h + top + y) * w + left,
+                       (size_t)cw * sizeof(float));
+        pgn_image_resize(tmp, 3, ch, cw, out, size, size);
+    } else {
+        pgn_image_cache_crop_resize(en, top, left, ch, cw, out, size, size);
+    }
     if (nn_rng_uniform(rng) < 0.5f)
         for (int c = 0; c < 3; c++)
             for (int y = 0; y < size; y++) {
@@ -297,15 +327,14 @@ static void crop_resize_flip(nn_rng *rng, const float *img, int h, int w, float 
                     r[b] = t;
                 }
             }
+    free(tmp);
+    return 0;
 }
 
 void pgn_data_random_resized_crop(nn_rng *rng, const float *img, int h, int w, float *out, int size)
 {
-    float *tmp = malloc((size_t)3 * h * w * sizeof(float));
-    if (!tmp) /* callers inside this file preallocate; this entry point is for tests */
+    if (crop_resize_flip(rng, img, NULL, h, w, out, size)) /* this entry point is for tests */
         abort();
-    crop_resize_flip(rng, img, h, w, out, size, tmp);
-    free(tmp);
     pgn_to_normalised(out, out, 1, size, size, PGN_SPACE_UNIT);
 }
 
@@ -366,24 +395,26 @@ int pgn_data_train_batch(pgn_data *d, float *out, int batch, int size, char *err
             int f = d->train[nn_rng_below(&d->rng, (uint32_t)d->n_train)];
             if (d->bad[f])
                 continue; /* known bad: draw again without decoding */
-            float *img;
+            float *img = NULL;
             int h, w;
-            int rc = load_checked(d, f, &img, &h, &w, msg, sizeof msg);
-            if (rc < 0)
-                return fail(err, errlen, "%s", msg);
-            if (rc > 0) {
-                d->n_bad_train++;
-                consecutive++;
-                continue;
+            const pgn_image_cache_entry *en = pgn_image_cache_get(&d->cache, f);
+            if (en) {
+                h = en->h, w = en->w;
+            } else {
+                int rc = load_checked(d, f, &img, &h, &w, msg, sizeof msg);
+                if (rc < 0)
+                    return fail(err, errlen, "%s", msg);
+                if (rc > 0) {
+                    d->n_bad_train++;
+                    consecutive++;
+                    continue;
+                }
+                pgn_image_cache_put(&d->cache, f, img, h, w);
             }
-            float *tmp = malloc((size_t)3 * h * w * sizeof(float));
-            if (!tmp) {
-                free(img);
-                return fail(err, errlen, "%s: out of memory", d->files[f]);
-            }
-            crop_resize_flip(&d->rng, img, h, w, out + (size_t)b * plane, size, tmp);
-            free(tmp);
+            int rc = crop_resize_flip(&d->rng, img, en, h, w, out + (size_t)b * plane, size);
             free(img);
+            if (rc)
+                return fail(err, errlen, "%s: out of memory", d->files[f]);
             break;
         }
     }
@@ -404,9 +435,18 @@ int pgn_data_val_image(pgn_data *d, int i, int size, float *out, char *err, size
     }
     float *img;
     int h, w;
-    int rc = load_checked(d, f, &img, &h, &w, err, errlen);
-    if (rc)
-        return rc;
+    const pgn_image_cache_entry *en = pgn_image_cache_get(&d->cache, f);
+    if (en) {
+        h = en->h, w = en->w;
+        if (!(img = malloc((size_t)3 * h * w * sizeof(float))))
+            return fail(err, errlen, "%s: out of memory", d->files[f]);
+        pgn_image_cache_read(en, img);
+    } else {
+        int rc = load_checked(d, f, &img, &h, &w, err, errlen);
+        if (rc)
+            return rc;
+        pgn_image_cache_put(&d->cache, f, img, h, w);
+    }
     /* pgn_image_load_square's transform, on the already decoded image */
     int resize = (int)floor(size * 256.0 / 224.0 + 0.5);
     int oh, ow;

@@ -29,6 +29,10 @@
  * Validation images: Resize(round(size * 256 / 224)) (shorter side, bilinear, no antialias) +
  * CenterCrop(size), normalised -- the same pixels as pgn_image_load_square, then normalised.
  *
+ * Decoded images are kept in a cache (pgn/image_cache.h; PGN_DATA_CACHE_MB_DEFAULT, or
+ * pgn_data_set_cache_mb), so a file is decoded once while it stays there; the pixels, and so the
+ * batches, are the same with or without it.
+ *
  * Functions return 0, or -1 with a message in err (errlen bytes). Not thread-safe per dataset. */
 #ifndef PGN_DATA_H
 #define PGN_DATA_H
@@ -37,10 +41,12 @@
 #include <stdint.h>
 
 #include "nn/rng.h"
+#include "pgn/image_cache.h"
 
 #define PGN_DATA_MIN_SIDE 8
 #define PGN_DATA_MAX_CONSECUTIVE_FAILURES 100
 #define PGN_DATA_MAX_DEPTH 64
+#define PGN_DATA_CACHE_MB_DEFAULT 512
 
 typedef struct pgn_data {
     char folder[1024];
@@ -55,12 +61,18 @@ typedef struct pgn_data {
     long n_skipped;        /* distinct files skipped as bad */
     char last_error[1024]; /* the last skipped file's message ("" when none) */
     int quiet;             /* 1: no warnings on stderr */
+    pgn_image_cache cache; /* decoded images (hits / misses counted there) */
 } pgn_data;
 
 /* Lists the folder and splits it. val_fraction in [0, 1). On failure *d is left closed (safe to
  * pgn_data_close). */
 int pgn_data_open(pgn_data *d, const char *folder, double val_fraction, uint64_t seed, char *err, size_t errlen);
 void pgn_data_close(pgn_data *d);
+/* The decoded-image cache's budget in MiB (0: decode at every draw); empties the cache. Returns 0,
+ * or -1 on a bad value or out of memory. */
+int pgn_data_set_cache_mb(pgn_data *d, double mb);
+/* One line on the cache: "image cache: 19 images (41.3 MiB of 512), 1200 reads, 19 decoded, 0 evicted". */
+const char *pgn_data_cache_describe(const pgn_data *d, char *buf, size_t len);
 
 /* A training batch: out [batch, 3, size, size] NCHW, ImageNet-normalised. */
 int pgn_data_train_batch(pgn_data *d, float *out, int batch, int size, char *err, size_t errlen);

@@ -418,9 +418,9 @@ void pgn_image_resize(const float *src, int c, int h, int w, float *dst, int oh,
             const float lx1 = fx - (float)x0, lx0 = 1.0f - lx1;
             for (int ch = 0; ch < c; ch++) {
                 const float *p = src + (size_t)ch * h * w;
-                dst[((size_t)ch * oh + i) * ow + j] =
-                    ly0 * (lx0 * p[(size_t)y0 * w + x0] + lx1 * p[(size_t)y0 * w + x1]) +
-                    ly1 * (lx0 * p[(size_t)y1 * w + x0] + lx1 * p[(size_t)y1 * w + x1]);
+                dst[((size_t)ch * oh + i) * ow + j] = pgn_bilerp(p[(size_t)y0 * w + x0], p[(size_t)y0 * w + x1],
+                                                                  p[(size_t)y1 * w + x0], p[(size_t)y1 * w + x1],
+                                                                  lx0, lx1, ly0, ly1);
             }
         }
     }

@@ -19,6 +19,7 @@
 #ifndef PGN_IMAGE_H
 #define PGN_IMAGE_H
 
+#include <math.h>
 #include <stddef.h>
 
 #define PGN_IMAGE_MAX_PIXELS (1L << 26) /* 64 Mpixel (768 MiB as float RGB) */
@@ -36,6 +37,13 @@ int pgn_image_save_png(const char *path, const float *chw, int h, int w, char *e
  * F.interpolate(mode="bilinear", align_corners=False, antialias=False): source coordinate
  * (dst + 0.5) * in / out - 0.5, clamped at 0. No antialiasing (downscaling aliases). */
 void pgn_image_resize(const float *src, int c, int h, int w, float *dst, int oh, int ow);
+/* Its interpolation of one value from the four neighbours a (y0, x0), b (y0, x1), c (y1, x0), d (y1,
+ * x1), with explicit fused multiply-adds so that every caller rounds alike (the compiler's own
+ * contraction choices differ between call sites). */
+static inline float pgn_bilerp(float a, float b, float c, float d, float lx0, float lx1, float ly0, float ly1)
+{
+    return fmaf(ly1, fmaf(lx1, d, lx0 * c), ly0 * fmaf(lx1, b, lx0 * a));
+}
 /* torchvision's Resize(size) output size: the shorter side becomes `size`, the longer one
  * int(size * long / short). */
 void pgn_image_shorter_side_size(int h, int w, int size, int *oh, int *ow);

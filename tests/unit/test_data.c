@@ -2,7 +2,9 @@
  * .jpeg names, a symlink loop) with bad files (truncated PNG, text named .jpg, 4x4 PNG): the
  * listing, skipping with a count, batch shape and normalisation range, determinism per seed,
  * varying crops and flips, RandomResizedCrop's parameters and fallback, the validation split, and
- * the empty / missing folder errors. */
+ * the empty / missing folder errors; the decoded-image cache (pgn/image_cache.h): batches and
+ * validation images bit-identical with it, without it and with a budget that forces evictions;
+ * bytes for 8-bit images, floats otherwise; LRU eviction; images over the budget not kept. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +19,7 @@
 #include <cmocka.h>
 
 #include "pgn/data.h"
+#include "pgn/image_cache.h"
 #include "pgn/image.h"
 #include "pgn/teacher.h"
 
@@ -330,6 +333,113 @@ static void validation(void **state)
     pgn_data_close(&c);
 }
 
+/* The cache changes nothing but the time: batches and validation images are bit-identical with the
+ * default budget, with none, and with one so small that images are evicted all the time. */
+static void cache_same_batches(void **state)
+{
+    (void)state;
+    const int B = 16, S = 24, N = 6;
+    size_t n = (size_t)B * 3 * S * S;
+    float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float)), *z = malloc(n * sizeof(float));
+    assert_non_null(x);
+    assert_non_null(y);
+    assert_non_null(z);
+    pgn_data a, b, c;
+    assert_int_equal(pgn_data_open(&a, dir, 0.3, 5, err, sizeof err), 0);
+    assert_int_equal(pgn_data_open(&b, dir, 0.3, 5, err, sizeof err), 0);
+    assert_int_equal(pgn_data_open(&c, dir, 0.3, 5, err, sizeof err), 0);
+    a.quiet = b.quiet = c.quiet = 1;
+    assert_int_equal(pgn_data_set_cache_mb(&b, 0), 0);
+    assert_int_equal(pgn_data_set_cache_mb(&c, 0.012), 0); /* about one of these images */
+    assert_int_equal(pgn_data_set_cache_mb(&c, -1), -1);
+    for (int it = 0; it < N; it++) {
+        assert_int_equal(pgn_data_train_batch(&a, x, B, S, err, sizeof err), 0);
+        assert_int_equal(pgn_data_train_batch(&b, y, B, S, err, sizeof err), 0);
+        assert_int_equal(pgn_data_train_batch(&c, z, B, S, err, sizeof err), 0);
+        assert_memory_equal(x, y, n * sizeof(float));
+        assert_memory_equal(x, z, n * sizeof(float));
+    }
+    /* every good training image decoded once, then served from memory */
+    assert_true(a.cache.hits > N * B / 2);
+    assert_int_equal(a.cache.evictions, 0);
+    assert_int_equal(b.cache.hits, 0);
+    assert_int_equal(b.cache.bytes, 0);
+    assert_true(c.cache.evictions > 0);
+    assert_true(c.cache.bytes <= c.cache.budget);
+    assert_int_equal(a.n_skipped, b.n_skipped);
+    float va[3 * 20 * 20], vb[3 * 20 * 20];
+    for (int i = 0; i < a.n_val; i++)
+        for (int twice = 0; twice < 2; twice++) { /* the second read comes from the cache */
+            int ra = pgn_data_val_image(&a, i, 20, va, err, sizeof err);
+            int rb = pgn_data_val_image(&b, i, 20, vb, err, sizeof err);
+            assert_int_equal(ra, rb);
+            if (ra == 0)
+                assert_memory_equal(va, vb, sizeof va);
+        }
+    pgn_data_close(&a);
+    pgn_data_close(&b);
+    pgn_data_close(&c);
+    free(x);
+    free(y);
+    free(z);
+}
+
+/* The cache itself: storage kinds, exact read-back, LRU eviction, the budget. */
+static void cache_entries(void **state)
+{
+    (void)state;
+    const int H = 5, W = 7, CNT = 3 * 5 * 7;
+    float bytes_img[3 * 5 * 7], float_img[3 * 5 * 7], back[3 * 5 * 7];
+    for (int k = 0; k < CNT; k++) {
+        bytes_img[k] = (float)((k * 37) % 256) / 255.0f; /* as an 8-bit decoder gives them */
+        float_img[k] = (float)((k * 4099) % 65536) / 65535.0f; /* a 16-bit PNG's values */
+    }
+    pgn_image_cache c;
+    assert_int_equal(pgn_image_cache_init(&c, 4, 2 * (size_t)CNT + 8), 0);
+    assert_null(pgn_image_cache_get(&c, 0));
+    pgn_image_cache_put(&c, 0, bytes_img, H, W);
+    pgn_image_cache_put(&c, 1, bytes_img, H, W);
+    const pgn_image_cache_entry *en = pgn_image_cache_get(&c, 0);
+    assert_non_null(en);
+    assert_int_equal(en->bytes_per, 1);
+    pgn_image_cache_read(en, back);
+    assert_memory_equal(back, bytes_img, sizeof back);
+    /* a crop, and a crop resized, as pgn_image_resize gives them on the float crop */
+    float crop[3 * 3 * 4], rs[3 * 6 * 5], rs_ref[3 * 6 * 5];
+    pgn_image_cache_crop(en, 1, 2, 3, 4, crop);
+    for (int ch = 0; ch < 3; ch++)
+        for (int y = 0; y < 3; y++)
+            for (int x = 0; x < 4; x++)
+                assert_true(crop[(ch * 3 + y) * 4 + x] == bytes_img[(ch * H + 1 + y) * W + 2 + x]);
+    pgn_image_cache_crop_resize(en, 1, 2, 3, 4, rs, 6, 5);
+    pgn_image_resize(crop, 3, 3, 4, rs_ref, 6, 5);
+    assert_memory_equal(rs, rs_ref, sizeof rs);
+    /* slot 0 was used last: slot 1 is the one evicted for slot 2 */
+    pgn_image_cache_put(&c, 2, bytes_img, H, W);
+    assert_int_equal(c.evictions, 1);
+    assert_non_null(pgn_image_cache_get(&c, 0));
+    assert_null(pgn_image_cache_get(&c, 1));
+    assert_non_null(pgn_image_cache_get(&c, 2));
+    /* values that are not k / 255: floats, four times the bytes: more than this budget, not kept */
+    pgn_image_cache_put(&c, 3, float_img, H, W);
+    assert_null(pgn_image_cache_get(&c, 3));
+    assert_int_equal(c.bytes, 2 * (size_t)CNT);
+    pgn_image_cache_free(&c);
+    assert_int_equal(pgn_image_cache_init(&c, 2, 4 * (size_t)CNT), 0);
+    pgn_image_cache_put(&c, 1, float_img, H, W);
+    en = pgn_image_cache_get(&c, 1);
+    assert_non_null(en);
+    assert_int_equal(en->bytes_per, 4);
+    pgn_image_cache_read(en, back);
+    assert_memory_equal(back, float_img, sizeof back);
+    pgn_image_cache_crop_resize(en, 0, 1, 5, 6, rs, 6, 5);
+    float crop2[3 * 5 * 6];
+    pgn_image_cache_crop(en, 0, 1, 5, 6, crop2);
+    pgn_image_resize(crop2, 3, 5, 6, rs_ref, 6, 5);
+    assert_memory_equal(rs, rs_ref, sizeof rs);
+    pgn_image_cache_free(&c);
+}
+
 static void all_bad(void **state)
 {
     (void)state;
@@ -358,6 +468,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(listing),         cmocka_unit_test(errors),     cmocka_unit_test(batches),
         cmocka_unit_test(crops_and_flips), cmocka_unit_test(validation), cmocka_unit_test(all_bad),
+        cmocka_unit_test(cache_same_batches), cmocka_unit_test(cache_entries),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
