@@ -28,6 +28,8 @@ static const param_spec params[] = {
      "An autoencoder whose L1 has not improved for this many samples is reset with probability ae_reset_prob per step"},
     {"ae_reset_prob", P_NUMBER, "0.01", 0, 1, NULL, NULL, "Per-step reset probability of a stale autoencoder"},
     {"ae_reset_l1", P_NUMBER, "1000", 0, 1e12, NULL, NULL, "An autoencoder whose L1 exceeds this is reset"},
+    {"image_cache_mb", P_INT, "512", 0, 1048576, NULL, "MiB",
+     "Decoded training photographs kept in memory, so each is decoded once (8-bit images as bytes); 0: decode at every draw"},
     {"seed", P_INT, "0", 0, 2147483647, NULL, NULL, "Seed of the generators, the data order and the resets"},
     {"teacher_weights", P_PATH, "\"\"", 0, 0, NULL, NULL,
      "Teacher weights for this job: VGG-19 (.pth or .safetensors) or an InceptionV3 tfjs model directory (nsfwjs 4.4.0 inception_v3; see make teacher). Default: the daemon's teacher_weights; none: random VGG-19, not a perceptual loss"},
@@ -116,6 +118,7 @@ static int run(const char *params_json, const pgn_job_io *io, char *err, size_t 
     p.ae_reset_prob = NUM("ae_reset_prob");
     p.ae_reset_l1 = NUM("ae_reset_l1");
     p.seed = (uint64_t)INT("seed");
+    p.image_cache_mb = (double)INT("image_cache_mb");
 #undef STR
 #undef NUM
 #undef INT

@@ -41,6 +41,8 @@ static const param_spec params[] = {
     {"ae_reset_l1", P_NUMBER, "1000", 0, 1e12, NULL, NULL, "An autoencoder whose L1 exceeds this is reset"},
     {"init", P_FILE, "\"\"", 0, 0, NULL, NULL,
      "Start from this PGN checkpoint (pgnd's or the authors' .pth) instead of a fresh initialisation"},
+    {"image_cache_mb", P_INT, "512", 0, 1048576, NULL, "MiB",
+     "Decoded training photographs kept in memory, so each is decoded once (8-bit images as bytes); 0: decode at every draw"},
     {"val_fraction", P_NUMBER, "0.2", 0, 0.9, NULL, NULL, "Fraction of the image files held out for validation"},
     {"val_max", P_INT, "8", 1, 1024, NULL, "images", "Held-out images used per validation"},
     {"val_every", P_INT, "100", 0, 10000000, NULL, "steps", "Validate every this many steps (0: never)"},
@@ -135,6 +137,7 @@ static int run(const char *params_json, const pgn_job_io *io, char *err, size_t 
     p.image_every = (int)INT("image_every");
     p.checkpoint_every = (int)INT("checkpoint_every");
     p.seed = (uint64_t)INT("seed");
+    p.image_cache_mb = (double)INT("image_cache_mb");
 #undef STR
 #undef NUM
 #undef INT

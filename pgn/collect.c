@@ -54,6 +54,7 @@ void pgn_collect_params_default(pgn_collect_params *p)
     p->batch = 6;
     p->samples_per_shard = 256;
     p->samples = 1024;
+    p->image_cache_mb = PGN_DATA_CACHE_MB_DEFAULT;
     p->generators = 7;
     p->ae_lr = 1e-3;
     p->clip_factor = 5;
@@ -771,6 +772,10 @@ int pgn_collect_run(const pgn_collect_params *p, const pgn_job_io *io, char *err
         goto out;
     j.data_open = 1;
     j.data.quiet = 1;
+    if (pgn_data_set_cache_mb(&j.data, p->image_cache_mb)) {
+        snprintf(err, errlen, "image_cache_mb %g: not a size, or out of memory", p->image_cache_mb);
+        goto out;
+    }
     if (!io->resume_checkpoint) {
         /* a fresh start never silently replaces another collection's shards */
         pgn_collection_info old;
@@ -895,6 +900,10 @@ int pgn_collect_run(const pgn_collect_params *p, const pgn_job_io *io, char *err
     }
     rc = PGN_DONE;
 out:
+    if (j.data_open) {
+        char cache[256];
+        logf_(io, "info", "%s", pgn_data_cache_describe(&j.data, cache, sizeof cache));
+    }
     job_free(&j);
     return rc;
 }

@@ -44,6 +44,7 @@ typedef struct pgn_collect_params {
     int samples_per_shard;
     int64_t samples;            /* samples wanted */
     uint64_t seed;
+    double image_cache_mb;      /* decoded training images kept in memory (pgn_data_set_cache_mb) */
     unsigned generators;        /* bit i: ae<i> generates (default 7: all three, equal shares) */
     double ae_lr;
     double clip_factor, clip_init, clip_ema_weight;

@@ -75,6 +75,7 @@ void pgn_fit_params_default(pgn_fit_params *p)
     p->ae_reset_prob = 0.01;
     p->ae_reset_l1 = 1e3;
     p->val_fraction = 0.2;
+    p->image_cache_mb = PGN_DATA_CACHE_MB_DEFAULT;
     p->val_max = 8;
     p->log_every = 10;
     p->val_every = 100;
@@ -1186,6 +1187,10 @@ int pgn_fit_run(const pgn_fit_params *p, const pgn_job_io *io, char *err, size_t
             goto out;
         j.data_open = 1;
         j.data.quiet = 1;
+        if (pgn_data_set_cache_mb(&j.data, p->image_cache_mb)) {
+            snprintf(err, errlen, "image_cache_mb %g: not a size, or out of memory", p->image_cache_mb);
+            goto out;
+        }
     }
     const char *tw = p->teacher_weights[0] ? p->teacher_weights : io->teacher_weights;
     if (pgn_fit_open(&j.f, p, tw, io->threads, &e)) {
@@ -1262,6 +1267,10 @@ int pgn_fit_run(const pgn_fit_params *p, const pgn_job_io *io, char *err, size_t
         goto out;
     rc = PGN_DONE;
 out:
+    if (j.data_open) {
+        char cache[256];
+        logf_(io, "info", "%s", pgn_data_cache_describe(&j.data, cache, sizeof cache));
+    }
     pgn_fit_close(j.f);
     if (j.data_open)
         pgn_data_close(&j.data);

@@ -72,6 +72,7 @@ typedef struct pgn_fit_params {
     double clip_factor, clip_init, clip_ema_weight;
     double ae_plateau_samples, ae_reset_prob, ae_reset_l1;
     double val_fraction;        /* of the image files held out */
+    double image_cache_mb;      /* decoded training images kept in memory (pgn_data_set_cache_mb) */
     int val_max;                /* at most this many held-out images per validation */
     int log_every, val_every, image_every, checkpoint_every;
 } pgn_fit_params;
