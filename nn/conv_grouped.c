@@ -75,6 +75,8 @@ static inline void row_span(int w, int sw, int q, int pw, int len, int *jlo, int
  * for j < len, zero outside the image. Tap (a, b) of output row r, column i of image m is then at
  * TAP_OFF(a, b) + (m * rp + r) * ld + i: one flat index for all images and rows. From a blocked
  * layout each channel is gathered at the block's stride. */
+#define FILL_MAX_NC 32
+
 static void fill_block(float *restrict dst, size_t cstride, const float *restrict x, const nn_view5 *v, int n0,
                        int nb, int c0, int nc, int ih0, int sh, int rp, int sw, int pw, int len, size_t ld)
 {
@@ -107,6 +109,21 @@ static void fill_block(float *restrict dst, size_t cstride, const float *restric
                                 for (int j = jlo; j < jhi; j++)
                                     dk[j] = src[(j - jlo) * step];
                         }
+                        continue;
+                    }
+                    if (sw == 1 && nc <= FILL_MAX_NC) {
+                        /* pixel by pixel, all nc channels from the one cache line that holds them (a
+                         * channel at a time would reload every line nc times, at a 64-byte stride) */
+                        const float *srck[FILL_MAX_NC];
+                        float *dkk[FILL_MAX_NC];
+                        for (int k = 0; k < nc; k++) {
+                            srck[k] = x + nn_view5_off(v, n0 + m, c0 + k, ih, 0) + col0 * blk;
+                            dkk[k] = d + k * cstride + jlo;
+                        }
+                        const int cnt = jhi - jlo;
+                        for (int j = 0; j < cnt; j++)
+                            for (int k = 0; k < nc; k++)
+                                dkk[k][j] = srck[k][(size_t)j * blk];
                         continue;
                     }
                     for (int k = 0; k < nc; k++) {
