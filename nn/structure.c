@@ -11,6 +11,23 @@ static int give_grad(nn_ctx *ctx, nn_act *acc, const dnnl_memory_desc_t *md, con
     return nn_act_accumulate(ctx, acc, md, g, n, c, h, w, e);
 }
 
+/* memcpy of n floats split over the threads: a concatenation's copies are a few MB each, and one
+ * thread copying while the other waits was 3% of a PGN-arm DIP step. */
+static void par_copy(float *dst, const float *src, size_t n)
+{
+    const size_t chunk = 16384;
+    if (n < 4 * chunk) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    const long nch = (long)((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < nch; i++) {
+        size_t at = (size_t)i * chunk, len = at + chunk <= n ? chunk : n - at;
+        memcpy(dst + at, src + at, len * sizeof(float));
+    }
+}
+
 /* Copies a whole [n][cb][h][w][blk] chunk per sample when the block layout allows it. */
 static int concat_blocked_ok(const nn_view5 *va, const nn_view5 *vb)
 {
@@ -40,8 +57,8 @@ int nn_concat_forward(nn_ctx *ctx, const nn_act *a_in, const nn_act *b_in, nn_ac
     size_t sa = (size_t)va.cb * va.h * va.w * va.blk, sb = (size_t)vb.cb * vb.h * vb.w * vb.blk;
     size_t sy = nn_md_bytes(&md) / sizeof(float) / a->n;
     for (int n = 0; n < a->n; n++) {
-        memcpy(y->data + n * sy, a->data + n * sa, sa * sizeof(float));
-        memcpy(y->data + n * sy + sa, b->data + n * sb, sb * sizeof(float));
+        par_copy(y->data + n * sy, a->data + n * sa, sa);
+        par_copy(y->data + n * sy + sa, b->data + n * sb, sb);
     }
     y->valid = 1;
     return 0;
@@ -75,7 +92,7 @@ int nn_concat_backward(nn_ctx *ctx, const nn_act *dy_in, int ca, nn_act *da, nn_
         if (!g)
             return -1;
         for (int i = 0; i < n; i++)
-            memcpy(g + i * s, dy->data + i * sy + off, s * sizeof(float));
+            par_copy(g + i * s, dy->data + i * sy + off, s);
         if (give_grad(ctx, d, part ? &mb : &ma, g, n, part ? cb : ca, h, w, e))
             return -1;
     }
