@@ -219,6 +219,10 @@ int nn_l1_loss_backward(nn_ctx *ctx, const nn_act *x, const nn_act *t, float dlo
  * is a ReLU output (so relu'(x) = x > 0) and dx already holds the gradient arriving from above
  * (it must be valid, in x's layout). One pass instead of a loss backward plus a ReLU backward. */
 int nn_l1_loss_backward_relu(nn_ctx *ctx, const nn_act *x, const nn_act *t, float dloss, nn_act *dx, nn_err *e);
+/* The same, dx may also be new (not valid: then written), and sums (may be NULL) receives per sample
+ * the sum of |x - t| over C*H*W (nn_l1_loss's per-sample mean times C*H*W), from the same pass. */
+int nn_l1_loss_backward_relu_sums(nn_ctx *ctx, const nn_act *x, const nn_act *t, float dloss, nn_act *dx,
+                                  double *sums, nn_err *e);
 int nn_mse_loss(nn_ctx *ctx, const nn_act *x, const nn_act *t, double *loss, double *per_sample, nn_err *e);
 int nn_mse_loss_backward(nn_ctx *ctx, const nn_act *x, const nn_act *t, float dloss, nn_act *dx, nn_err *e);
 

@@ -92,29 +92,51 @@ int nn_l1_loss_backward(nn_ctx *ctx, const nn_act *x, const nn_act *t, float dlo
 
 int nn_l1_loss_backward_relu(nn_ctx *ctx, const nn_act *x, const nn_act *t, float dloss, nn_act *dx, nn_err *e)
 {
+    return nn_l1_loss_backward_relu_sums(ctx, x, t, dloss, dx, NULL, e);
+}
+
+/* One pass per sample over x, t and dx: the gradient, and (when sums) the sum of |x - t| that
+ * nn_l1_loss would read x and t again for. A dx not yet valid is written, not zeroed and added to. */
+int nn_l1_loss_backward_relu_sums(nn_ctx *ctx, const nn_act *x, const nn_act *t, float dloss, nn_act *dx,
+                                  double *sums, nn_err *e)
+{
     const float *td = target_like(ctx, x, t, e);
     if (!td)
         return -1;
+    int add = dx->valid;
     if (!dx->valid) {
         if (nn_act_reserve(dx, x->n, x->c, x->h, x->w, &x->md, e))
             return -1;
-        memset(dx->data, 0, nn_md_bytes(&x->md));
-        dx->valid = 1;
     } else if (!nn_md_equal(&dx->md, &x->md)) {
         dnnl_memory_desc_t md = x->md;
         if (nn_act_convert(ctx, dx, &md, e))
             return -1;
     }
-    size_t count = nn_md_bytes(&x->md) / sizeof(float);
+    size_t per = nn_md_bytes(&x->md) / sizeof(float) / x->n; /* n is the outermost dim of every layout */
     float scale = dloss / (float)nn_act_count(x);
-    const float *xd = x->data;
-    float *d = dx->data;
+    for (int n = 0; n < x->n; n++) {
+        const float *xd = x->data + n * per, *tn = td + n * per;
+        float *d = dx->data + n * per;
+        double s = 0;
+        if (sums) {
+#pragma omp parallel for simd reduction(+ : s) schedule(static)
+            for (size_t i = 0; i < per; i++) {
+                float diff = xd[i] - tn[i];
+                s += fabs((double)xd[i] - (double)tn[i]);
+                float g = (add ? d[i] : 0.0f) + (float)((diff > 0) - (diff < 0)) * scale;
+                d[i] = xd[i] > 0 ? g : 0.0f;
+            }
+            sums[n] = s;
+        } else {
 #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < count; i++) {
-        float diff = xd[i] - td[i];
-        float g = d[i] + (float)((diff > 0) - (diff < 0)) * scale;
-        d[i] = xd[i] > 0 ? g : 0.0f;
+            for (size_t i = 0; i < per; i++) {
+                float diff = xd[i] - tn[i];
+                float g = (add ? d[i] : 0.0f) + (float)((diff > 0) - (diff < 0)) * scale;
+                d[i] = xd[i] > 0 ? g : 0.0f;
+            }
+        }
     }
+    dx->valid = 1;
     return 0;
 }
 

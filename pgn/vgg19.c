@@ -110,10 +110,12 @@ int vgg19_perceptual(nn_ctx *ctx, vgg19 *v, const float *x, int n, int h, int w,
     const nn_act *taps[VGG19_CONVS];
     for (int i = 0; i < VGG19_CONVS; i++)
         taps[i] = &v->feat[i];
-    if (pgn_l1_taps_sum(ctx, &v->sums, taps, v->target, VGG19_CONVS, n, loss, per_sample, e))
-        return -1;
     if (!grad)
-        return 0;
+        return pgn_l1_taps_sum(ctx, &v->sums, taps, v->target, VGG19_CONVS, n, loss, per_sample, e);
+    /* with a gradient, the loss comes from the backward's own pass over each tap */
+    double *raw = pgn_l1_taps_raw(&v->sums, VGG19_CONVS, n, e);
+    if (!raw)
+        return -1;
     /* Backward from relu5_1 to the image. cur holds d loss / d feat[i]. */
     int cur = 0;
     for (int i = VGG19_CONVS - 1; i >= 0; i--) {
@@ -122,7 +124,7 @@ int vgg19_perceptual(nn_ctx *ctx, vgg19 *v, const float *x, int n, int h, int w,
             nn_act_grad_reset(g);
         /* Tap gradient plus the ReLU mask in one pass; dloss = n turns the batch mean into the
          * sum of per-sample means. */
-        if (nn_l1_loss_backward_relu(ctx, &v->feat[i], &v->target[i], (float)n, g, e))
+        if (nn_l1_loss_backward_relu_sums(ctx, &v->feat[i], &v->target[i], (float)n, g, raw + (size_t)i * n, e))
             return -1;
         nn_act *gin = i == 0 ? &v->dx : &v->grad[1 - cur];
         nn_act_grad_reset(gin);
@@ -143,5 +145,6 @@ int vgg19_perceptual(nn_ctx *ctx, vgg19 *v, const float *x, int n, int h, int w,
         }
         cur = 1 - cur;
     }
+    pgn_l1_taps_total(&v->sums, taps, VGG19_CONVS, n, loss, per_sample);
     return nn_act_to_nchw(ctx, &v->dx, grad, e);
 }

@@ -138,6 +138,12 @@ static void check_pair(pgn_teacher *t, const char *xs, const char *ys, const cha
         sum += ps[i];
     }
     assert_true(fabs(total - sum) <= 1e-9 * fabs(sum));
+    /* the loss alone (taps read for it) and the loss the backward pass sums agree */
+    double ps_only[4], total_only;
+    ok(pgn_teacher_loss_grad(&ctx, t, x, n, h, w, PGN_SPACE_NORMALISED, ps_only, &total_only, NULL, &e), &e);
+    for (int i = 0; i < n; i++)
+        assert_true(fabs(ps_only[i] - ps[i]) <= 1e-12 * fabs(ps[i]));
+    assert_true(fabs(total_only - total) <= 1e-12 * fabs(total));
     double gerr = fx_rel_err(g, want_g, count);
     print_message("%s gradient: max error / max |g| %.2e\n", xs, gerr);
     fx_expect_close("teacher gradient", g, want_g, count, 1e-4);
