@@ -1,6 +1,7 @@
 /* x2 upsampling. Nearest runs on oneDNN's resampling primitive. Bilinear is PyTorch's
  * align_corners=True, which oneDNN's resampling (half-pixel centres) cannot express, so it is our
  * own OpenMP kernel over plain or channel-blocked layouts. */
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -166,8 +167,12 @@ static int bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, con
     int blk = vx->blk, wout = vy->w;
     size_t plane = (size_t)vx->h * vx->w * blk;
     col_coord *cc = col_coords(vx->w, vy->w);
-    if (!cc)
+    float *rowbuf = malloc((size_t)omp_get_max_threads() * vx->w * sizeof(float));
+    if (!cc || !rowbuf) {
+        free(cc);
+        free(rowbuf);
         return -1;
+    }
 #pragma omp parallel for schedule(static)
     for (int nc = 0; nc < vx->n * vx->cb; nc++) {
         float *d = dx + nc * plane;
@@ -182,12 +187,30 @@ static int bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, con
                 BILINEAR_BACK_ROW(16)
             } else if (blk == 8) {
                 BILINEAR_BACK_ROW(8)
+            } else if (blk == 1) {
+                /* plain rows: the column weights once per output row (two adds per output pixel into
+                 * a row buffer), then that row into both input rows as vectors; the sums group
+                 * differently from the scalar scatter's, so results differ by rounding only */
+                float *t = rowbuf + (size_t)omp_get_thread_num() * vx->w;
+                memset(t, 0, (size_t)vx->w * sizeof(float));
+                for (int ow = 0; ow < wout; ow++) {
+                    t[cc[ow].w0] += (1 - cc[ow].lw) * g[ow];
+                    t[cc[ow].w1] += cc[ow].lw * g[ow];
+                }
+                const float k0 = 1 - lh, k1 = lh;
+#pragma omp simd
+                for (int w = 0; w < vx->w; w++)
+                    r0[w] += k0 * t[w];
+#pragma omp simd
+                for (int w = 0; w < vx->w; w++)
+                    r1[w] += k1 * t[w];
             } else {
                 BILINEAR_BACK_ROW(blk)
             }
         }
     }
     free(cc);
+    free(rowbuf);
     return 0;
 }
 
