@@ -142,6 +142,40 @@ static int bilinear_forward(float *y, const nn_view5 *vy, const float *x, const 
     return 0;
 }
 
+/* The column pass of the backward as a gather: input column w receives wt[k][w] * g[idx[k][w]]
+ * for k < k (unused entries have weight 0), in the output-column order of the forward's scatter. */
+typedef struct col_gather {
+    int k;
+    int *idx;
+    float *wt;
+} col_gather;
+
+static int col_gather_make(col_gather *gt, const col_coord *cc, int in, int out)
+{
+    int *cnt = calloc((size_t)in, sizeof *cnt), k = 0;
+    if (!cnt)
+        return -1;
+    for (int o = 0; o < out; o++)
+        cnt[cc[o].w0]++, cnt[cc[o].w1]++;
+    for (int w = 0; w < in; w++)
+        k = cnt[w] > k ? cnt[w] : k;
+    gt->k = k;
+    gt->idx = calloc((size_t)k * in, sizeof *gt->idx);
+    gt->wt = calloc((size_t)k * in, sizeof *gt->wt);
+    if (!gt->idx || !gt->wt) {
+        free(cnt);
+        return -1;
+    }
+    memset(cnt, 0, (size_t)in * sizeof *cnt);
+    for (int o = 0; o < out; o++) {
+        int a = cc[o].w0, b = cc[o].w1;
+        gt->idx[(size_t)cnt[a] * in + a] = o, gt->wt[(size_t)cnt[a]++ * in + a] = 1 - cc[o].lw;
+        gt->idx[(size_t)cnt[b] * in + b] = o, gt->wt[(size_t)cnt[b]++ * in + b] = cc[o].lw;
+    }
+    free(cnt);
+    return 0;
+}
+
 /* One output row scattered into its two input rows, BLK channels per vector. The four targets may
  * coincide (w0 == w1 at the last column); each lane still adds in PyTorch's order (d00, d01, d10,
  * d11 per output pixel, pixels in raster order), so the result is the same as the scalar loop's. */
@@ -168,7 +202,8 @@ static int bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, con
     size_t plane = (size_t)vx->h * vx->w * blk;
     col_coord *cc = col_coords(vx->w, vy->w);
     float *rowbuf = malloc((size_t)omp_get_max_threads() * vx->w * sizeof(float));
-    if (!cc || !rowbuf) {
+    col_gather gtab = {0}, *gt = &gtab;
+    if (!cc || !rowbuf || (blk == 1 && col_gather_make(gt, cc, vx->w, vy->w))) {
         free(cc);
         free(rowbuf);
         return -1;
@@ -192,10 +227,11 @@ static int bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, con
                  * a row buffer), then that row into both input rows as vectors; the sums group
                  * differently from the scalar scatter's, so results differ by rounding only */
                 float *t = rowbuf + (size_t)omp_get_thread_num() * vx->w;
-                memset(t, 0, (size_t)vx->w * sizeof(float));
-                for (int ow = 0; ow < wout; ow++) {
-                    t[cc[ow].w0] += (1 - cc[ow].lw) * g[ow];
-                    t[cc[ow].w1] += cc[ow].lw * g[ow];
+                for (int w = 0; w < vx->w; w++) { /* gathered: no chain of adds through memory */
+                    float acc = 0.0f;
+                    for (int k = 0; k < gt->k; k++)
+                        acc += gt->wt[(size_t)k * vx->w + w] * g[gt->idx[(size_t)k * vx->w + w]];
+                    t[w] = acc;
                 }
                 const float k0 = 1 - lh, k1 = lh;
 #pragma omp simd
@@ -211,6 +247,8 @@ static int bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, con
     }
     free(cc);
     free(rowbuf);
+    free(gt->idx);
+    free(gt->wt);
     return 0;
 }
 
