@@ -208,9 +208,12 @@ static nn_conv_prims *get_prims(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_e
         dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, l->post_relu_alpha, 0.0f);
         dnnl_primitive_attr_set_post_ops(attr, po);
     }
-    /* Below 32x32 output positions per image oneDNN's Winograd is slower than direct (measured on
-     * VGG layers at 16x16 and 8x8, batch 1 and 8). */
-    p->wino = oh * ow >= 1024 ? l->winograd : 0;
+    /* oneDNN's Winograd (4x4 tiles) pays where there are enough tiles: below ~768 output positions
+     * in the batch it is no faster or slower. Measured on VGG-19's layers, fast teacher, per layer
+     * fwd / bwd-data: batch 6 at 16x16 (1536) 4.9 / 4.7 ms against direct 8.8 / 9.0; batch 6 at
+     * 8x8 (384) 5.0 / 3.8 against 3.9 / 3.9; batch 6 at 4x4 2x slower; batch 1 at 28x28 (784)
+     * faster (a 224 loss and gradient 202 ms against 260); batch 1 at 16x16 (256) no gain. */
+    p->wino = (long)x->n * oh * ow >= 768 ? l->winograd : 0;
     int bad = 1;
     for (int wino = (p->wino & NN_WINO_FWD) ? 1 : 0; wino >= 0 && bad; wino--)
         bad = dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, conv_alg(wino), &src, &wei,
