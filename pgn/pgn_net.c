@@ -18,6 +18,42 @@ int pgn_checkpoint_read(nn_weights *w, const char *path, nn_err *e)
     return 0;
 }
 
+/* The backbone's modules (convs and, unless folded, batch norms). */
+static pgn_module *modules(pgn_net *n, int *count)
+{
+    if (n->resnet) {
+        *count = n->resnet->nmod;
+        return n->resnet->mod;
+    }
+    *count = PGN_UNET_MODULES;
+    return n->unet->mod;
+}
+
+/* A folded net never trains: its convs' weight and bias gradients go. */
+static void drop_grads(pgn_net *n)
+{
+    int count;
+    pgn_module *mod = modules(n, &count);
+    for (int m = 0; m < count; m++)
+        if (mod[m].conv) {
+            nn_tensor_free(&mod[m].conv->dweight);
+            nn_tensor_free(&mod[m].conv->dbias);
+        }
+}
+
+/* After a folded net's first forward oneDNN holds its weights in its own layout: the PyTorch-layout
+ * copies go (our grouped kernels' convs keep theirs, which they read). */
+static int release_plain(pgn_net *n, nn_err *e)
+{
+    int count;
+    pgn_module *mod = modules(n, &count);
+    for (int m = 0; m < count; m++)
+        if (mod[m].conv && mod[m].conv->weight.data && nn_conv2d_release_plain(mod[m].conv, e))
+            return nn_err_prefix(e, "PGN %s", mod[m].prefix);
+    n->released = 1;
+    return 0;
+}
+
 int pgn_net_load_opts(pgn_net *n, const char *path, int fold, nn_err *e)
 {
     memset(n, 0, sizeof *n);
@@ -63,6 +99,7 @@ int pgn_net_load_opts(pgn_net *n, const char *path, int fold, nn_err *e)
         }
         n->folded = 1;
         n->lean = 1;
+        drop_grads(n);
     }
     size_t len = strlen(n->desc);
     snprintf(n->desc + len, sizeof n->desc - len, ", %s head, grad scale %g",
@@ -107,6 +144,8 @@ int pgn_net_predict(nn_ctx *ctx, pgn_net *n, const float *yhat, const float *y, 
         if (pgn_unet_forward(ctx, n->unet, n->x, b, h, w, n->o, e))
             return -1;
     }
+    if (n->folded && !n->released && release_plain(n, e))
+        return -1;
     pgn_proxy_forward(&n->head, n->o, yhat, b, h, w, p, g);
     return 0;
 }

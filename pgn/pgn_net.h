@@ -17,13 +17,16 @@ typedef struct pgn_net {
     char desc[256];     /* "resnet4, grad scale 0.025" */
     int folded;         /* the backbone's BNs are folded into its convolutions (pgn_*_fold_bn) */
     int lean;           /* its forward keeps no activations for a backward (pgn_*_set_lean) */
+    int released;       /* the plain (PyTorch-layout) weights of its oneDNN convs were freed */
 } pgn_net;
 
 /* Loads the checkpoint and puts the backbone in eval mode with its batch norms folded into the
  * convolutions (pgn_resnet_fold_bn / pgn_unet_fold_bn): prediction only, same output up to float
  * rounding, fewer passes; and runs inference-only forwards (pgn_unet_set_lean / pgn_resnet_set_lean:
- * the same output, about half the engine memory of a forward at 128x128). = pgn_net_load_opts(n,
- * path, 1, e). */
+ * the same output, about half the engine memory of a forward at 128x128). A folded net keeps no
+ * weight gradients, and after its first prediction no PyTorch-layout copy of the weights oneDNN
+ * holds in its own layout (the weights then live once in memory). = pgn_net_load_opts(n, path, 1,
+ * e). */
 int pgn_net_load(pgn_net *n, const char *path, nn_err *e);
 /* fold 0: the backbone stays an ordinary eval-mode net (BNs run as their own layers; its backward,
  * state dict and pgn_*_set_training keep working). */

@@ -9,7 +9,9 @@
  *   - the engine's nn_conv2d_fold_bn on a conv with and without a bias (grouped, strided) against
  *     conv -> eval BN;
  *   - pgn_net_predict gives the same p and g folded (pgn_net_load) and unfolded
- *     (pgn_net_load_opts(.., 0, ..)) for both backbones;
+ *     (pgn_net_load_opts(.., 0, ..)) for both backbones; the folded net holds no weight gradients
+ *     and, after its first prediction, no PyTorch-layout weights but its grouped convs', and still
+ *     predicts the same at a new size;
  *   - the UNet's inference-only forward (pgn_unet_set_lean, what pgn_net_load sets): the same output
  *     as the folded forward (bit for bit; 1e-6 of max |o| allowed should oneDNN ever lay an
  *     activation out differently) at 64x64 and 128x128, batch 1 and 2, repeated and across changes
@@ -21,6 +23,7 @@
  *     repeated and across changes of size; less engine memory (printed; ResNet-4 at least 40% less
  *     at 128x128, 28% at 64x64, batch 1; ResNet-8 50% and 32%); no engine allocation in a
  *     steady-state forward; the backward refused. */
+#include "nn/conv_grouped.h"
 #include "nn/memstat.h"
 #include <math.h>
 #include <setjmp.h>
@@ -805,6 +808,32 @@ static void net_same(const char *path, int h, int w)
     expect_same(label, pb, pa, ni, TOL);
     snprintf(label, sizeof label, "%s: g", a.desc);
     expect_same(label, gb, ga, ni, TOL);
+    /* The folded net keeps no weight gradients, and after its first prediction no PyTorch-layout
+     * weights but those our grouped kernels read. */
+    assert_int_equal(b.released, 1);
+    pgn_module *mod = b.resnet ? b.resnet->mod : b.unet->mod;
+    int nmod = b.resnet ? b.resnet->nmod : PGN_UNET_MODULES, convs = 0;
+    for (int m = 0; m < nmod; m++)
+        if (mod[m].conv) {
+            convs++;
+            assert_null(mod[m].conv->dweight.data);
+            assert_null(mod[m].conv->dbias.data);
+            assert_true((mod[m].conv->weight.data != NULL) == nn_convg_applies(&mod[m].conv->geo));
+        }
+    assert_true(convs > 0);
+    /* and predicts as before at another size (new primitives from oneDNN's own weight copies) */
+    free(yhat), free(y), free(pa), free(ga), free(pb), free(gb);
+    const int h2 = h + (b.unet ? 32 : 8);
+    const size_t n2 = (size_t)n * 3 * h2 * w;
+    yhat = rand_buf(n2, 41), y = rand_buf(n2, 42);
+    for (size_t i = 0; i < n2; i++)
+        yhat[i] = y[i] + 0.2f * yhat[i];
+    pa = malloc(n2 * sizeof(float)), ga = malloc(n2 * sizeof(float));
+    pb = malloc(n2 * sizeof(float)), gb = malloc(n2 * sizeof(float));
+    fx_ok(pgn_net_predict(&ctx, &a, yhat, y, n, h2, w, pa, ga, &e), &e);
+    fx_ok(pgn_net_predict(&ctx, &b, yhat, y, n, h2, w, pb, gb, &e), &e);
+    snprintf(label, sizeof label, "%s: g at %dx%d after the weights were released", a.desc, h2, w);
+    expect_same(label, gb, ga, n2, TOL);
     free(yhat);
     free(y);
     free(pa);
