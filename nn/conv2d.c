@@ -23,7 +23,8 @@ struct nn_conv_prims {
     dnnl_primitive_t fwd, bwdd, bwdw;
     float *wei, *wei_bwdd;       /* weights in the fwd / bwd-data layouts */
     int wei_ready, wei_bwdd_ready;
-    nn_act xr, xr_w, dyr, dyr_w; /* inputs reordered to what a primitive wants */
+    nn_act xr, xr_w, dyr, dyr_w; /* inputs reordered to what a primitive / our kernels want (the
+                                  * oneDNN forward's goes to the ctx's scratch) */
     nn_act dx_tmp;               /* bwd-data output when it must be added, not stored */
     float *dwei, *dwei_plain, *dbias;
 };
@@ -355,9 +356,16 @@ int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, nn_act *y, 
         l->weights_stale = 0;
         p->wei_ready = 1;
     }
-    const float *src;
-    if (input_in(ctx, x, src_md, &p->xr, &src, e))
-        return -1;
+    /* An input in another layout is reordered into the ctx's shared scratch, not a buffer of this
+     * layer: it is read by this pass only (the weight gradient reorders x again), so one buffer the
+     * size of the largest such input serves the whole net. */
+    const float *src = x->data;
+    if (!nn_md_equal(&x->md, src_md)) {
+        float *buf = nn_ctx_scratch(ctx, nn_md_bytes(src_md), e);
+        if (!buf || nn_reorder(ctx, &x->md, x->data, src_md, buf, e))
+            return -1;
+        src = buf;
+    }
     if (nn_act_reserve(y, x->n, g->cout, (int)dst_md->dims[2], (int)dst_md->dims[3], dst_md, e))
         return -1;
     dnnl_memory_desc_t bias = md_bias(g->cout);
