@@ -18,7 +18,8 @@ typedef struct fg_ctx {
     char last_ck[1100];
     int64_t last_ck_step;
     double t0, last_print;
-    int64_t step0; /* the first step reported (a resumed run starts past 0): the ETA's rate counts from it */
+    int64_t step0; /* the first step reported (a resumed run starts past 0) and when: the ETA's rate */
+    double t_step0;
     int has_step0;
     /* the headline figures of the progress line, when the job logs them */
     double loss, cos, val_cos, val_base;
@@ -63,11 +64,9 @@ static int fg_progress(void *c, int64_t step, int64_t total)
     if (step != total && now - f->last_print < 0.5)
         return 0; /* a readable line, not a flood */
     f->last_print = now;
-    if (!f->has_step0) {
-        f->step0 = step, f->has_step0 = 1;
-        f->t0 = now, el = 0;
-    }
-    double eta = step > f->step0 ? el / (double)(step - f->step0) * (double)(total - step) : 0;
+    if (!f->has_step0)
+        f->step0 = step, f->t_step0 = now, f->has_step0 = 1;
+    double eta = step > f->step0 ? (now - f->t_step0) / (double)(step - f->step0) * (double)(total - step) : 0;
     char extra[160] = "";
     size_t at = 0;
     if (f->has_loss)

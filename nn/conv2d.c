@@ -150,8 +150,8 @@ int nn_conv2d_release_plain(nn_conv2d *l, nn_err *e)
 {
     if (!l->frozen)
         return nn_errf(e, "conv2d: only a frozen layer can release its weights");
-    if (nn_convg_applies(&l->geo))
-        return 0; /* our grouped kernels read the PyTorch-layout weights: they stay */
+    if (nn_convg_shape_fits(&l->geo))
+        return 0; /* our grouped kernels read the PyTorch-layout weights (now, or once switched on): they stay */
     int ready = 0;
     for (const nn_conv_prims *p = l->prims; p; p = p->next)
         ready |= p->wei_ready;

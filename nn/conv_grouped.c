@@ -44,15 +44,17 @@ int nn_convg_enabled(void)
 
 void nn_convg_set_enabled(int on) { __atomic_store_n(&enabled, on < 0 ? -1 : on ? 1 : 0, __ATOMIC_RELAXED); }
 
-int nn_convg_applies(const nn_conv_shape *g)
+int nn_convg_shape_fits(const nn_conv_shape *g)
 {
     if (g->groups < 2 || g->pad_mode != NN_PAD_ZERO)
         return 0;
     int cig = g->cin / g->groups, cog = g->cout / g->groups;
     if (cig == 1 && cog == 1) /* pure depthwise: oneDNN's jit_dw is fast */
         return 0;
-    return cig <= NN_CONVG_MAX_CIG && cog <= NN_CONVG_MAX_COG && nn_convg_enabled();
+    return cig <= NN_CONVG_MAX_CIG && cog <= NN_CONVG_MAX_COG;
 }
+
+int nn_convg_applies(const nn_conv_shape *g) { return nn_convg_shape_fits(g) && nn_convg_enabled(); }
 
 static inline size_t round16(size_t v) { return (v + 15) & ~(size_t)15; }
 static inline int imin(int a, int b) { return a < b ? a : b; }

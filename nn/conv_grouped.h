@@ -30,6 +30,8 @@ int nn_convg_enabled(void);
 void nn_convg_set_enabled(int on);
 /* 1 if the convolution of this geometry runs on the kernels below (includes nn_convg_enabled). */
 int nn_convg_applies(const nn_conv_shape *g);
+/* 1 if it would, were they enabled (the shape rules alone). */
+int nn_convg_shape_fits(const nn_conv_shape *g);
 
 /* s: the layer's geometry with n, h, w of the input. y ([n, cout, oh, ow], plain NCHW) is
  * overwritten with conv(x) + b (b may be NULL), then, when relu, y = y > 0 ? y : alpha * y. */

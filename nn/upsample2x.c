@@ -146,6 +146,7 @@ static int bilinear_forward(float *y, const nn_view5 *vy, const float *x, const 
  * for k < k (unused entries have weight 0), in the output-column order of the forward's scatter. */
 typedef struct col_gather {
     int k;
+    int *cnt; /* contributions per input column (<= k) */
     int *idx;
     float *wt;
 } col_gather;
@@ -153,6 +154,7 @@ typedef struct col_gather {
 static int col_gather_make(col_gather *gt, const col_coord *cc, int in, int out)
 {
     int *cnt = calloc((size_t)in, sizeof *cnt), k = 0;
+    gt->cnt = cnt;
     if (!cnt)
         return -1;
     for (int o = 0; o < out; o++)
@@ -162,18 +164,22 @@ static int col_gather_make(col_gather *gt, const col_coord *cc, int in, int out)
     gt->k = k;
     gt->idx = calloc((size_t)k * in, sizeof *gt->idx);
     gt->wt = calloc((size_t)k * in, sizeof *gt->wt);
-    if (!gt->idx || !gt->wt) {
-        free(cnt);
-        return -1;
-    }
+    if (!gt->idx || !gt->wt)
+        return -1; /* the caller frees what was made */
     memset(cnt, 0, (size_t)in * sizeof *cnt);
     for (int o = 0; o < out; o++) {
         int a = cc[o].w0, b = cc[o].w1;
         gt->idx[(size_t)cnt[a] * in + a] = o, gt->wt[(size_t)cnt[a]++ * in + a] = 1 - cc[o].lw;
         gt->idx[(size_t)cnt[b] * in + b] = o, gt->wt[(size_t)cnt[b]++ * in + b] = cc[o].lw;
     }
-    free(cnt);
     return 0;
+}
+
+static void col_gather_free(col_gather *gt)
+{
+    free(gt->cnt);
+    free(gt->idx);
+    free(gt->wt);
 }
 
 /* One output row scattered into its two input rows, BLK channels per vector. The four targets may
@@ -206,6 +212,7 @@ static int bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, con
     if (!cc || !rowbuf || (blk == 1 && col_gather_make(gt, cc, vx->w, vy->w))) {
         free(cc);
         free(rowbuf);
+        col_gather_free(gt);
         return -1;
     }
 #pragma omp parallel for schedule(static)
@@ -229,7 +236,7 @@ static int bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, con
                 float *t = rowbuf + (size_t)omp_get_thread_num() * vx->w;
                 for (int w = 0; w < vx->w; w++) { /* gathered: no chain of adds through memory */
                     float acc = 0.0f;
-                    for (int k = 0; k < gt->k; k++)
+                    for (int k = 0; k < gt->cnt[w]; k++) /* only real contributions: no 0 * inf */
                         acc += gt->wt[(size_t)k * vx->w + w] * g[gt->idx[(size_t)k * vx->w + w]];
                     t[w] = acc;
                 }
@@ -247,8 +254,7 @@ static int bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, con
     }
     free(cc);
     free(rowbuf);
-    free(gt->idx);
-    free(gt->wt);
+    col_gather_free(gt);
     return 0;
 }
 

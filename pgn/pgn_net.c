@@ -50,7 +50,6 @@ static int release_plain(pgn_net *n, nn_err *e)
     for (int m = 0; m < count; m++)
         if (mod[m].conv && mod[m].conv->weight.data && nn_conv2d_release_plain(mod[m].conv, e))
             return nn_err_prefix(e, "PGN %s", mod[m].prefix);
-    n->released = 1;
     return 0;
 }
 
@@ -144,8 +143,11 @@ int pgn_net_predict(nn_ctx *ctx, pgn_net *n, const float *yhat, const float *y, 
         if (pgn_unet_forward(ctx, n->unet, n->x, b, h, w, n->o, e))
             return -1;
     }
-    if (n->folded && !n->released && release_plain(n, e))
-        return -1;
+    if (n->folded && !n->released) {
+        nn_err ignored; /* only memory is at stake: a failed release leaves the copies in place */
+        release_plain(n, &ignored);
+        n->released = 1;
+    }
     pgn_proxy_forward(&n->head, n->o, yhat, b, h, w, p, g);
     return 0;
 }

@@ -818,7 +818,7 @@ static void net_same(const char *path, int h, int w)
             convs++;
             assert_null(mod[m].conv->dweight.data);
             assert_null(mod[m].conv->dbias.data);
-            assert_true((mod[m].conv->weight.data != NULL) == nn_convg_applies(&mod[m].conv->geo));
+            assert_true((mod[m].conv->weight.data != NULL) == nn_convg_shape_fits(&mod[m].conv->geo));
         }
     assert_true(convs > 0);
     /* and predicts as before at another size (new primitives from oneDNN's own weight copies) */
