@@ -156,6 +156,16 @@ static int open_inception3(pgn_teacher *t, const char *weights_path, nn_err *e)
     return rc;
 }
 
+/* The teacher never learns: its convs' weight gradients would only hold memory (49 MB for VGG-19,
+ * until the first backward released them with the plain weights). */
+static void drop_weight_grads(nn_conv2d *c, int n)
+{
+    for (int i = 0; i < n; i++) {
+        nn_tensor_free(&c[i].dweight);
+        nn_tensor_free(&c[i].dbias);
+    }
+}
+
 int pgn_teacher_open_named(pgn_teacher *t, const char *name, const char *weights_path, uint64_t seed, nn_err *e)
 {
     memset(t, 0, sizeof *t);
@@ -176,6 +186,10 @@ int pgn_teacher_open_named(pgn_teacher *t, const char *name, const char *weights
     t->random = !have;
     if (t->kind == PGN_TEACHER_VGG19 ? open_vgg19(t, weights_path, e) : open_inception3(t, weights_path, e))
         return -1;
+    if (t->kind == PGN_TEACHER_VGG19)
+        drop_weight_grads(t->net.conv, VGG19_CONVS);
+    else
+        drop_weight_grads(t->inc.conv, INC3_CONVS);
     if (have)
         snprintf(t->weights_path, sizeof t->weights_path, "%s", weights_path);
     return 0;
