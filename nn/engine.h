@@ -198,6 +198,12 @@ void nn_upsample2x_init(nn_upsample2x *l, int bilinear);
 void nn_upsample2x_free(nn_upsample2x *l);
 int nn_upsample2x_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x, nn_act *y, nn_err *e);
 int nn_upsample2x_backward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy, nn_act *dx, nn_err *e);
+/* y = concat(bilinear upsample(x), skip) without the upsampled map as its own tensor: x is
+ * upsampled straight into y's first channels. Only when both are in the same channel-blocked layout
+ * and x's channels fill whole blocks; returns 1 (nothing done) otherwise, 0 on success, -1 on error.
+ * The values are those of nn_upsample2x_forward then nn_concat_forward. */
+int nn_upsample2x_concat_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x, const nn_act *skip, nn_act *y,
+                                 nn_err *e);
 
 /* ------------------------------------------------------------------ structure and losses */
 int nn_concat_forward(nn_ctx *ctx, const nn_act *a, const nn_act *b, nn_act *y, nn_err *e);

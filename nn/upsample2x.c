@@ -115,7 +115,9 @@ static col_coord *col_coords(int in, int out)
         }                                                                                                              \
     }
 
-static int bilinear_forward(float *y, const nn_view5 *vy, const float *x, const nn_view5 *vx)
+/* y: channel blocks ycb_off .. ycb_off + vx->cb - 1 of a tensor of ycb blocks per image (ycb =
+ * vx->cb, ycb_off = 0: y is the upsampled x alone). */
+static int bilinear_forward(float *y, const nn_view5 *vy, const float *x, const nn_view5 *vx, int ycb, int ycb_off)
 {
     int blk = vx->blk, wout = vy->w;
     col_coord *cc = col_coords(vx->w, vy->w);
@@ -129,7 +131,8 @@ static int bilinear_forward(float *y, const nn_view5 *vy, const float *x, const 
             ac_coord(oh, vx->h, vy->h, &h0, &h1, &lh);
             const float *x0 = x + ((size_t)nc * vx->h + h0) * vx->w * blk;
             const float *x1 = x + ((size_t)nc * vx->h + h1) * vx->w * blk;
-            float *yr = y + ((size_t)nc * vy->h + oh) * vy->w * blk;
+            const size_t yplane = (size_t)(nc / vx->cb) * ycb + ycb_off + nc % vx->cb;
+            float *yr = y + (yplane * vy->h + oh) * vy->w * blk;
             if (blk == 16) {
                 BILINEAR_ROW(16)
             } else if (blk == 8) {
@@ -279,7 +282,7 @@ int nn_upsample2x_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x_in, nn_
     if (nn_act_reserve(y, x->n, x->c, 2 * x->h, 2 * x->w, &md, e))
         return -1;
     nn_view5_of(&md, x->n, x->c, 2 * x->h, 2 * x->w, &vy);
-    if (bilinear_forward(y->data, &vy, x->data, &vx))
+    if (bilinear_forward(y->data, &vy, x->data, &vx, vx.cb, 0))
         return nn_errf(e, "out of memory");
     y->valid = 1;
     return 0;
@@ -334,4 +337,34 @@ int nn_upsample2x_backward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy_in, n
         return 0;
     }
     return nn_act_accumulate(ctx, dx, &md, out, n, c, h, w, e);
+}
+
+int nn_upsample2x_concat_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x_in, const nn_act *skip_in, nn_act *y,
+                                 nn_err *e)
+{
+    nn_act *x = (nn_act *)x_in, *skip = (nn_act *)skip_in; /* nn_act_view5 may convert an exotic layout in place */
+    nn_view5 vx, vs;
+    if (!l->bilinear || nn_act_view5(ctx, x, &vx, e) || nn_act_view5(ctx, skip, &vs, e))
+        return l->bilinear ? -1 : 1;
+    const int n = x->n, h = 2 * x->h, w = 2 * x->w, blk = vx.blk;
+    if (blk == 1 || vs.blk != blk || x->c % blk || skip->n != n || skip->h != h || skip->w != w)
+        return 1; /* not one run of whole channel blocks per image: the caller upsamples and concatenates */
+    dnnl_memory_desc_t md = nn_md_blocked(n, x->c + skip->c, h, w, blk);
+    if (nn_act_reserve(y, n, x->c + skip->c, h, w, &md, e))
+        return -1;
+    nn_view5 vy;
+    nn_view5_of(&md, n, x->c + skip->c, h, w, &vy);
+    if (bilinear_forward(y->data, &vy, x->data, &vx, vy.cb, 0))
+        return nn_errf(e, "out of memory");
+    /* the skip's blocks after the upsampled ones, image by image */
+    const size_t up = (size_t)vx.cb * h * w * blk, sk = (size_t)vs.cb * h * w * blk, per = up + sk;
+    const size_t chunk = 16384, nch = (sk + chunk - 1) / chunk;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int i = 0; i < n; i++)
+        for (size_t k = 0; k < nch; k++) {
+            size_t at = k * chunk, len = at + chunk <= sk ? chunk : sk - at;
+            memcpy(y->data + i * per + up + at, skip->data + i * sk + at, len * sizeof(float));
+        }
+    y->valid = 1;
+    return 0;
 }

@@ -287,8 +287,13 @@ static int lean_forward(nn_ctx *ctx, pgn_unet *u, nn_err *e)
     for (int j = 0; j < 5; j++) {
         const nn_act *skip = DEC_SKIP[j] >= 0 ? &b[LB_S0 + DEC_SKIP[j]] : xorig;
         nn_act *dst = j < 4 ? &b[LB_T] : xorig; /* d (T) is consumed by the upsample; x_original by the concat */
-        TRY(nn_upsample2x_forward(ctx, &u->upsample, d, big, e), "upsample");
-        TRY(nn_concat_forward(ctx, big, skip, cat, e), "concat");
+        int fused = nn_upsample2x_concat_forward(ctx, &u->upsample, d, skip, cat, e);
+        if (fused < 0)
+            return nn_err_prefix(e, "pgn unet: upsample");
+        if (fused > 0) {
+            TRY(nn_upsample2x_forward(ctx, &u->upsample, d, big, e), "upsample");
+            TRY(nn_concat_forward(ctx, big, skip, cat, e), "concat");
+        }
         if (sep_into(ctx, u, &s[DEC_SEP[j]], cat, big, dst, e))
             return -1;
         d = dst;

@@ -1,7 +1,8 @@
 /* Every layer of the engine, on the oneDNN path (with the input given in plain NCHW and in the
  * blocked nChw16c / nChw8c layouts) and on the plain-C reference path, against PyTorch's
  * fixtures (tests/fixtures/layers.safetensors): outputs and every gradient within 1e-4 of the
- * largest value. Also checks the engine's gradient store-or-add rule and running statistics. */
+ * largest value. Also checks the engine's gradient store-or-add rule and running statistics, and
+ * that the fused upsample-and-concatenate gives upsample then concatenate bit for bit. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -398,6 +399,47 @@ static void run_cases(const char *ops)
     assert_true(ran > 0);
 }
 
+/* nn_upsample2x_concat_forward: bit-identical to upsample then concat where it applies (the same
+ * channel-blocked layout on both inputs, whole blocks upsampled), "not applicable" otherwise. */
+static void upsample_concat_fused(void **s)
+{
+    (void)s;
+    const int n = 2, cu = 32, cs = 24, h = 5, w = 7;
+    size_t nu = (size_t)n * cu * h * w, ns = (size_t)n * cs * 4 * h * w;
+    float *xu = malloc(nu * sizeof(float)), *xs = malloc(ns * sizeof(float));
+    for (size_t i = 0; i < nu; i++)
+        xu[i] = (float)((i * 7919) % 1000) / 997.0f - 0.5f;
+    for (size_t i = 0; i < ns; i++)
+        xs[i] = (float)((i * 104729) % 1000) / 991.0f - 0.5f;
+    for (int v = 0; v < 3; v++) {
+        nn_err e;
+        nn_upsample2x l;
+        nn_upsample2x_init(&l, 1);
+        nn_act a = {0}, b = {0}, up = {0}, ref = {0}, y = {0};
+        input(&a, xu, n, cu, h, w, layouts[v]);
+        input(&b, xs, n, cs, 2 * h, 2 * w, layouts[v]);
+        ok(nn_upsample2x_forward(&ctx, &l, &a, &up, &e), &e);
+        ok(nn_concat_forward(&ctx, &up, &b, &ref, &e), &e);
+        int rc = nn_upsample2x_concat_forward(&ctx, &l, &a, &b, &y, &e);
+        if (layouts[v] == 1) {
+            assert_int_equal(rc, 1); /* plain NCHW: the caller's two steps */
+        } else {
+            assert_int_equal(rc, 0);
+            float *got = fx_act_to(&ctx, &y), *want = fx_act_to(&ctx, &ref);
+            assert_memory_equal(got, want, (nu * 4 + ns) * sizeof(float));
+            free(got), free(want);
+            /* a skip in another blocking is not fused */
+            nn_act b2 = {0}, y2 = {0};
+            input(&b2, xs, n, cs, 2 * h, 2 * w, layouts[v] == 16 ? 8 : 16);
+            assert_int_equal(nn_upsample2x_concat_forward(&ctx, &l, &a, &b2, &y2, &e), 1);
+            nn_act_free(&b2), nn_act_free(&y2);
+        }
+        nn_act_free(&a), nn_act_free(&b), nn_act_free(&up), nn_act_free(&ref), nn_act_free(&y);
+        nn_upsample2x_free(&l);
+    }
+    free(xu), free(xs);
+}
+
 static void conv2d(void **s) { run_cases("conv2d"); }
 static void batchnorm2d(void **s) { run_cases("batchnorm2d"); }
 static void activations(void **s) { run_cases("relu leaky_relu sigmoid tanh"); }
@@ -411,7 +453,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(conv2d),     cmocka_unit_test(batchnorm2d),    cmocka_unit_test(activations),
         cmocka_unit_test(pooling),    cmocka_unit_test(upsampling),     cmocka_unit_test(concat_and_add),
-        cmocka_unit_test(losses),
+        cmocka_unit_test(losses),     cmocka_unit_test(upsample_concat_fused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
