@@ -252,7 +252,8 @@ static int sep_into(nn_ctx *ctx, pgn_unet *u, pgn_unet_sep *s, const nn_act *x, 
 /* The lean buffers (pgn_unet_set_lean). XORIG holds x_original from its sep until the last decoder
  * step's concat, S0..S3 the skips s0..s3 until theirs; BIG, CAT and T take everything else in turn,
  * each layer writing into one that holds nothing still needed. In units of n*H*W floats, the largest
- * each one gets: BIG 128 (the last upsampled map), CAT 192 (the last concat), XORIG 64, T 32,
+ * each one gets: BIG 64 (128, the last upsampled map, where the upsample cannot be written straight
+ * into the concat: nn_upsample2x_concat_forward), CAT 192 (the last concat), XORIG 64, T 32,
  * S0 16, S1 4, S2 2, S3 1. The assignment depends only on the net, not on the input size, so the
  * buffers grow at the first forward of a larger shape and are reused as they are afterwards. */
 enum { LB_XORIG, LB_BIG, LB_CAT, LB_T, LB_S0, LB_S1, LB_S2, LB_S3, LB_COUNT };
