@@ -405,17 +405,13 @@ void pgn_image_resize(const float *src, int c, int h, int w, float *dst, int oh,
 {
     const float sh = (float)h / (float)oh, sw = (float)w / (float)ow;
     for (int i = 0; i < oh; i++) {
-        float fy = sh * ((float)i + 0.5f) - 0.5f;
-        if (fy < 0)
-            fy = 0;
-        const int y0 = (int)fy, y1 = y0 + (y0 < h - 1);
-        const float ly1 = fy - (float)y0, ly0 = 1.0f - ly1;
+        int y0, y1;
+        float ly0, ly1;
+        pgn_resize_coord(i, sh, h, &y0, &y1, &ly0, &ly1);
         for (int j = 0; j < ow; j++) {
-            float fx = sw * ((float)j + 0.5f) - 0.5f;
-            if (fx < 0)
-                fx = 0;
-            const int x0 = (int)fx, x1 = x0 + (x0 < w - 1);
-            const float lx1 = fx - (float)x0, lx0 = 1.0f - lx1;
+            int x0, x1;
+            float lx0, lx1;
+            pgn_resize_coord(j, sw, w, &x0, &x1, &lx0, &lx1);
             for (int ch = 0; ch < c; ch++) {
                 const float *p = src + (size_t)ch * h * w;
                 dst[((size_t)ch * oh + i) * ow + j] = pgn_bilerp(p[(size_t)y0 * w + x0], p[(size_t)y0 * w + x1],

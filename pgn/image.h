@@ -37,6 +37,19 @@ int pgn_image_save_png(const char *path, const float *chw, int h, int w, char *e
  * F.interpolate(mode="bilinear", align_corners=False, antialias=False): source coordinate
  * (dst + 0.5) * in / out - 0.5, clamped at 0. No antialiasing (downscaling aliases). */
 void pgn_image_resize(const float *src, int c, int h, int w, float *dst, int oh, int ow);
+/* Its source coordinate for output index o (scale = in / out, half-pixel centres, clamped at 0):
+ * the two neighbours i0 <= i1 < in and their weights l0 + l1 = 1. Shared with the image cache's
+ * resize, which must give the same pixels. */
+static inline void pgn_resize_coord(int o, float scale, int in, int *i0, int *i1, float *l0, float *l1)
+{
+    float f = scale * ((float)o + 0.5f) - 0.5f;
+    if (f < 0)
+        f = 0;
+    *i0 = (int)f;
+    *i1 = *i0 + (*i0 < in - 1);
+    *l1 = f - (float)*i0;
+    *l0 = 1.0f - *l1;
+}
 /* Its interpolation of one value from the four neighbours a (y0, x0), b (y0, x1), c (y1, x0), d (y1,
  * x1), with explicit fused multiply-adds so that every caller rounds alike (the compiler's own
  * contraction choices differ between call sites). */

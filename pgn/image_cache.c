@@ -116,7 +116,7 @@ void pgn_image_cache_read(const pgn_image_cache_entry *en, float *out)
     pgn_image_cache_crop(en, 0, 0, en->h, en->w, out);
 }
 
-/* pgn_image_resize's arithmetic (align_corners=False, no antialias), reading the crop straight from
+/* pgn_image_resize's arithmetic (its pgn_resize_coord and pgn_bilerp), reading the crop straight from
  * the entry: byte values become the decoder's floats (b / 255.0f) before the same products, so the
  * output is bit-identical to cropping into floats and resizing those. */
 void pgn_image_cache_crop_resize(const pgn_image_cache_entry *en, int top, int left, int ch, int cw, float *out,
@@ -128,17 +128,13 @@ void pgn_image_cache_crop_resize(const pgn_image_cache_entry *en, int top, int l
 #define AT(c, y, x) (((size_t)(c) * en->h + top + (y)) * en->w + left + (x))
 #define PX(c, y, x) (en->bytes_per == 1 ? b[AT(c, y, x)] / 255.0f : f[AT(c, y, x)])
     for (int i = 0; i < oh; i++) {
-        float fy = sh * ((float)i + 0.5f) - 0.5f;
-        if (fy < 0)
-            fy = 0;
-        const int y0 = (int)fy, y1 = y0 + (y0 < ch - 1);
-        const float ly1 = fy - (float)y0, ly0 = 1.0f - ly1;
+        int y0, y1;
+        float ly0, ly1;
+        pgn_resize_coord(i, sh, ch, &y0, &y1, &ly0, &ly1);
         for (int j = 0; j < ow; j++) {
-            float fx = sw * ((float)j + 0.5f) - 0.5f;
-            if (fx < 0)
-                fx = 0;
-            const int x0 = (int)fx, x1 = x0 + (x0 < cw - 1);
-            const float lx1 = fx - (float)x0, lx0 = 1.0f - lx1;
+            int x0, x1;
+            float lx0, lx1;
+            pgn_resize_coord(j, sw, cw, &x0, &x1, &lx0, &lx1);
             for (int c = 0; c < 3; c++)
                 out[((size_t)c * oh + i) * ow + j] =
                     pgn_bilerp(PX(c, y0, x0), PX(c, y0, x1), PX(c, y1, x0), PX(c, y1, x1), lx0, lx1, ly0, ly1);
