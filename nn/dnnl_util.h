@@ -46,4 +46,7 @@ static inline size_t nn_view5_off(const nn_view5 *v, int n, int c, int h, int w)
 /* Makes sure an act is in a layout our own kernels understand (converts to plain NCHW if not). */
 int nn_act_view5(nn_ctx *ctx, nn_act *a, nn_view5 *v, nn_err *e);
 
+/* memcpy of n floats over the OpenMP threads (serial below a few hundred KB). */
+void nn_par_copy(float *dst, const float *src, size_t n);
+
 #endif

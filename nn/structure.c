@@ -13,7 +13,7 @@ static int give_grad(nn_ctx *ctx, nn_act *acc, const dnnl_memory_desc_t *md, con
 
 /* memcpy of n floats split over the threads: a concatenation's copies are a few MB each, and one
  * thread copying while the other waits was 3% of a PGN-arm DIP step. */
-static void par_copy(float *dst, const float *src, size_t n)
+void nn_par_copy(float *dst, const float *src, size_t n)
 {
     const size_t chunk = 16384;
     if (n < 4 * chunk) {
@@ -57,8 +57,8 @@ int nn_concat_forward(nn_ctx *ctx, const nn_act *a_in, const nn_act *b_in, nn_ac
     size_t sa = (size_t)va.cb * va.h * va.w * va.blk, sb = (size_t)vb.cb * vb.h * vb.w * vb.blk;
     size_t sy = nn_md_bytes(&md) / sizeof(float) / a->n;
     for (int n = 0; n < a->n; n++) {
-        par_copy(y->data + n * sy, a->data + n * sa, sa);
-        par_copy(y->data + n * sy + sa, b->data + n * sb, sb);
+        nn_par_copy(y->data + n * sy, a->data + n * sa, sa);
+        nn_par_copy(y->data + n * sy + sa, b->data + n * sb, sb);
     }
     y->valid = 1;
     return 0;
@@ -92,7 +92,7 @@ int nn_concat_backward(nn_ctx *ctx, const nn_act *dy_in, int ca, nn_act *da, nn_
         if (!g)
             return -1;
         for (int i = 0; i < n; i++)
-            par_copy(g + i * s, dy->data + i * sy + off, s);
+            nn_par_copy(g + i * s, dy->data + i * sy + off, s);
         if (give_grad(ctx, d, part ? &mb : &ma, g, n, part ? cb : ca, h, w, e))
             return -1;
     }

@@ -358,13 +358,8 @@ int nn_upsample2x_concat_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x_
         return nn_errf(e, "out of memory");
     /* the skip's blocks after the upsampled ones, image by image */
     const size_t up = (size_t)vx.cb * h * w * blk, sk = (size_t)vs.cb * h * w * blk, per = up + sk;
-    const size_t chunk = 16384, nch = (sk + chunk - 1) / chunk;
-#pragma omp parallel for collapse(2) schedule(static)
     for (int i = 0; i < n; i++)
-        for (size_t k = 0; k < nch; k++) {
-            size_t at = k * chunk, len = at + chunk <= sk ? chunk : sk - at;
-            memcpy(y->data + i * per + up + at, skip->data + i * sk + at, len * sizeof(float));
-        }
+        nn_par_copy(y->data + i * per + up, skip->data + i * sk, sk);
     y->valid = 1;
     return 0;
 }
