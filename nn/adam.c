@@ -157,36 +157,25 @@ void nn_params_zero_grad(const nn_param *params, int count)
  * result whatever the thread count (a PGN's 1.77M gradients took ~2 ms on one thread). */
 #define NORM_CHUNK 16384
 
+static double chunk_squares(const float *x, size_t n, size_t c)
+{
+    double s = 0.0;
+    for (size_t j = c * NORM_CHUNK; j < n && j < (c + 1) * NORM_CHUNK; j++)
+        s += (double)x[j] * x[j];
+    return s;
+}
+
 static double sum_squares(const float *x, size_t n)
 {
     const size_t nch = (n + NORM_CHUNK - 1) / NORM_CHUNK;
-    if (nch <= 1) {
-        double ss = 0.0;
-        for (size_t j = 0; j < n; j++)
-            ss += (double)x[j] * x[j];
-        return ss;
-    }
-    double *part = malloc(nch * sizeof *part);
-    if (!part) { /* the same sums, one thread */
-        double ss = 0.0;
-        for (size_t c = 0; c < nch; c++) {
-            double s = 0.0;
-            for (size_t j = c * NORM_CHUNK; j < n && j < (c + 1) * NORM_CHUNK; j++)
-                s += (double)x[j] * x[j];
-            ss += s;
-        }
-        return ss;
-    }
+    double *part = nch > 1 ? malloc(nch * sizeof *part) : NULL, ss = 0.0;
+    if (part) {
 #pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < nch; c++) {
-        double s = 0.0;
-        for (size_t j = c * NORM_CHUNK; j < n && j < (c + 1) * NORM_CHUNK; j++)
-            s += (double)x[j] * x[j];
-        part[c] = s;
+        for (size_t c = 0; c < nch; c++)
+            part[c] = chunk_squares(x, n, c);
     }
-    double ss = 0.0;
-    for (size_t c = 0; c < nch; c++)
-        ss += part[c];
+    for (size_t c = 0; c < nch; c++) /* in order; on one thread when there is one chunk or no memory */
+        ss += part ? part[c] : chunk_squares(x, n, c);
     free(part);
     return ss;
 }
