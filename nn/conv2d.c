@@ -21,12 +21,14 @@ struct nn_conv_prims {
     dnnl_memory_desc_t in_md;
     dnnl_primitive_desc_t fwd_pd, bwdd_pd, bwdw_pd;
     dnnl_primitive_t fwd, bwdd, bwdw;
-    float *wei, *wei_bwdd;       /* weights in the fwd / bwd-data layouts */
+    float *wei, *wei_bwdd;       /* weights in the fwd / bwd-data layouts (frozen layers; the own
+                                  * kernels' bwd-data weights); those of layers that learn are
+                                  * made at each pass in the ctx's transient buffer */
     int wei_ready, wei_bwdd_ready;
     nn_act xr, xr_w, dyr, dyr_w; /* inputs reordered to what a primitive / our kernels want (the
                                   * oneDNN forward's goes to the ctx's scratch) */
     nn_act dx_tmp;               /* bwd-data output when it must be added, not stored */
-    float *dwei, *dwei_plain, *dbias;
+    float *dbias;
 };
 
 /* Winograd where asked for; callers fall back to direct when oneDNN has no Winograd kernel for a shape. */
@@ -92,8 +94,6 @@ static void prims_free(nn_conv_prims *p)
     dnnl_primitive_desc_destroy(p->bwdw_pd);
     nn_free(p->wei);
     nn_free(p->wei_bwdd);
-    nn_free(p->dwei);
-    nn_free(p->dwei_plain);
     nn_free(p->dbias);
     nn_act_free(&p->xr);
     nn_act_free(&p->xr_w);
@@ -113,8 +113,6 @@ void nn_conv2d_free(nn_conv2d *l)
     nn_tensor_free(&l->bias);
     nn_tensor_free(&l->dweight);
     nn_tensor_free(&l->dbias);
-    nn_act_free(&l->xpad);
-    nn_act_free(&l->dxpad);
     memset(l, 0, sizeof *l);
 }
 
@@ -230,12 +228,6 @@ static nn_conv_prims *get_prims(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_e
         prims_free(p);
         return NULL;
     }
-    p->wei = nn_alloc(nn_md_bytes(nn_pd_md(p->fwd_pd, dnnl_query_weights_md, 0)));
-    if (!p->wei) {
-        nn_errf(e, "out of memory");
-        prims_free(p);
-        return NULL;
-    }
     p->next = l->prims;
     l->prims = p;
     return p;
@@ -332,9 +324,9 @@ int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, nn_act *y, 
         return nn_errf(e, "conv2d: input has %d channels but the layer expects %d", x_in->c, g->cin);
     const nn_act *x = x_in;
     if (g->pad_mode == NN_PAD_REFLECT) {
-        if (nn_pad2d_forward(ctx, x_in, &l->xpad, g->ph, g->pw, NN_PAD_REFLECT, e))
+        if (nn_pad2d_forward(ctx, x_in, &ctx->pad, g->ph, g->pw, NN_PAD_REFLECT, e))
             return -1;
-        x = &l->xpad;
+        x = &ctx->pad;
     }
     nn_conv_prims *p = get_prims(ctx, l, x, e);
     if (!p)
@@ -344,17 +336,24 @@ int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, nn_act *y, 
     const dnnl_memory_desc_t *src_md = nn_pd_md(p->fwd_pd, dnnl_query_src_md, 0);
     const dnnl_memory_desc_t *wei_md = nn_pd_md(p->fwd_pd, dnnl_query_weights_md, 0);
     const dnnl_memory_desc_t *dst_md = nn_pd_md(p->fwd_pd, dnnl_query_dst_md, 0);
+    /* A frozen layer keeps oneDNN's copy of its weights; one that learns makes it again at every
+     * forward, into the ctx's transient weight buffer. */
+    float *wei = l->frozen ? p->wei : nn_ctx_wbuf(ctx, 0, nn_md_bytes(wei_md), e);
+    if (!wei && l->frozen)
+        wei = p->wei = nn_alloc(nn_md_bytes(wei_md));
+    if (!wei)
+        return l->frozen ? nn_errf(e, "out of memory") : -1;
     if (!l->frozen || l->weights_stale || !p->wei_ready) {
         dnnl_memory_desc_t plain;
         const dnnl_memory_desc_t *src_md;
         const float *src_w;
-        if (weights_source(l, &plain, &src_md, &src_w, e) || nn_reorder(ctx, src_md, src_w, wei_md, p->wei, e))
+        if (weights_source(l, &plain, &src_md, &src_w, e) || nn_reorder(ctx, src_md, src_w, wei_md, wei, e))
             return -1;
         if (l->weights_stale)
             for (nn_conv_prims *q = l->prims; q; q = q->next)
                 q->wei_ready = q->wei_bwdd_ready = 0;
         l->weights_stale = 0;
-        p->wei_ready = 1;
+        p->wei_ready = l->frozen;
     }
     /* An input in another layout is reordered into the ctx's shared scratch, not a buffer of this
      * layer: it is read by this pass only (the weight gradient reorders x again), so one buffer the
@@ -370,7 +369,7 @@ int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, nn_act *y, 
         return -1;
     dnnl_memory_desc_t bias = md_bias(g->cout);
     nn_arg args[] = {{DNNL_ARG_SRC, src_md, (void *)src},
-                     {DNNL_ARG_WEIGHTS, wei_md, p->wei},
+                     {DNNL_ARG_WEIGHTS, wei_md, wei},
                      {DNNL_ARG_DST, dst_md, y->data},
                      {DNNL_ARG_BIAS, &bias, l->bias.data}};
     y->valid = 1;
@@ -418,10 +417,7 @@ static int make_backward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, int weight
             bad = dnnl_convolution_backward_data_desc_init(&d, conv_alg(wino), &src, &wei, &ddst, strides, pad,
                                                            pad) != dnnl_success ||
                   nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdd_pd, &p->bwdd, e);
-        if (bad)
-            return -1;
-        p->wei_bwdd = nn_alloc(nn_md_bytes(nn_pd_md(p->bwdd_pd, dnnl_query_weights_md, 0)));
-        return p->wei_bwdd ? 0 : nn_errf(e, "out of memory");
+        return bad ? -1 : 0;
     }
     if (depthwise_bwdw_is_slow(ctx, l, p, &src, &wei, &bias, &ddst, strides, pad)) {
         p->own_bwdw = 1;
@@ -434,10 +430,8 @@ static int make_backward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, int weight
               nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdw_pd, &p->bwdw, e);
     if (bad)
         return -1;
-    p->dwei = nn_alloc(nn_md_bytes(nn_pd_md(p->bwdw_pd, dnnl_query_diff_weights_md, 0)));
-    p->dwei_plain = nn_alloc(l->weight.numel * sizeof(float));
     p->dbias = nn_alloc((size_t)g->cout * sizeof(float));
-    return p->dwei && p->dwei_plain && p->dbias ? 0 : nn_errf(e, "out of memory");
+    return p->dbias ? 0 : nn_errf(e, "out of memory");
 }
 
 static int backward_data(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_act *dy, nn_act *dx, nn_err *e)
@@ -447,14 +441,19 @@ static int backward_data(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_a
     const dnnl_memory_desc_t *wei_md = nn_pd_md(p->bwdd_pd, dnnl_query_weights_md, 0);
     const dnnl_memory_desc_t *ddst_md = nn_pd_md(p->bwdd_pd, dnnl_query_diff_dst_md, 0);
     const dnnl_memory_desc_t *dsrc_md = nn_pd_md(p->bwdd_pd, dnnl_query_diff_src_md, 0);
+    /* As in the forward: kept when frozen, made again into the transient buffer otherwise. */
+    float *wei = l->frozen ? p->wei_bwdd : nn_ctx_wbuf(ctx, 0, nn_md_bytes(wei_md), e);
+    if (!wei && l->frozen)
+        wei = p->wei_bwdd = nn_alloc(nn_md_bytes(wei_md));
+    if (!wei)
+        return l->frozen ? nn_errf(e, "out of memory") : -1;
     if (!l->frozen || !p->wei_bwdd_ready) {
         dnnl_memory_desc_t plain;
         const dnnl_memory_desc_t *src_md;
         const float *src_w;
-        if (weights_source(l, &plain, &src_md, &src_w, e) ||
-            nn_reorder(ctx, src_md, src_w, wei_md, p->wei_bwdd, e))
+        if (weights_source(l, &plain, &src_md, &src_w, e) || nn_reorder(ctx, src_md, src_w, wei_md, wei, e))
             return -1;
-        p->wei_bwdd_ready = 1;
+        p->wei_bwdd_ready = l->frozen;
     }
     const float *ddst;
     if (input_in(ctx, dy, ddst_md, &p->dyr, &ddst, e))
@@ -464,7 +463,7 @@ static int backward_data(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_a
     if (nn_act_reserve(out, p->n, l->geo.cin, p->h, p->w, dsrc_md, e))
         return -1;
     nn_arg args[] = {{DNNL_ARG_DIFF_DST, ddst_md, (void *)ddst},
-                     {DNNL_ARG_WEIGHTS, wei_md, p->wei_bwdd},
+                     {DNNL_ARG_WEIGHTS, wei_md, wei},
                      {DNNL_ARG_DIFF_SRC, dsrc_md, out->data}};
     if (nn_exec(ctx, p->bwdd, 3, args, e))
         return -1;
@@ -497,18 +496,24 @@ static int backward_weights(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const n
     const float *src, *ddst;
     if (input_in(ctx, x, src_md, &p->xr_w, &src, e) || input_in(ctx, dy, ddst_md, &p->dyr_w, &ddst, e))
         return -1;
+    /* The weight gradient in oneDNN's layout, then in PyTorch's, is added to dweight at once:
+     * both copies live in the ctx's transient buffers. */
+    float *dwei = nn_ctx_wbuf(ctx, 0, nn_md_bytes(dwei_md), e);
+    float *dwei_plain = dwei ? nn_ctx_wbuf(ctx, 1, l->dweight.numel * sizeof(float), e) : NULL;
+    if (!dwei_plain)
+        return -1;
     dnnl_memory_desc_t bias = md_bias(l->geo.cout);
     nn_arg args[] = {{DNNL_ARG_SRC, src_md, (void *)src},
                      {DNNL_ARG_DIFF_DST, ddst_md, (void *)ddst},
-                     {DNNL_ARG_DIFF_WEIGHTS, dwei_md, p->dwei},
+                     {DNNL_ARG_DIFF_WEIGHTS, dwei_md, dwei},
                      {DNNL_ARG_DIFF_BIAS, &bias, p->dbias}};
     if (nn_exec(ctx, p->bwdw, l->geo.has_bias ? 4 : 3, args, e))
         return -1;
     dnnl_memory_desc_t plain = md_weights(&l->geo, 0);
-    if (nn_reorder(ctx, dwei_md, p->dwei, &plain, p->dwei_plain, e))
+    if (nn_reorder(ctx, dwei_md, dwei, &plain, dwei_plain, e))
         return -1;
     float *dw = l->dweight.data;
-    const float *t = p->dwei_plain;
+    const float *t = dwei_plain;
     size_t n = l->dweight.numel;
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++)
@@ -522,8 +527,12 @@ static int backward_weights(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const n
 int nn_conv2d_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, const nn_act *dy, nn_act *dx, int param_grads,
                        nn_err *e)
 {
+    /* Reflection: the padded input is not kept from the forward (one buffer per layer, as large
+     * as its input) but made again here, into the ctx's one buffer. */
     int reflect = l->geo.pad_mode == NN_PAD_REFLECT;
-    const nn_act *x = reflect ? &l->xpad : x_in;
+    if (reflect && nn_pad2d_forward(ctx, x_in, &ctx->pad, l->geo.ph, l->geo.pw, NN_PAD_REFLECT, e))
+        return -1;
+    const nn_act *x = reflect ? &ctx->pad : x_in;
     nn_conv_prims *p = get_prims(ctx, l, x, e);
     if (!p)
         return -1;
@@ -537,10 +546,11 @@ int nn_conv2d_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, const nn_a
         return 0;
     if (!reflect)
         return backward_data(ctx, l, p, dy, dx, e);
-    nn_act_grad_reset(&l->dxpad);
-    if (backward_data(ctx, l, p, dy, &l->dxpad, e))
+    /* The padded input was read by the weight gradient only: its buffer takes the padded gradient. */
+    nn_act_grad_reset(&ctx->pad);
+    if (backward_data(ctx, l, p, dy, &ctx->pad, e))
         return -1;
-    return nn_pad2d_backward(ctx, &l->dxpad, dx, l->geo.ph, l->geo.pw, NN_PAD_REFLECT, e);
+    return nn_pad2d_backward(ctx, &ctx->pad, dx, l->geo.ph, l->geo.pw, NN_PAD_REFLECT, e);
 }
 
 int nn_conv2d_last_input(const nn_conv2d *l, int *n, int *h, int *w)

@@ -28,6 +28,14 @@
 typedef struct nn_reorder_cache nn_reorder_cache;
 typedef struct nn_mem_cache nn_mem_cache;
 
+typedef struct nn_act {
+    int n, c, h, w;
+    dnnl_memory_desc_t md; /* layout of data; md.ndims == 0 until first use */
+    float *data;
+    size_t cap;            /* bytes allocated */
+    int valid;             /* for gradients: 0 = contents undefined (next write stores) */
+} nn_act;
+
 typedef struct nn_ctx {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
@@ -38,6 +46,14 @@ typedef struct nn_ctx {
     size_t scratch_cap;
     float *tmp;     /* temporary of layers that compute a gradient aside before adding it */
     size_t tmp_cap;
+    /* Transient copies of the weights of layers that learn, in oneDNN's layouts, and of their
+     * weight gradients: they are made again at every pass, so one pair of buffers (sized to the
+     * largest layer) serves the whole net instead of three copies per layer. */
+    float *wbuf[2];
+    size_t wbuf_cap[2];
+    /* The reflection-padded input of the convolution running now: made in its forward, made again
+     * in its backward (for the weight gradient), then reused for the padded input's gradient. */
+    nn_act pad;
 } nn_ctx;
 
 /* threads <= 0: leave OpenMP's default. The calling thread's OpenMP thread count is set. */
@@ -46,14 +62,7 @@ void nn_ctx_free(nn_ctx *ctx);
 /* Returns a buffer of at least `bytes` (64-byte aligned), valid until the next call. */
 float *nn_ctx_scratch(nn_ctx *ctx, size_t bytes, nn_err *e);
 float *nn_ctx_tmp(nn_ctx *ctx, size_t bytes, nn_err *e);
-
-typedef struct nn_act {
-    int n, c, h, w;
-    dnnl_memory_desc_t md; /* layout of data; md.ndims == 0 until first use */
-    float *data;
-    size_t cap;            /* bytes allocated */
-    int valid;             /* for gradients: 0 = contents undefined (next write stores) */
-} nn_act;
+float *nn_ctx_wbuf(nn_ctx *ctx, int i, size_t bytes, nn_err *e); /* i = 0 or 1: ctx->wbuf[i] */
 
 /* Sets dims and layout; grows the buffer when needed (steady state allocates nothing). */
 int nn_act_reserve(nn_act *a, int n, int c, int h, int w, const dnnl_memory_desc_t *md, nn_err *e);
@@ -97,7 +106,6 @@ typedef struct nn_conv2d {
     float post_relu_alpha;    /* negative slope of post_relu (0: ReLU, the default; 0.2: LeakyReLU(0.2)).
                                * Set with nn_conv2d_set_post_relu, or before the first forward */
     nn_conv_prims *prims;     /* per input shape */
-    nn_act xpad, dxpad;       /* reflection padding */
 } nn_conv2d;
 
 int nn_conv2d_init(nn_conv2d *l, int cin, int cout, int kh, int kw, int sh, int sw, int ph, int pw, int groups,

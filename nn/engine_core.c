@@ -81,6 +81,9 @@ void nn_ctx_free(nn_ctx *ctx)
         dnnl_engine_destroy(ctx->engine);
     nn_free_kind(ctx->scratch, NN_MEM_SCRATCH);
     nn_free_kind(ctx->tmp, NN_MEM_SCRATCH);
+    for (int i = 0; i < 2; i++)
+        nn_free_kind(ctx->wbuf[i], NN_MEM_SCRATCH);
+    nn_act_free(&ctx->pad);
     memset(ctx, 0, sizeof *ctx);
 }
 
@@ -101,6 +104,11 @@ static float *grow(float **buf, size_t *cap, size_t bytes, nn_err *e)
 float *nn_ctx_scratch(nn_ctx *ctx, size_t bytes, nn_err *e) { return grow(&ctx->scratch, &ctx->scratch_cap, bytes, e); }
 
 float *nn_ctx_tmp(nn_ctx *ctx, size_t bytes, nn_err *e) { return grow(&ctx->tmp, &ctx->tmp_cap, bytes, e); }
+
+float *nn_ctx_wbuf(nn_ctx *ctx, int i, size_t bytes, nn_err *e)
+{
+    return grow(&ctx->wbuf[i], &ctx->wbuf_cap[i], bytes, e);
+}
 
 int nn_md_equal(const dnnl_memory_desc_t *a, const dnnl_memory_desc_t *b) { return dnnl_memory_desc_equal(a, b); }
 
