@@ -122,11 +122,16 @@ void pgn_dip_free(pgn_dip *d)
         if (d->mod[m].bn)
             nn_batchnorm2d_free(d->mod[m].bn);
     }
-    for (int i = 0; i < PGN_DIP_LEVELS; i++)
-        for (int k = 0; k < PGN_DIP_ACTS; k++) {
-            nn_act_free(&d->lv[i].act[k]);
-            nn_act_free(&d->lv[i].grad[k]);
-        }
+    for (int i = 0; i < PGN_DIP_LEVELS; i++) {
+        pgn_dip_level *L = &d->lv[i];
+        for (int k = 0; k < PGN_DIP_ACTS; k++)
+            nn_act_free(&L->act[k]);
+        nn_act_free(&L->g_out);
+        nn_act_free(&L->g_skip);
+        nn_act_free(&L->g_deep);
+    }
+    nn_act_free(&d->gt[0]);
+    nn_act_free(&d->gt[1]);
     nn_eltwise_free(&d->lrelu);
     nn_upsample2x_free(&d->up);
     nn_act_free(&d->x);
@@ -172,21 +177,24 @@ int pgn_dip_set_input(nn_ctx *ctx, pgn_dip *d, const float *x, int n, int h, int
             return nn_err_prefix(e, "dip level %d", i);                                                                \
     } while (0)
 
+/* conv -> BN -> LeakyReLU, the BN writing into `out` and the LeakyReLU running there in place. */
+static int conv_bn_lrelu(nn_ctx *ctx, pgn_dip *d, nn_conv2d *c, nn_batchnorm2d *bn, const nn_act *x, nn_act *conv_out,
+                         nn_act *out, nn_err *e)
+{
+    return nn_conv2d_forward(ctx, c, x, conv_out, e) || nn_batchnorm2d_forward(ctx, bn, conv_out, out, e) ||
+                   nn_eltwise_forward(ctx, &d->lrelu, out, out, e)
+               ? -1
+               : 0;
+}
+
 static int level_forward(nn_ctx *ctx, pgn_dip *d, int i, const nn_act *x, nn_err *e)
 {
     pgn_dip_level *L = &d->lv[i];
     nn_act *a = L->act;
-    if (L->skip) {
-        TRY(nn_conv2d_forward(ctx, &L->s_conv, x, &a[PGN_DIP_S_CONV], e));
-        TRY(nn_batchnorm2d_forward(ctx, &L->s_bn, &a[PGN_DIP_S_CONV], &a[PGN_DIP_S_BN], e));
-        TRY(nn_eltwise_forward(ctx, &d->lrelu, &a[PGN_DIP_S_BN], &a[PGN_DIP_S_OUT], e));
-    }
-    TRY(nn_conv2d_forward(ctx, &L->d_conv1, x, &a[PGN_DIP_D_CONV1], e));
-    TRY(nn_batchnorm2d_forward(ctx, &L->d_bn1, &a[PGN_DIP_D_CONV1], &a[PGN_DIP_D_BN1], e));
-    TRY(nn_eltwise_forward(ctx, &d->lrelu, &a[PGN_DIP_D_BN1], &a[PGN_DIP_D_ACT1], e));
-    TRY(nn_conv2d_forward(ctx, &L->d_conv2, &a[PGN_DIP_D_ACT1], &a[PGN_DIP_D_CONV2], e));
-    TRY(nn_batchnorm2d_forward(ctx, &L->d_bn2, &a[PGN_DIP_D_CONV2], &a[PGN_DIP_D_BN2], e));
-    TRY(nn_eltwise_forward(ctx, &d->lrelu, &a[PGN_DIP_D_BN2], &a[PGN_DIP_D_ACT2], e));
+    if (L->skip)
+        TRY(conv_bn_lrelu(ctx, d, &L->s_conv, &L->s_bn, x, &a[PGN_DIP_S_CONV], &a[PGN_DIP_S_OUT], e));
+    TRY(conv_bn_lrelu(ctx, d, &L->d_conv1, &L->d_bn1, x, &a[PGN_DIP_D_CONV1], &a[PGN_DIP_D_ACT1], e));
+    TRY(conv_bn_lrelu(ctx, d, &L->d_conv2, &L->d_bn2, &a[PGN_DIP_D_ACT1], &a[PGN_DIP_D_CONV2], &a[PGN_DIP_D_ACT2], e));
     const nn_act *deep = &a[PGN_DIP_D_ACT2];
     if (i + 1 < PGN_DIP_LEVELS) {
         if (level_forward(ctx, d, i + 1, deep, e))
@@ -202,56 +210,84 @@ static int level_forward(nn_ctx *ctx, pgn_dip *d, int i, const nn_act *x, nn_err
         cat = &a[PGN_DIP_CAT];
     }
     TRY(nn_batchnorm2d_forward(ctx, &L->c_bn, cat, &a[PGN_DIP_C_BN], e));
-    TRY(nn_conv2d_forward(ctx, &L->c_conv3, &a[PGN_DIP_C_BN], &a[PGN_DIP_C_CONV3], e));
-    TRY(nn_batchnorm2d_forward(ctx, &L->c_bn3, &a[PGN_DIP_C_CONV3], &a[PGN_DIP_C_BN3], e));
-    TRY(nn_eltwise_forward(ctx, &d->lrelu, &a[PGN_DIP_C_BN3], &a[PGN_DIP_C_ACT3], e));
-    TRY(nn_conv2d_forward(ctx, &L->c_conv1, &a[PGN_DIP_C_ACT3], &a[PGN_DIP_C_CONV1], e));
-    TRY(nn_batchnorm2d_forward(ctx, &L->c_bn1, &a[PGN_DIP_C_CONV1], &a[PGN_DIP_C_BN1], e));
-    TRY(nn_eltwise_forward(ctx, &d->lrelu, &a[PGN_DIP_C_BN1], &a[PGN_DIP_OUT], e));
+    TRY(conv_bn_lrelu(ctx, d, &L->c_conv3, &L->c_bn3, &a[PGN_DIP_C_BN], &a[PGN_DIP_C_CONV3], &a[PGN_DIP_C_ACT3], e));
+    TRY(conv_bn_lrelu(ctx, d, &L->c_conv1, &L->c_bn1, &a[PGN_DIP_C_ACT3], &a[PGN_DIP_C_CONV1], &a[PGN_DIP_OUT], e));
     return 0;
 }
 
-/* grad[OUT] holds dL/d(level output); gx (NULL for level 0: the input is fixed noise) receives
- * dL/dx, accumulated from the skip and the deeper branch. */
+static nn_act *other_transient(pgn_dip *d, const nn_act *t) { return t == &d->gt[0] ? &d->gt[1] : &d->gt[0]; }
+
+/* The gradient from gy back through LeakyReLU (read from its output y), BN and the conv, the
+ * first two into the transient buffers (never gy's). The conv's input gradient goes into gx by the
+ * engine's store-or-add rule, or, with to_transient, into a transient buffer that is returned;
+ * gx NULL and not to_transient: none (the level-0 input is fixed noise). NULL on error. */
+static nn_act *lrelu_bn_conv_backward(nn_ctx *ctx, pgn_dip *d, const nn_act *y, nn_batchnorm2d *bn,
+                                      const nn_act *conv_out, nn_conv2d *c, const nn_act *x, const nn_act *gy,
+                                      nn_act *gx, int to_transient, nn_err *e)
+{
+    nn_act *t0 = other_transient(d, gy), *t1 = other_transient(d, t0); /* t1 may be gy: read by now */
+    nn_act_grad_reset(t0);
+    if (nn_eltwise_backward(ctx, &d->lrelu, y, gy, t0, e))
+        return NULL;
+    nn_act_grad_reset(t1);
+    if (nn_batchnorm2d_backward(ctx, bn, conv_out, t0, t1, e))
+        return NULL;
+    if (to_transient) {
+        gx = t0;
+        nn_act_grad_reset(gx);
+    }
+    return nn_conv2d_backward(ctx, c, x, t1, gx, 1, e) ? NULL : to_transient ? gx : t1;
+}
+
+#define TRYP(call)                                                                                                     \
+    do {                                                                                                               \
+        if (!(call))                                                                                                   \
+            return nn_err_prefix(e, "dip level %d", i);                                                                \
+    } while (0)
+
+/* L->g_out holds dL/d(level output); gx (NULL for level 0: the input is fixed noise) receives
+ * dL/dx, accumulated from the deeper and the skip branch. Every other gradient is transient
+ * (d->gt, each layer reading one and writing the other) and dead when the deeper level's backward
+ * starts, so the whole backward needs two of them besides the three per level it keeps. */
 static int level_backward(nn_ctx *ctx, pgn_dip *d, int i, const nn_act *x, nn_act *gx, nn_err *e)
 {
     pgn_dip_level *L = &d->lv[i];
-    nn_act *a = L->act, *g = L->grad;
-    for (int k = 0; k < PGN_DIP_ACTS; k++)
-        if (k != PGN_DIP_OUT)
-            nn_act_grad_reset(&g[k]);
-    TRY(nn_eltwise_backward(ctx, &d->lrelu, &a[PGN_DIP_C_BN1], &g[PGN_DIP_OUT], &g[PGN_DIP_C_BN1], e));
-    TRY(nn_batchnorm2d_backward(ctx, &L->c_bn1, &a[PGN_DIP_C_CONV1], &g[PGN_DIP_C_BN1], &g[PGN_DIP_C_CONV1], e));
-    TRY(nn_conv2d_backward(ctx, &L->c_conv1, &a[PGN_DIP_C_ACT3], &g[PGN_DIP_C_CONV1], &g[PGN_DIP_C_ACT3], 1, e));
-    TRY(nn_eltwise_backward(ctx, &d->lrelu, &a[PGN_DIP_C_BN3], &g[PGN_DIP_C_ACT3], &g[PGN_DIP_C_BN3], e));
-    TRY(nn_batchnorm2d_backward(ctx, &L->c_bn3, &a[PGN_DIP_C_CONV3], &g[PGN_DIP_C_BN3], &g[PGN_DIP_C_CONV3], e));
-    TRY(nn_conv2d_backward(ctx, &L->c_conv3, &a[PGN_DIP_C_BN], &g[PGN_DIP_C_CONV3], &g[PGN_DIP_C_BN], 1, e));
+    nn_act *a = L->act, *g;
+    TRYP(g = lrelu_bn_conv_backward(ctx, d, &a[PGN_DIP_OUT], &L->c_bn1, &a[PGN_DIP_C_CONV1], &L->c_conv1,
+                                    &a[PGN_DIP_C_ACT3], &L->g_out, NULL, 1, e));
+    TRYP(g = lrelu_bn_conv_backward(ctx, d, &a[PGN_DIP_C_ACT3], &L->c_bn3, &a[PGN_DIP_C_CONV3], &L->c_conv3,
+                                    &a[PGN_DIP_C_BN], g, NULL, 1, e));
     const int cat_k = L->skip ? PGN_DIP_CAT : PGN_DIP_D_UP;
-    TRY(nn_batchnorm2d_backward(ctx, &L->c_bn, &a[cat_k], &g[PGN_DIP_C_BN], &g[cat_k], e));
-    if (L->skip)
-        TRY(nn_concat_backward(ctx, &g[PGN_DIP_CAT], L->skip, &g[PGN_DIP_S_OUT], &g[PGN_DIP_D_UP], e));
+    nn_act *gcat = other_transient(d, g);
+    nn_act_grad_reset(gcat);
+    TRY(nn_batchnorm2d_backward(ctx, &L->c_bn, &a[cat_k], g, gcat, e));
+    nn_act *gup = gcat;
+    if (L->skip) {
+        gup = other_transient(d, gcat);
+        nn_act_grad_reset(gup);
+        nn_act_grad_reset(&L->g_skip);
+        TRY(nn_concat_backward(ctx, gcat, L->skip, &L->g_skip, gup, e));
+    }
+    nn_act_grad_reset(&L->g_deep);
     if (i + 1 < PGN_DIP_LEVELS) {
-        nn_act *gdeep = &d->lv[i + 1].grad[PGN_DIP_OUT];
+        nn_act *gdeep = &d->lv[i + 1].g_out;
         nn_act_grad_reset(gdeep);
-        TRY(nn_upsample2x_backward(ctx, &d->up, &g[PGN_DIP_D_UP], gdeep, e));
-        if (level_backward(ctx, d, i + 1, &a[PGN_DIP_D_ACT2], &g[PGN_DIP_D_ACT2], e))
+        TRY(nn_upsample2x_backward(ctx, &d->up, gup, gdeep, e));
+        if (level_backward(ctx, d, i + 1, &a[PGN_DIP_D_ACT2], &L->g_deep, e))
             return -1;
     } else
-        TRY(nn_upsample2x_backward(ctx, &d->up, &g[PGN_DIP_D_UP], &g[PGN_DIP_D_ACT2], e));
-    TRY(nn_eltwise_backward(ctx, &d->lrelu, &a[PGN_DIP_D_BN2], &g[PGN_DIP_D_ACT2], &g[PGN_DIP_D_BN2], e));
-    TRY(nn_batchnorm2d_backward(ctx, &L->d_bn2, &a[PGN_DIP_D_CONV2], &g[PGN_DIP_D_BN2], &g[PGN_DIP_D_CONV2], e));
-    TRY(nn_conv2d_backward(ctx, &L->d_conv2, &a[PGN_DIP_D_ACT1], &g[PGN_DIP_D_CONV2], &g[PGN_DIP_D_ACT1], 1, e));
-    TRY(nn_eltwise_backward(ctx, &d->lrelu, &a[PGN_DIP_D_BN1], &g[PGN_DIP_D_ACT1], &g[PGN_DIP_D_BN1], e));
-    TRY(nn_batchnorm2d_backward(ctx, &L->d_bn1, &a[PGN_DIP_D_CONV1], &g[PGN_DIP_D_BN1], &g[PGN_DIP_D_CONV1], e));
-    TRY(nn_conv2d_backward(ctx, &L->d_conv1, x, &g[PGN_DIP_D_CONV1], gx, 1, e));
-    if (L->skip) {
-        TRY(nn_eltwise_backward(ctx, &d->lrelu, &a[PGN_DIP_S_BN], &g[PGN_DIP_S_OUT], &g[PGN_DIP_S_BN], e));
-        TRY(nn_batchnorm2d_backward(ctx, &L->s_bn, &a[PGN_DIP_S_CONV], &g[PGN_DIP_S_BN], &g[PGN_DIP_S_CONV], e));
-        TRY(nn_conv2d_backward(ctx, &L->s_conv, x, &g[PGN_DIP_S_CONV], gx, 1, e));
-    }
+        TRY(nn_upsample2x_backward(ctx, &d->up, gup, &L->g_deep, e));
+    TRYP(g = lrelu_bn_conv_backward(ctx, d, &a[PGN_DIP_D_ACT2], &L->d_bn2, &a[PGN_DIP_D_CONV2], &L->d_conv2,
+                                    &a[PGN_DIP_D_ACT1], &L->g_deep, NULL, 1, e));
+    TRYP(lrelu_bn_conv_backward(ctx, d, &a[PGN_DIP_D_ACT1], &L->d_bn1, &a[PGN_DIP_D_CONV1], &L->d_conv1, x, g, gx, 0,
+                                e));
+    if (L->skip)
+        TRYP(lrelu_bn_conv_backward(ctx, d, &a[PGN_DIP_S_OUT], &L->s_bn, &a[PGN_DIP_S_CONV], &L->s_conv, x,
+                                    &L->g_skip, gx, 0, e));
     return 0;
 }
 
+#undef TRYP
 #undef TRY
 
 int pgn_dip_forward(nn_ctx *ctx, pgn_dip *d, float *y, nn_err *e)
@@ -272,7 +308,7 @@ int pgn_dip_backward_act(nn_ctx *ctx, pgn_dip *d, const nn_act *dy, nn_err *e)
     if (dy->n != d->y.n || dy->c != d->y.c || dy->h != d->y.h || dy->w != d->y.w)
         return nn_errf(e, "dip: output gradient [%d, %d, %d, %d] does not match the output [%d, %d, %d, %d]", dy->n,
                        dy->c, dy->h, dy->w, d->y.n, d->y.c, d->y.h, d->y.w);
-    nn_act *g0 = &d->lv[0].grad[PGN_DIP_OUT];
+    nn_act *g0 = &d->lv[0].g_out;
     nn_act_grad_reset(g0);
     if (nn_conv2d_backward(ctx, &d->final, &d->lv[0].act[PGN_DIP_OUT], dy, g0, 1, e))
         return nn_err_prefix(e, "dip final conv");

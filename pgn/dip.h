@@ -37,12 +37,15 @@
 #define PGN_DIP_STATE_KEYS 181      /* state-dict keys: 23 x 2 + 27 x 5 */
 
 /* Activations of one level, in forward order (s_: skip branch, d_: deeper branch, c_: after the
- * concat). *_bn are BN outputs (= LeakyReLU inputs, kept for the backward). */
+ * concat). Each BN followed by a LeakyReLU writes into the activation's buffer and the LeakyReLU
+ * runs in place: its backward reads the sign of its output (the slope is positive, so the output
+ * is positive exactly where the input is). *_conv are conv outputs (the BNs' inputs, kept for
+ * their backward). */
 enum {
-    PGN_DIP_S_CONV, PGN_DIP_S_BN, PGN_DIP_S_OUT,
-    PGN_DIP_D_CONV1, PGN_DIP_D_BN1, PGN_DIP_D_ACT1, PGN_DIP_D_CONV2, PGN_DIP_D_BN2, PGN_DIP_D_ACT2,
+    PGN_DIP_S_CONV, PGN_DIP_S_OUT,
+    PGN_DIP_D_CONV1, PGN_DIP_D_ACT1, PGN_DIP_D_CONV2, PGN_DIP_D_ACT2,
     PGN_DIP_D_UP, PGN_DIP_CAT,
-    PGN_DIP_C_BN, PGN_DIP_C_CONV3, PGN_DIP_C_BN3, PGN_DIP_C_ACT3, PGN_DIP_C_CONV1, PGN_DIP_C_BN1, PGN_DIP_OUT,
+    PGN_DIP_C_BN, PGN_DIP_C_CONV3, PGN_DIP_C_ACT3, PGN_DIP_C_CONV1, PGN_DIP_OUT,
     PGN_DIP_ACTS
 };
 
@@ -55,8 +58,11 @@ typedef struct pgn_dip_level {
     nn_batchnorm2d c_bn;
     nn_conv2d c_conv3, c_conv1;
     nn_batchnorm2d c_bn3, c_bn1;
-    nn_act act[PGN_DIP_ACTS];  /* activations of the last forward */
-    nn_act grad[PGN_DIP_ACTS]; /* their gradients during the backward */
+    nn_act act[PGN_DIP_ACTS]; /* activations of the last forward */
+    /* The gradients that live across the deeper level's backward: of this level's output (written
+     * by the level above), of the skip branch's output, of the deeper branch's input to the next
+     * level (D_ACT2, written by it). Every other gradient is transient (pgn_dip.gt). */
+    nn_act g_out, g_skip, g_deep;
 } pgn_dip_level;
 
 /* One state-dict module (pgn/state_dict.h): a conv or a BN, in state-dict order. */
@@ -69,6 +75,7 @@ typedef struct pgn_dip {
     nn_upsample2x up;
     nn_act x;       /* the fixed input, set by pgn_dip_set_input */
     nn_act y, dy;   /* output of the last forward; its gradient */
+    nn_act gt[2];   /* the backward's transient gradients: each layer reads one and writes the other */
     pgn_dip_module mod[PGN_DIP_CONVS + PGN_DIP_BNS];
     nn_param params[PGN_DIP_PARAM_TENSORS]; /* state-dict order, as PyTorch's parameters() */
     int forwarded;  /* a forward ran since the input was set */

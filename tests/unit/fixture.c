@@ -162,8 +162,12 @@ int fx_pin(nn_ctx *ctx, nn_act *a, const nn_weights *fx, const char *name, int *
         const int32_t at = ((const int32_t *)ix->data)[j];
         const int8_t sign = ((const int8_t *)sg->data)[j];
         assert_true(at >= 0 && (size_t)at < count);
-        flips += (buf[at] > 0) != (sign > 0);
-        buf[at] = sign > 0 ? 1e-20f : -1e-20f;
+        /* Only where the float32 sign differs: elsewhere the mask already agrees, and the value
+         * stays (it may also be the next layer's input, when the activation ran in place). */
+        if ((buf[at] > 0) != (sign > 0)) {
+            flips++;
+            buf[at] = sign > 0 ? 1e-20f : -1e-20f;
+        }
     }
     *pinned += (int)ix->numel;
     nn_err e;

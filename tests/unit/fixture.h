@@ -23,9 +23,10 @@ const char *fx_param_str(const nn_weights *w, const char *case_name, const char 
 void fx_ok(int rc, const nn_err *e);
 /* Fails the test unless rc is an error whose message contains needle. */
 void fx_expect_error(int rc, const nn_err *e, const char *needle);
-/* Mask pinning: sets the activation's elements listed in the fixture's "pin.<name>.index" (I32)
- * to +-1e-20 by "pin.<name>.sign" (I8), so a ReLU-like backward follows float64's decision where
- * float32 rounding would flip it. Adds the count to *pinned; returns how many had flipped. */
+/* Mask pinning: of the activation's elements listed in the fixture's "pin.<name>.index" (I32),
+ * sets those whose sign differs from "pin.<name>.sign" (I8) to +-1e-20 by it, so a ReLU-like
+ * backward follows float64's decision where float32 rounding would flip it. Adds the count listed
+ * to *pinned; returns how many had flipped (and were set). */
 int fx_pin(nn_ctx *ctx, nn_act *a, const nn_weights *fx, const char *name, int *pinned);
 
 /* max |a - b| / max |b| (0 when b is all zero and a == b). */

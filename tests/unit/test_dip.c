@@ -146,9 +146,10 @@ static const char *prefix_of(const pgn_dip *d, const nn_batchnorm2d *bn)
     return NULL;
 }
 
-/* Sets the stored LeakyReLU inputs (BN outputs) at the fixture's pinned elements to +-1e-20 with
- * the float64 sign, so that the backward uses PyTorch's float64 masks there. Returns how many of
- * them the float32 forward had on the other side of zero. */
+/* Sets the stored LeakyReLU outputs (whose signs are their inputs': the backward reads them) at
+ * the fixture's pinned elements (BN outputs near zero) to +-1e-20 with the float64 sign, so that
+ * the backward uses PyTorch's float64 masks there. Returns how many of them the float32 forward
+ * had on the other side of zero. */
 static int pin_masks(nn_ctx *ctx, pgn_dip *d, const nn_weights *fx, int *pinned)
 {
     int flips = 0;
@@ -158,8 +159,8 @@ static int pin_masks(nn_ctx *ctx, pgn_dip *d, const nn_weights *fx, int *pinned)
         const struct {
             nn_batchnorm2d *bn;
             int act;
-        } taps[] = {{&L->s_bn, PGN_DIP_S_BN},   {&L->d_bn1, PGN_DIP_D_BN1}, {&L->d_bn2, PGN_DIP_D_BN2},
-                    {&L->c_bn3, PGN_DIP_C_BN3}, {&L->c_bn1, PGN_DIP_C_BN1}};
+        } taps[] = {{&L->s_bn, PGN_DIP_S_OUT},    {&L->d_bn1, PGN_DIP_D_ACT1}, {&L->d_bn2, PGN_DIP_D_ACT2},
+                    {&L->c_bn3, PGN_DIP_C_ACT3}, {&L->c_bn1, PGN_DIP_OUT}};
         for (size_t k = L->skip ? 0 : 1; k < sizeof taps / sizeof *taps; k++) {
             flips += fx_pin(ctx, &L->act[taps[k].act], fx, prefix_of(d, taps[k].bn), pinned);
         }
