@@ -34,6 +34,7 @@ typedef struct nn_act {
     float *data;
     size_t cap;            /* bytes allocated */
     int valid;             /* for gradients: 0 = contents undefined (next write stores) */
+    int borrowed;          /* data lies inside another activation's buffer (nn_act_borrow) */
 } nn_act;
 
 typedef struct nn_ctx {
@@ -77,6 +78,11 @@ int nn_act_convert(nn_ctx *ctx, nn_act *a, const dnnl_memory_desc_t *md, nn_err 
 size_t nn_act_count(const nn_act *a); /* logical n*c*h*w */
 size_t nn_md_bytes(const dnnl_memory_desc_t *md);
 void nn_act_free(nn_act *a);
+/* Makes a an empty activation whose buffer is `bytes` of owner's, from byte `offset` on: a layer
+ * writing into a then writes into owner's buffer in place (e.g. straight into a concatenation's
+ * channels). a is never grown, converted or freed: doing what would need that fails instead.
+ * Valid while owner's buffer is (owner must not be grown or freed meanwhile). */
+int nn_act_borrow(nn_act *a, const nn_act *owner, size_t offset, size_t bytes, nn_err *e);
 static inline void nn_act_grad_reset(nn_act *a) { a->valid = 0; }
 
 /* Copies src into dst's buffer in layout dst_md (dst_md may equal src->md). */
@@ -209,7 +215,8 @@ int nn_upsample2x_backward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy, nn_a
 /* y = concat(bilinear upsample(x), skip) without the upsampled map as its own tensor: x is
  * upsampled straight into y's first channels. Only when both are in the same channel-blocked layout
  * and x's channels fill whole blocks; returns 1 (nothing done) otherwise, 0 on success, -1 on error.
- * The values are those of nn_upsample2x_forward then nn_concat_forward. */
+ * The values are those of nn_upsample2x_forward then nn_concat_forward. skip may already lie in
+ * its place in y (borrowed from y's buffer, nn_act_borrow): it is then not copied. */
 int nn_upsample2x_concat_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x, const nn_act *skip, nn_act *y,
                                  nn_err *e);
 

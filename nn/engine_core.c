@@ -159,6 +159,9 @@ int nn_act_reserve(nn_act *a, int n, int c, int h, int w, const dnnl_memory_desc
         md = &plain;
     }
     size_t bytes = nn_md_bytes(md);
+    if (bytes > a->cap && a->borrowed)
+        return nn_errf(e, "internal: an activation of %zu bytes does not fit the %zu bytes borrowed for it", bytes,
+                       a->cap);
     if (bytes > a->cap) {
         nn_free_kind(a->data, NN_MEM_ACT);
         a->data = nn_alloc_kind(bytes, NN_MEM_ACT);
@@ -183,8 +186,21 @@ int nn_act_reserve(nn_act *a, int n, int c, int h, int w, const dnnl_memory_desc
 
 void nn_act_free(nn_act *a)
 {
-    nn_free_kind(a->data, NN_MEM_ACT);
+    if (!a->borrowed)
+        nn_free_kind(a->data, NN_MEM_ACT);
     memset(a, 0, sizeof *a);
+}
+
+int nn_act_borrow(nn_act *a, const nn_act *owner, size_t offset, size_t bytes, nn_err *e)
+{
+    if (!owner->data || offset % 64 || offset + bytes > owner->cap)
+        return nn_errf(e, "internal: cannot borrow %zu bytes at %zu of an activation buffer of %zu", bytes, offset,
+                       owner->cap);
+    memset(a, 0, sizeof *a);
+    a->data = (float *)((char *)owner->data + offset);
+    a->cap = bytes;
+    a->borrowed = 1;
+    return 0;
 }
 
 size_t nn_act_count(const nn_act *a) { return (size_t)a->n * a->c * a->h * a->w; }
@@ -366,6 +382,8 @@ int nn_act_convert(nn_ctx *ctx, nn_act *a, const dnnl_memory_desc_t *md, nn_err 
 {
     if (nn_md_equal(&a->md, md))
         return 0;
+    if (a->borrowed)
+        return nn_errf(e, "internal: a borrowed activation buffer cannot change its layout");
     size_t bytes = nn_md_bytes(md);
     float *tmp = nn_alloc_kind(bytes, NN_MEM_ACT);
     if (!tmp)

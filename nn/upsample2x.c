@@ -344,6 +344,8 @@ int nn_upsample2x_concat_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x_
 {
     nn_act *x = (nn_act *)x_in, *skip = (nn_act *)skip_in; /* nn_act_view5 may convert an exotic layout in place */
     nn_view5 vx, vs;
+    if (skip->borrowed && nn_view5_of(&skip->md, skip->n, skip->c, skip->h, skip->w, &vs))
+        return 1; /* a borrowed buffer cannot be converted in place */
     if (!l->bilinear || nn_act_view5(ctx, x, &vx, e) || nn_act_view5(ctx, skip, &vs, e))
         return l->bilinear ? -1 : 1;
     const int n = x->n, h = 2 * x->h, w = 2 * x->w, blk = vx.blk;
@@ -359,7 +361,8 @@ int nn_upsample2x_concat_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x_
     /* the skip's blocks after the upsampled ones, image by image */
     const size_t up = (size_t)vx.cb * h * w * blk, sk = (size_t)vs.cb * h * w * blk, per = up + sk;
     for (int i = 0; i < n; i++)
-        nn_par_copy(y->data + i * per + up, skip->data + i * sk, sk);
+        if (skip->data + i * sk != y->data + i * per + up) /* not already in place (nn_act_borrow) */
+            nn_par_copy(y->data + i * per + up, skip->data + i * sk, sk);
     y->valid = 1;
     return 0;
 }

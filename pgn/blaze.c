@@ -23,7 +23,8 @@ int pgn_sep_forward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, 
 int pgn_sep_forward_into(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, nn_act *tmp, nn_act *y,
                          const char *name, nn_err *e)
 {
-    if (tmp == x || y == x || y == tmp)
+    /* y may be x: the first conv has read all of x (into tmp) before the second writes y */
+    if (tmp == x || y == tmp)
         return nn_errf(e, "%s: internal: buffers of a lean sep forward overlap", name);
     TRY(nn_conv2d_forward(ctx, &s->c0, x, tmp, e));
     TRY(nn_conv2d_forward(ctx, &s->c1, tmp, y, e));

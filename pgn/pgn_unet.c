@@ -249,22 +249,54 @@ static int sep_into(nn_ctx *ctx, pgn_unet *u, pgn_unet_sep *s, const nn_act *x, 
     return pgn_sep_forward_into(ctx, s, &u->relu, x, tmp, y, sep_name(u, s), e) ? nn_err_prefix(e, "pgn unet") : 0;
 }
 
-/* The lean buffers (pgn_unet_set_lean). XORIG holds x_original from its sep until the last decoder
- * step's concat, S0..S3 the skips s0..s3 until theirs; BIG, CAT and T take everything else in turn,
- * each layer writing into one that holds nothing still needed. In units of n*H*W floats, the largest
- * each one gets: BIG 64 (128, the last upsampled map, where the upsample cannot be written straight
- * into the concat: nn_upsample2x_concat_forward), CAT 192 (the last concat), XORIG 64, T 32,
- * S0 16, S1 4, S2 2, S3 1. The assignment depends only on the net, not on the input size, so the
- * buffers grow at the first forward of a larger shape and are reused as they are afterwards. */
+/* The lean buffers (pgn_unet_set_lean). S0..S3 hold the skips s0..s3 until their decoder step's
+ * concat; BIG, CAT and T take everything else in turn, each layer writing into one that holds
+ * nothing still needed. x_original waits for the last concat: with one image it is written
+ * straight into the last concat's place in CAT (its channels 128-191, a contiguous tail of
+ * the buffer in any channel-blocked or plain layout), while CAT's first 128 channels' worth serve
+ * every step before (the largest: the H/2 concat, 80 units); with a batch it waits in XORIG. In
+ * units of n*H*W floats, the largest each one gets: CAT 192 (the last concat), BIG 64, XORIG 64
+ * (batches only), T 32, S0 16, S1 4, S2 2, S3 1. The assignment depends only on the net, not on
+ * the input size, so the buffers grow at the first forward of a larger shape and are reused as
+ * they are afterwards. */
 enum { LB_XORIG, LB_BIG, LB_CAT, LB_T, LB_S0, LB_S1, LB_S2, LB_S3, LB_COUNT };
 _Static_assert(LB_COUNT == PGN_UNET_LEAN_BUFS, "PGN_UNET_LEAN_BUFS");
+
+/* The last decoder step: up(d) concatenated with x_original into cat. x0 borrowed from cat's tail
+ * is already in place when the fused upsample-concatenate applies (the layouts oneDNN picks make
+ * it apply); otherwise it is copied out to XORIG first, and the two steps run apart. */
+static int last_concat(nn_ctx *ctx, pgn_unet *u, const nn_act *d, const nn_act *x0, nn_act *cat, nn_err *e)
+{
+    nn_act *b = u->lean_buf, *big = &b[LB_BIG];
+    int fused = nn_upsample2x_concat_forward(ctx, &u->upsample, d, x0, cat, e);
+    if (fused <= 0)
+        return fused < 0 ? nn_err_prefix(e, "pgn unet: upsample") : 0;
+    if (x0->borrowed) {
+        nn_act *xo = &b[LB_XORIG];
+        if (nn_act_reserve(xo, x0->n, x0->c, x0->h, x0->w, &x0->md, e))
+            return -1;
+        memcpy(xo->data, x0->data, nn_md_bytes(&x0->md));
+        x0 = xo;
+    }
+    TRY(nn_upsample2x_forward(ctx, &u->upsample, d, big, e), "upsample");
+    TRY(nn_concat_forward(ctx, big, x0, cat, e), "concat");
+    return 0;
+}
 
 /* The folded forward's layers in the same order, on the lean buffers. */
 static int lean_forward(nn_ctx *ctx, pgn_unet *u, nn_err *e)
 {
-    nn_act *b = u->lean_buf, *big = &b[LB_BIG], *cat = &b[LB_CAT], *xorig = &b[LB_XORIG];
+    nn_act *b = u->lean_buf, *big = &b[LB_BIG], *cat = &b[LB_CAT];
     const nn_act *x = &u->x;
     pgn_unet_sep *s = u->sep;
+    /* x_original's place: the tail of CAT, sized now for the last concat (it never grows later) */
+    nn_act x0_tail, *xorig = &b[LB_XORIG];
+    const size_t unit = (size_t)x->h * x->w * sizeof(float);
+    if (x->n == 1) {
+        if (nn_act_reserve(cat, 1, 192, x->h, x->w, NULL, e) || nn_act_borrow(&x0_tail, cat, 128 * unit, 64 * unit, e))
+            return -1;
+        xorig = &x0_tail;
+    }
     if (sep_into(ctx, u, &s[PGN_UNET_SEP_ORIG0], x, big, cat, e) ||
         sep_into(ctx, u, &s[PGN_UNET_SEP_ORIG1], cat, big, xorig, e))
         return -1;
@@ -286,15 +318,20 @@ static int lean_forward(nn_ctx *ctx, pgn_unet *u, nn_err *e)
     }
     nn_act *d = &b[LB_T]; /* s4 */
     for (int j = 0; j < 5; j++) {
-        const nn_act *skip = DEC_SKIP[j] >= 0 ? &b[LB_S0 + DEC_SKIP[j]] : xorig;
-        nn_act *dst = j < 4 ? &b[LB_T] : xorig; /* d (T) is consumed by the upsample; x_original by the concat */
-        int fused = nn_upsample2x_concat_forward(ctx, &u->upsample, d, skip, cat, e);
-        if (fused < 0)
-            return nn_err_prefix(e, "pgn unet: upsample");
-        if (fused > 0) {
-            TRY(nn_upsample2x_forward(ctx, &u->upsample, d, big, e), "upsample");
-            TRY(nn_concat_forward(ctx, big, skip, cat, e), "concat");
-        }
+        if (j < 4) {
+            const nn_act *skip = &b[LB_S0 + DEC_SKIP[j]];
+            int fused = nn_upsample2x_concat_forward(ctx, &u->upsample, d, skip, cat, e);
+            if (fused < 0)
+                return nn_err_prefix(e, "pgn unet: upsample");
+            if (fused > 0) {
+                TRY(nn_upsample2x_forward(ctx, &u->upsample, d, big, e), "upsample");
+                TRY(nn_concat_forward(ctx, big, skip, cat, e), "concat");
+            }
+        } else if (last_concat(ctx, u, d, xorig, cat, e))
+            return -1;
+        /* d (T) is consumed by the upsample; the last step's output goes over its own input (the
+         * sep's first conv has read all of it before the second writes) */
+        nn_act *dst = j < 4 ? &b[LB_T] : cat;
         if (sep_into(ctx, u, &s[DEC_SEP[j]], cat, big, dst, e))
             return -1;
         d = dst;
