@@ -81,7 +81,8 @@ void nn_act_free(nn_act *a);
 /* Makes a an empty activation whose buffer is `bytes` of owner's, from byte `offset` on: a layer
  * writing into a then writes into owner's buffer in place (e.g. straight into a concatenation's
  * channels). a is never grown, converted or freed: doing what would need that fails instead.
- * Valid while owner's buffer is (owner must not be grown or freed meanwhile). */
+ * Valid while owner's buffer is: the owner must not be grown, converted or freed meanwhile, nor
+ * reserved with a padded layout (which zeroes what it covers); the caller sees to that. */
 int nn_act_borrow(nn_act *a, const nn_act *owner, size_t offset, size_t bytes, nn_err *e);
 static inline void nn_act_grad_reset(nn_act *a) { a->valid = 0; }
 

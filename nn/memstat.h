@@ -3,11 +3,12 @@
  *   NN_MEM_TENSOR   nn_tensor_alloc: parameters, their gradients, BN statistics, optimiser moments
  *                   (large tensors are mapped pages: counted in full even where never written)
  *   NN_MEM_ACT      nn_act buffers (nn_act_reserve, nn_act_convert): activations, their gradients,
- *                   padded copies, everything a layer keeps for its backward
- *   NN_MEM_SCRATCH  the ctx's scratch and tmp (nn_ctx_scratch / nn_ctx_tmp) and layer workspaces
- *                   (pooling's)
- *   NN_MEM_OTHER    every other nn_alloc: oneDNN-layout weight copies, per-shape weight-gradient
- *                   buffers, weight files being read, callers' own nn_alloc buffers
+ *                   everything a layer keeps for its backward, the ctx's reflection-padded input
+ *   NN_MEM_SCRATCH  the ctx's scratch, tmp and transient weight buffers (nn_ctx_scratch /
+ *                   nn_ctx_tmp / nn_ctx_wbuf: oneDNN-layout weights and weight gradients of layers
+ *                   that learn) and layer workspaces (pooling's)
+ *   NN_MEM_OTHER    every other nn_alloc: oneDNN-layout weight copies of frozen layers, weight
+ *                   files being read, callers' own nn_alloc buffers
  *
  * Sizes are the allocator's usable sizes (malloc_usable_size; a few bytes over the request). What
  * oneDNN allocates itself is not in the kinds: its library scratchpad (one buffer per thread,

@@ -17,7 +17,8 @@ void nn_sha256_update(nn_sha256 *s, const void *data, size_t len);
 /* Writes 64 lowercase hex digits and a NUL into hex[65]. */
 void nn_sha256_final_hex(nn_sha256 *s, char hex[65]);
 /* Which block function runs: 1 the x86 SHA extensions (-1 where the CPU lacks them), 0 the
- * portable code. Chosen at first use otherwise (PGND_SHA_NI=0: portable); for tests and A/B. */
+ * portable code. Chosen at first use otherwise (PGND_SHA_NI=0: portable). For tests and A/B
+ * only: not to be called while another thread hashes. */
 int nn_sha256_use_shani(int on);
 /* SHA-256 of a whole file; 0 or -1 (errno set). */
 int nn_sha256_file(const char *path, char hex[65]);

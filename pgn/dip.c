@@ -218,7 +218,8 @@ static int level_forward(nn_ctx *ctx, pgn_dip *d, int i, const nn_act *x, nn_err
 static nn_act *other_transient(pgn_dip *d, const nn_act *t) { return t == &d->gt[0] ? &d->gt[1] : &d->gt[0]; }
 
 /* The gradient from gy back through LeakyReLU (read from its output y), BN and the conv, the
- * first two into the transient buffers (never gy's). The conv's input gradient goes into gx by the
+ * first two into the transient buffers: the LeakyReLU's into one other than gy's, the BN's into
+ * the other one (gy's own when gy is transient: read by then). The conv's input gradient goes into gx by the
  * engine's store-or-add rule, or, with to_transient, into a transient buffer that is returned;
  * gx NULL and not to_transient: none (the level-0 input is fixed noise). NULL on error. */
 static nn_act *lrelu_bn_conv_backward(nn_ctx *ctx, pgn_dip *d, const nn_act *y, nn_batchnorm2d *bn,

@@ -252,11 +252,12 @@ static int sep_into(nn_ctx *ctx, pgn_unet *u, pgn_unet_sep *s, const nn_act *x, 
 /* The lean buffers (pgn_unet_set_lean). S0..S3 hold the skips s0..s3 until their decoder step's
  * concat; BIG, CAT and T take everything else in turn, each layer writing into one that holds
  * nothing still needed. x_original waits for the last concat: with one image it is written
- * straight into the last concat's place in CAT (its channels 128-191, a contiguous tail of
- * the buffer in any channel-blocked or plain layout), while CAT's first 128 channels' worth serve
- * every step before (the largest: the H/2 concat, 80 units); with a batch it waits in XORIG. In
- * units of n*H*W floats, the largest each one gets: CAT 192 (the last concat), BIG 64, XORIG 64
- * (batches only), T 32, S0 16, S1 4, S2 2, S3 1. The assignment depends only on the net, not on
+ * straight into the last concat's place in CAT (its channels 128-191, a contiguous tail of the
+ * buffer in the channel-blocked and plain layouts oneDNN gives it; should the fused upsample-
+ * concatenate not apply, it is copied out to XORIG first), while CAT's first 128 channels' worth
+ * serve every step before (the largest: the H/2 concat, 80 units); with a batch it waits in XORIG.
+ * In units of n*H*W floats, the largest each one gets: CAT 192 (the last concat), BIG 64, XORIG 64
+ * (batches, and that fallback), T 32, S0 16, S1 4, S2 2, S3 1. The assignment depends only on the net, not on
  * the input size, so the buffers grow at the first forward of a larger shape and are reused as
  * they are afterwards. */
 enum { LB_XORIG, LB_BIG, LB_CAT, LB_T, LB_S0, LB_S1, LB_S2, LB_S3, LB_COUNT };
