@@ -219,9 +219,10 @@ static nn_act *other_transient(pgn_dip *d, const nn_act *t) { return t == &d->gt
 
 /* The gradient from gy back through LeakyReLU (read from its output y), BN and the conv, the
  * first two into the transient buffers: the LeakyReLU's into one other than gy's, the BN's into
- * the other one (gy's own when gy is transient: read by then). The conv's input gradient goes into gx by the
- * engine's store-or-add rule, or, with to_transient, into a transient buffer that is returned;
- * gx NULL and not to_transient: none (the level-0 input is fixed noise). NULL on error. */
+ * the other one (gy's own when gy is transient: read by then). The conv's input gradient goes
+ * into gx by the engine's store-or-add rule, or, with to_transient, into a transient buffer that
+ * is returned; gx NULL and not to_transient: none (the level-0 input is fixed noise). NULL on
+ * error. */
 static nn_act *lrelu_bn_conv_backward(nn_ctx *ctx, pgn_dip *d, const nn_act *y, nn_batchnorm2d *bn,
                                       const nn_act *conv_out, nn_conv2d *c, const nn_act *x, const nn_act *gy,
                                       nn_act *gx, int to_transient, nn_err *e)
