@@ -233,6 +233,17 @@ static nn_conv_prims *get_prims(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_e
     return p;
 }
 
+/* Where a pass's oneDNN-layout weights go: a frozen layer keeps its copy (*kept, made at first
+ * use); one that learns makes it again at every pass, into the ctx's transient weight buffer. */
+static float *weights_buffer(nn_ctx *ctx, const nn_conv2d *l, float **kept, const dnnl_memory_desc_t *md, nn_err *e)
+{
+    if (!l->frozen)
+        return nn_ctx_wbuf(ctx, 0, nn_md_bytes(md), e);
+    if (!*kept && !(*kept = nn_alloc(nn_md_bytes(md))))
+        nn_errf(e, "out of memory");
+    return *kept;
+}
+
 /* x reordered into the layout `want` (no copy when it already is). */
 static int input_in(nn_ctx *ctx, const nn_act *x, const dnnl_memory_desc_t *want, nn_act *tmp, const float **out,
                     nn_err *e)
@@ -336,13 +347,9 @@ int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, nn_act *y, 
     const dnnl_memory_desc_t *src_md = nn_pd_md(p->fwd_pd, dnnl_query_src_md, 0);
     const dnnl_memory_desc_t *wei_md = nn_pd_md(p->fwd_pd, dnnl_query_weights_md, 0);
     const dnnl_memory_desc_t *dst_md = nn_pd_md(p->fwd_pd, dnnl_query_dst_md, 0);
-    /* A frozen layer keeps oneDNN's copy of its weights; one that learns makes it again at every
-     * forward, into the ctx's transient weight buffer. */
-    float *wei = l->frozen ? p->wei : nn_ctx_wbuf(ctx, 0, nn_md_bytes(wei_md), e);
-    if (!wei && l->frozen)
-        wei = p->wei = nn_alloc(nn_md_bytes(wei_md));
+    float *wei = weights_buffer(ctx, l, &p->wei, wei_md, e);
     if (!wei)
-        return l->frozen ? nn_errf(e, "out of memory") : -1;
+        return -1;
     if (!l->frozen || l->weights_stale || !p->wei_ready) {
         dnnl_memory_desc_t plain;
         const dnnl_memory_desc_t *src_md;
@@ -441,12 +448,9 @@ static int backward_data(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_a
     const dnnl_memory_desc_t *wei_md = nn_pd_md(p->bwdd_pd, dnnl_query_weights_md, 0);
     const dnnl_memory_desc_t *ddst_md = nn_pd_md(p->bwdd_pd, dnnl_query_diff_dst_md, 0);
     const dnnl_memory_desc_t *dsrc_md = nn_pd_md(p->bwdd_pd, dnnl_query_diff_src_md, 0);
-    /* As in the forward: kept when frozen, made again into the transient buffer otherwise. */
-    float *wei = l->frozen ? p->wei_bwdd : nn_ctx_wbuf(ctx, 0, nn_md_bytes(wei_md), e);
-    if (!wei && l->frozen)
-        wei = p->wei_bwdd = nn_alloc(nn_md_bytes(wei_md));
+    float *wei = weights_buffer(ctx, l, &p->wei_bwdd, wei_md, e);
     if (!wei)
-        return l->frozen ? nn_errf(e, "out of memory") : -1;
+        return -1;
     if (!l->frozen || !p->wei_bwdd_ready) {
         dnnl_memory_desc_t plain;
         const dnnl_memory_desc_t *src_md;
