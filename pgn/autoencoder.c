@@ -102,6 +102,7 @@ static int add_sep(builder *b, const char *prefix, pgn_ae_sep *s, int cin, int c
     snprintf(p, sizeof p, "%s.1", prefix);
     if (add_conv(b, p, &s->c1, cout, cout, 1, 1, 1, 1, e))
         return -1;
+    s->c1.post_relu = 1; /* the sep's ReLU (pgn/blaze.h) */
     snprintf(p, sizeof p, "%s.2", prefix);
     add_relu(b->ae, p);
     return 0;
@@ -468,9 +469,10 @@ nn_act *pgn_autoencoder_relu_input(pgn_autoencoder *ae, int i, const char **name
     if (i < 2 * nb)
         return &ae->blk[i / 2].t[i % 2 ? PGN_B_PRE2 : PGN_B_PRE1];
     i -= 2 * nb;
+    /* the seps' ReLUs run inside their 1x1 convolutions; the backward reads the output's sign */
     if (i == 0)
-        return &ae->mid.pre;
-    return &ae->dec[i - 1].pre;
+        return &ae->mid.out;
+    return &ae->dec[i - 1].out;
 }
 
 /* ------------------------------------------------------------------ state dict */

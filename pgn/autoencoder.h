@@ -46,7 +46,7 @@ extern const int PGN_AE_PARAM_TENSORS[3];   /* 13, 25, 38 */
 extern const int PGN_AE_MODULES[3];         /* 7, 15, 24 */
 extern const int PGN_AE_STATE_KEYS[3];      /* 16, 34, 53 */
 
-/* sep conv: c0 (kxk grouped) -> c1 (1x1) -> ReLU. pre = c1's output (the ReLU input). */
+/* sep conv: c0 (kxk grouped) -> c1 (1x1, the ReLU as its post-op) -> out. */
 typedef pgn_sep pgn_ae_sep;     /* pgn/blaze.h */
 typedef pgn_blaze pgn_ae_blaze;
 
@@ -120,9 +120,11 @@ const nn_param *pgn_autoencoder_params(const pgn_autoencoder *ae, int *count);
 void pgn_autoencoder_zero_grad(pgn_autoencoder *ae);
 size_t pgn_autoencoder_param_count(const pgn_autoencoder *ae);
 
-/* The ReLU inputs of the last forward, by the official module name of the ReLU ("model.0.2",
+/* What the ReLUs' backwards read from the last forward: their inputs, or for the seps' ReLUs
+ * (fused into the 1x1 convolution) their outputs, whose sign is the same mask; by the official module name of the ReLU ("model.0.2",
  * "model.1.1.r1", "model.2.r2", "model.3.2", ...): i = 0..ae->nrelu-1, forward order. NULL past
- * the end. For tests (mask pinning); writing into them changes only the next backward's masks. */
+ * the end. For tests (mask pinning); writing into them changes the next backward's masks
+ * (and, for a sep's output, what the next layer's backward reads as its input, by as much as is written). */
 nn_act *pgn_autoencoder_relu_input(pgn_autoencoder *ae, int i, const char **name);
 
 /* State dict (the official keys, "model.*"): see pgn/state_dict.h. */

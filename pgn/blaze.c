@@ -10,13 +10,10 @@
 
 int pgn_sep_forward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, const char *name, nn_err *e)
 {
+    if (!s->c1.post_relu)
+        return nn_errf(e, "%s: internal: the sep's 1x1 convolution has no ReLU post-op", name);
     TRY(nn_conv2d_forward(ctx, &s->c0, x, &s->a0, e));
-    if (s->fused) {
-        TRY(nn_conv2d_forward(ctx, &s->c1, &s->a0, &s->out, e)); /* relu(c1(a0)) in one pass */
-        return 0;
-    }
-    TRY(nn_conv2d_forward(ctx, &s->c1, &s->a0, &s->pre, e));
-    TRY(nn_eltwise_forward(ctx, relu, &s->pre, &s->out, e));
+    TRY(nn_conv2d_forward(ctx, &s->c1, &s->a0, &s->out, e)); /* relu(c1(a0)) in one pass */
     return 0;
 }
 
@@ -26,25 +23,28 @@ int pgn_sep_forward_into(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act
     /* y may be x: the first conv has read all of x (into tmp) before the second writes y */
     if (tmp == x || y == tmp)
         return nn_errf(e, "%s: internal: buffers of a lean sep forward overlap", name);
+    if (!s->c1.post_relu)
+        return nn_errf(e, "%s: internal: the sep's 1x1 convolution has no ReLU post-op", name);
     TRY(nn_conv2d_forward(ctx, &s->c0, x, tmp, e));
     TRY(nn_conv2d_forward(ctx, &s->c1, tmp, y, e));
-    if (!s->fused)
-        TRY(nn_eltwise_forward(ctx, relu, y, y, e)); /* in place */
+    return 0;
+}
+
+int pgn_sep_backward_pre(nn_ctx *ctx, pgn_sep *s, const nn_act *x, const nn_act *gpre, nn_act *gx, const char *name,
+                         nn_err *e)
+{
+    nn_act_grad_reset(&s->g0);
+    TRY(nn_conv2d_backward(ctx, &s->c1, &s->a0, gpre, &s->g0, 1, e));
+    TRY(nn_conv2d_backward(ctx, &s->c0, x, &s->g0, gx, 1, e));
     return 0;
 }
 
 int pgn_sep_backward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, const nn_act *gout, nn_act *gx,
                      const char *name, nn_err *e)
 {
-    if (s->fused)
-        return nn_errf(e, "%s: backward of a block folded for prediction (its ReLU was fused into the convolution)",
-                       name);
     nn_act_grad_reset(&s->gpre);
-    nn_act_grad_reset(&s->g0);
-    TRY(nn_eltwise_backward(ctx, relu, &s->pre, gout, &s->gpre, e));
-    TRY(nn_conv2d_backward(ctx, &s->c1, &s->a0, &s->gpre, &s->g0, 1, e));
-    TRY(nn_conv2d_backward(ctx, &s->c0, x, &s->g0, gx, 1, e));
-    return 0;
+    TRY(nn_eltwise_backward(ctx, relu, &s->out, gout, &s->gpre, e)); /* relu'(pre) = out > 0 */
+    return pgn_sep_backward_pre(ctx, s, x, &s->gpre, gx, name, e);
 }
 
 int pgn_blaze_forward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act *x, const char *name, nn_err *e)
@@ -128,16 +128,6 @@ int pgn_blaze_backward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act
     return 0;
 }
 
-int pgn_sep_fuse_relu(pgn_sep *s, nn_err *e)
-{
-    if (s->fused)
-        return 0;
-    if (nn_conv2d_set_post_relu(&s->c1, 1, 0.0f, e))
-        return -1;
-    s->fused = 1;
-    return 0;
-}
-
 int pgn_blaze_fold_bn(pgn_blaze *k, nn_err *e)
 {
     if (k->folded)
@@ -153,7 +143,7 @@ int pgn_blaze_fold_bn(pgn_blaze *k, nn_err *e)
 
 void pgn_sep_free_acts(pgn_sep *s)
 {
-    nn_act *a[] = {&s->a0, &s->pre, &s->out, &s->g0, &s->gpre};
+    nn_act *a[] = {&s->a0, &s->out, &s->g0, &s->gpre};
     for (size_t i = 0; i < sizeof a / sizeof *a; i++)
         nn_act_free(a[i]);
 }

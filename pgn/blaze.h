@@ -1,5 +1,7 @@
 /* The light blocks shared by the PGN UNet (§3.2) and the autoencoders (§3.4), on engine layers:
  *   sep(cin, cout, k):  Conv kxk (groups gcd(cin, cout), bias) -> Conv1x1 (bias) -> ReLU
+ *                       (the ReLU runs inside the 1x1 as its post-op, in training too: the net
+ *                       that builds a sep sets c1.post_relu; the backward reads the output's sign)
  *   DoubleBlaze:        dw5x5 (stride) -> pw1x1 -> BN -> ReLU -> dw5x5 -> pw1x1 -> BN,
  *                       + residual (identity, or Conv1x1 stride 2), -> ReLU   (no conv biases)
  * The nets build them (and register their state-dict prefixes) themselves; these run them.
@@ -11,9 +13,9 @@
 
 typedef struct pgn_sep {
     nn_conv2d c0, c1;
-    nn_act a0, pre, out; /* activations of the last forward */
-    nn_act g0, gpre;     /* their gradients (the output's gradient is held by the consumer) */
-    int fused;           /* pgn_sep_fuse_relu ran: c1 applies the ReLU (pre is not written) */
+    nn_act a0, out;      /* activations of the last forward (out = relu(c1(a0))) */
+    nn_act g0, gpre;     /* their gradients; gpre is w.r.t. the ReLU's input (the output's
+                          * gradient is held by the consumer) */
 } pgn_sep;
 
 /* DoubleBlaze activations, in forward order; PRE1 = bn1 output, PRE2 = bn2 + residual. */
@@ -44,13 +46,14 @@ int pgn_blaze_forward_into(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn
 /* gout: gradient of s->out; gx (may be NULL) receives the input gradient. */
 int pgn_sep_backward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, const nn_act *gout, nn_act *gx,
                      const char *name, nn_err *e);
+/* The same from gpre, the gradient already taken through the ReLU (w.r.t. c1's output), e.g. by a
+ * consumer that applied the ReLU's mask in its own backward pass. */
+int pgn_sep_backward_pre(nn_ctx *ctx, pgn_sep *s, const nn_act *x, const nn_act *gpre, nn_act *gx, const char *name,
+                         nn_err *e);
 int pgn_blaze_forward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act *x, const char *name, nn_err *e);
 /* gout: gradient of k->out; gx receives the input gradient (both paths). */
 int pgn_blaze_backward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act *x, const nn_act *gout, nn_act *gx,
                        const char *name, nn_err *e);
-/* Prediction only (eval mode): the sep's ReLU runs inside c1 (one pass less); the backward is
- * refused afterwards. */
-int pgn_sep_fuse_relu(pgn_sep *s, nn_err *e);
 /* Prediction only: folds bn1 into cpw1 (with the ReLU after it fused in) and bn2 into cpw2, with
  * the BNs' running statistics (nn_conv2d_fold_bn). The forward then skips both BNs; the residual
  * sum and the last ReLU stay. The backward is refused afterwards. */

@@ -83,7 +83,10 @@ static int add_sep(builder *b, const char *prefix, pgn_unet_sep *s, int cin, int
     if (add_conv(b, p, &s->c0, cin, cout, k, 1, gcd(cin, cout), 1, e))
         return -1;
     snprintf(p, sizeof p, "%s.1", prefix);
-    return add_conv(b, p, &s->c1, cout, cout, 1, 1, 1, 1, e);
+    if (add_conv(b, p, &s->c1, cout, cout, 1, 1, 1, 1, e))
+        return -1;
+    s->c1.post_relu = 1; /* the sep's ReLU (pgn/blaze.h) */
+    return 0;
 }
 
 int pgn_unet_init(pgn_unet *u, uint64_t seed, nn_err *e)
@@ -529,9 +532,6 @@ int pgn_unet_fold_bn(pgn_unet *u, nn_err *e)
     for (int k = 0; k < 4; k++)
         if (pgn_blaze_fold_bn(&u->blk[k], e))
             return nn_err_prefix(e, "pgn unet: folding %s", BLK_NAME[k]);
-    for (int i = 0; i < PGN_UNET_SEPS; i++)
-        if (pgn_sep_fuse_relu(&u->sep[i], e))
-            return nn_err_prefix(e, "pgn unet: %s", sep_name(u, &u->sep[i]));
     for (int m = 0; m < PGN_UNET_MODULES; m++)
         if (u->mod[m].conv)
             u->mod[m].conv->frozen = 1; /* the weights never change again */
@@ -574,8 +574,9 @@ nn_act *pgn_unet_relu_input(pgn_unet *u, int i, const char **name)
         return &u->l0_pre;
     if (i < 9)
         return &u->blk[(i - 1) / 2].t[(i - 1) % 2 ? PGN_B_PRE2 : PGN_B_PRE1];
-    /* seps 9..20 in pgn_unet.sep[] order (= state-dict order) */
-    return &u->sep[i - 9].pre;
+    /* seps 9..20 in pgn_unet.sep[] order (= state-dict order); their ReLU runs inside the 1x1
+     * convolution, and its backward reads the output's sign (the same mask) */
+    return &u->sep[i - 9].out;
 }
 
 /* ------------------------------------------------------------------ state dict */

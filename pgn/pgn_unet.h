@@ -41,7 +41,7 @@
 #define PGN_UNET_RELUS 21           /* 12 seps + layer0 + 2 per block */
 #define PGN_UNET_LEAN_BUFS 8        /* activation buffers of the inference-only forward */
 
-/* sep conv: c0 (kxk grouped) -> c1 (1x1) -> ReLU. pre = c1's output (the ReLU input). */
+/* sep conv: c0 (kxk grouped) -> c1 (1x1, the ReLU as its post-op) -> out. */
 typedef pgn_sep pgn_unet_sep;     /* pgn/blaze.h */
 typedef pgn_blaze pgn_unet_blaze;
 
@@ -99,7 +99,7 @@ void pgn_unet_set_training(pgn_unet *u, int training);
 /* Prediction only, in eval mode: folds every BN into the convolution before it (with the running
  * statistics, nn_conv2d_fold_bn: layer0's conv and the blocks' pointwise convs get a bias) and
  * fuses into the convolution each ReLU that directly follows one (layer0, each block's first
- * ReLU, the second conv of every sep). The blocks' residual sums and the ReLUs after them stay.
+ * ReLU; every sep's ReLU runs inside its 1x1 convolution in any mode). The blocks' residual sums and the ReLUs after them stay.
  * The output equals the eval-mode output up to float rounding. The convs' weights are frozen
  * (oneDNN's copies made once). Afterwards: the backward is refused, pgn_unet_set_training(u, 1) is
  * ignored, loading a state dict is refused, the conv weights/biases (mod[], params) hold the folded
@@ -135,9 +135,11 @@ void pgn_unet_zero_grad(pgn_unet *u);
 /* Sum of the parameters' element counts (1,765,891). */
 size_t pgn_unet_param_count(const pgn_unet *u);
 
-/* The ReLU inputs of the last forward, by the official module name of the ReLU ("layer0.2",
+/* What the ReLUs' backwards read from the last forward: their inputs, or for the seps' ReLUs
+ * (fused into the 1x1 convolution) their outputs, whose sign is the same mask; by the official module name of the ReLU ("layer0.2",
  * "layer1.1.r1", "layer2.r2", "conv_up0.2", ...): i = 0..PGN_UNET_RELUS-1. NULL past the end. For
- * tests (mask pinning) and diagnostics; writing into them changes only the next backward's masks. */
+ * tests (mask pinning) and diagnostics; writing into them changes the next backward's masks
+ * (and, for a sep's output, what the next layer's backward reads as its input, by as much as is written). */
 nn_act *pgn_unet_relu_input(pgn_unet *u, int i, const char **name);
 
 /* State dict (the official key names). Checks w against the 115 keys: writes one problem per line
