@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "nn/conv_grouped.h"
+#include "nn/conv_head.h"
 #include "nn/dnnl_util.h"
 #include "nn/init.h"
 
@@ -555,6 +556,47 @@ int nn_conv2d_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, const nn_a
     if (backward_data(ctx, l, p, dy, &ctx->pad, e))
         return -1;
     return nn_pad2d_backward(ctx, &ctx->pad, dx, l->geo.ph, l->geo.pw, NN_PAD_REFLECT, e);
+}
+
+int nn_conv2d_backward_relu_input(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, const nn_act *dy, nn_act *dx,
+                                  int param_grads, nn_err *e)
+{
+    const nn_conv_shape *g = &l->geo;
+    nn_view5 vx;
+    if (!nn_conv_head_applies(g) || !l->weight.data || nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &vx))
+        return 1;
+    if (x->c != g->cin)
+        return nn_errf(e, "conv2d: input has %d channels but the layer expects %d", x->c, g->cin);
+    if (dy->n != x->n || dy->c != g->cout || dy->h != x->h || dy->w != x->w)
+        return nn_errf(e, "conv2d: output gradient [%d, %d, %d, %d] does not match the output [%d, %d, %d, %d]",
+                       dy->n, dy->c, dy->h, dy->w, x->n, g->cout, x->h, x->w);
+    if (param_grads && !l->dweight.data)
+        return nn_errf(e, "conv2d: weight gradients of a layer whose weights were released");
+    nn_conv_prims *p = get_prims(ctx, l, x, e); /* its buffers; the primitives exist from the forward */
+    if (!p)
+        return -1;
+    dnnl_memory_desc_t plain = nn_md_nchw(dy->n, dy->c, dy->h, dy->w);
+    const float *d;
+    if (input_in(ctx, dy, &plain, &p->dyr, &d, e))
+        return -1;
+    /* dx in x's layout: written straight, or added in place when it already is in it */
+    int add = dx->valid;
+    nn_act *out = dx;
+    if (add && (dx->n != x->n || dx->c != x->c || dx->h != x->h || dx->w != x->w))
+        return nn_errf(e, "gradient shape mismatch: [%d, %d, %d, %d] into [%d, %d, %d, %d]", x->n, x->c, x->h, x->w,
+                       dx->n, dx->c, dx->h, dx->w);
+    if (add && !nn_md_equal(&dx->md, &x->md))
+        out = &p->dx_tmp, add = 0;
+    if (!add && nn_act_reserve(out, x->n, x->c, x->h, x->w, &x->md, e))
+        return -1;
+    if (nn_conv_head_backward_relu(ctx, g->cout, x->data, &vx, d, l->weight.data, param_grads ? l->dweight.data : NULL,
+                                   param_grads && g->has_bias ? l->dbias.data : NULL, out->data, add, e))
+        return -1;
+    if (out == dx) {
+        dx->valid = 1;
+        return 0;
+    }
+    return nn_act_accumulate(ctx, dx, &x->md, out->data, x->n, x->c, x->h, x->w, e) ? -1 : 0;
 }
 
 int nn_conv2d_last_input(const nn_conv2d *l, int *n, int *h, int *w)

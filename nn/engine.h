@@ -119,6 +119,13 @@ int nn_conv2d_init(nn_conv2d *l, int cin, int cout, int kh, int kw, int sh, int 
                    int pad_mode, int has_bias, nn_rng *rng /* NULL: zero weights */, nn_err *e);
 void nn_conv2d_free(nn_conv2d *l);
 int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_act *y, nn_err *e);
+/* The backward of this convolution and of the ReLU that made its input x, in one: dx (store-or-add
+ * rule) receives the gradient w.r.t. the ReLU's input, relu'(x) * conv^T(dy) (relu'(x) = x > 0);
+ * parameter gradients accumulate as in nn_conv2d_backward. Only where the fused kernel exists
+ * (conv_head.h: a 1x1 convolution to at most 4 channels, a net's last layer, on an input in plain
+ * or channel-blocked layout): returns 1 and does nothing otherwise, 0 on success, -1 on error. */
+int nn_conv2d_backward_relu_input(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, const nn_act *dy, nn_act *dx,
+                                  int param_grads, nn_err *e);
 /* Input dims (after explicit padding) of the shape most recently prepared, for summaries.
  * -1 before the first forward. */
 int nn_conv2d_last_input(const nn_conv2d *l, int *n, int *h, int *w);

@@ -402,9 +402,18 @@ int pgn_autoencoder_backward_act(nn_ctx *ctx, pgn_autoencoder *ae, const nn_act 
         nn_act_grad_reset(&ae->dec_g[j]);
     }
     const int L = ae->max_layer;
-    TRY(nn_conv2d_backward(ctx, &ae->last, &ae->dec[L].out, dout, &ae->dec_g[L], 1, e), conv_name(ae, &ae->last));
+    /* The last conv and the last sep's ReLU in one pass where the fused kernel applies */
+    pgn_ae_sep *top = &ae->dec[L];
+    nn_act_grad_reset(&top->gpre);
+    int two_step = nn_conv2d_backward_relu_input(ctx, &ae->last, &top->out, dout, &top->gpre, 1, e);
+    TRY(two_step < 0, conv_name(ae, &ae->last));
+    if (two_step)
+        TRY(nn_conv2d_backward(ctx, &ae->last, &top->out, dout, &ae->dec_g[L], 1, e), conv_name(ae, &ae->last));
     for (int j = L; j >= 0; j--) {
-        if (sep_backward(ctx, ae, &ae->dec[j], &ae->up[j], &ae->dec_g[j], &ae->up_g[j], e))
+        if (j == L && !two_step) {
+            if (pgn_sep_backward_pre(ctx, top, &ae->up[j], &top->gpre, &ae->up_g[j], conv_name(ae, &top->c0), e))
+                return nn_err_prefix(e, "autoencoder");
+        } else if (sep_backward(ctx, ae, &ae->dec[j], &ae->up[j], &ae->dec_g[j], &ae->up_g[j], e))
             return -1;
         nn_act *gprev = j > 0 ? &ae->dec_g[j - 1] : &ae->mid_g;
         TRY(nn_upsample2x_backward(ctx, &ae->upsample, &ae->up_g[j], gprev, e), "upsample");

@@ -472,10 +472,19 @@ int pgn_unet_backward_act(nn_ctx *ctx, pgn_unet *u, const nn_act *dout, nn_err *
         nn_act_grad_reset(&u->blk_gout[k]);
 
     /* Decoder, last step first. dec_g[j] = gradient of decoder step j's output. */
-    TRY(nn_conv2d_backward(ctx, &u->last, &s[PGN_UNET_SEP_ORIG2].out, dout, &u->dec_g[4], 1, e), "conv_last");
+    /* conv_last and the last sep's ReLU in one pass where the fused kernel applies */
+    pgn_unet_sep *top = &s[PGN_UNET_SEP_ORIG2];
+    nn_act_grad_reset(&top->gpre);
+    int two_step = nn_conv2d_backward_relu_input(ctx, &u->last, &top->out, dout, &top->gpre, 1, e);
+    TRY(two_step < 0, "conv_last");
+    if (two_step)
+        TRY(nn_conv2d_backward(ctx, &u->last, &top->out, dout, &u->dec_g[4], 1, e), "conv_last");
     for (int j = 4; j >= 0; j--) {
         nn_act *gskip = DEC_SKIP[j] >= 0 ? &u->skip_g[DEC_SKIP[j]] : &u->orig_g;
-        if (sep_backward(ctx, u, &s[DEC_SEP[j]], &u->cat[j], &u->dec_g[j], &u->cat_g[j], e))
+        if (j == 4 && !two_step) {
+            if (pgn_sep_backward_pre(ctx, top, &u->cat[j], &top->gpre, &u->cat_g[j], sep_name(u, top), e))
+                return nn_err_prefix(e, "pgn unet");
+        } else if (sep_backward(ctx, u, &s[DEC_SEP[j]], &u->cat[j], &u->dec_g[j], &u->cat_g[j], e))
             return -1;
         TRY(nn_concat_backward(ctx, &u->cat_g[j], u->up[j].c, &u->up_g[j], gskip, e), "concat");
         nn_act *gprev = j > 0 ? &u->dec_g[j - 1] : &u->skip_g[4];
