@@ -220,6 +220,11 @@ void nn_upsample2x_init(nn_upsample2x *l, int bilinear);
 void nn_upsample2x_free(nn_upsample2x *l);
 int nn_upsample2x_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x, nn_act *y, nn_err *e);
 int nn_upsample2x_backward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy, nn_act *dx, nn_err *e);
+/* The backward of the upsampling and of the ReLU that made its input x, in one pass: dx
+ * (store-or-add rule) = relu'(x) * upsample^T(dy), in x's layout. Bilinear only, x in plain NCHW or
+ * channel-blocked layout: returns 1 and does nothing otherwise, 0 on success, -1 on error. */
+int nn_upsample2x_backward_relu(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy, const nn_act *x, nn_act *dx,
+                                nn_err *e);
 /* y = concat(bilinear upsample(x), skip) without the upsampled map as its own tensor: x is
  * upsampled straight into y's first channels. Only when both are in the same channel-blocked layout
  * and x's channels fill whole blocks; returns 1 (nothing done) otherwise, 0 on success, -1 on error.

@@ -185,78 +185,76 @@ static void col_gather_free(col_gather *gt)
     free(gt->wt);
 }
 
-/* One output row scattered into its two input rows, BLK channels per vector. The four targets may
- * coincide (w0 == w1 at the last column); each lane still adds in PyTorch's order (d00, d01, d10,
- * d11 per output pixel, pixels in raster order), so the result is the same as the scalar loop's. */
-#define BILINEAR_BACK_ROW(BLK)                                                                                        \
-    for (int ow = 0; ow < wout; ow++) {                                                                                \
-        float lw = cc[ow].lw;                                                                                          \
-        float *d00 = r0 + (size_t)cc[ow].w0 * (BLK), *d01 = r0 + (size_t)cc[ow].w1 * (BLK);                          \
-        float *d10 = r1 + (size_t)cc[ow].w0 * (BLK), *d11 = r1 + (size_t)cc[ow].w1 * (BLK);                          \
-        const float *v = g + (size_t)ow * (BLK);                                                                       \
-        float k00 = (1 - lh) * (1 - lw), k01 = (1 - lh) * lw, k10 = lh * (1 - lw), k11 = lh * lw;                     \
-        _Pragma("omp simd") for (int b = 0; b < (BLK); b++)                                                           \
-        {                                                                                                              \
-            d00[b] += k00 * v[b];                                                                                      \
-            d01[b] += k01 * v[b];                                                                                      \
-            d10[b] += k10 * v[b];                                                                                      \
-            d11[b] += k11 * v[b];                                                                                      \
+/* One output row's column pass: input column w of the row buffer t gets the weighted sum of the
+ * output columns that read it (gathered: no chain of adds through memory), BLK channels per vector. */
+#define BILINEAR_COL_GATHER(BLK)                                                                                      \
+    for (int w = 0; w < win; w++) {                                                                                    \
+        float acc[(BLK)];                                                                                              \
+        _Pragma("omp simd") for (int b = 0; b < (BLK); b++) acc[b] = 0.0f;                                            \
+        for (int k = 0; k < gt->cnt[w]; k++) { /* only real contributions: no 0 * inf */                              \
+            const float wt = gt->wt[(size_t)k * win + w];                                                              \
+            const float *v = g + (size_t)gt->idx[(size_t)k * win + w] * (BLK);                                         \
+            _Pragma("omp simd") for (int b = 0; b < (BLK); b++) acc[b] += wt * v[b];                                  \
         }                                                                                                              \
+        _Pragma("omp simd") for (int b = 0; b < (BLK); b++) t[(size_t)w * (BLK) + b] = acc[b];                        \
     }
 
-/* Scatter-add per (n, channel block) plane: planes are independent, so no races. */
-static int bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, const nn_view5 *vy)
+/* Per (n, channel block) plane, independent of the others (no races): zeroed, then each output
+ * row's column pass into a row buffer, added into its two input rows with the row weights. The
+ * sums group differently from PyTorch's per-pixel scatter (rounding differences only). mask (may be
+ * NULL; a ReLU's output in dx's layout): the plane is then multiplied by mask > 0 while in cache. */
+static int bilinear_backward(float *dx, const nn_view5 *vx, const float *dy, const nn_view5 *vy, const float *mask)
 {
-    int blk = vx->blk, wout = vy->w;
-    size_t plane = (size_t)vx->h * vx->w * blk;
+    const int blk = vx->blk, win = vx->w;
+    const size_t plane = (size_t)vx->h * vx->w * blk, row = (size_t)win * blk;
     col_coord *cc = col_coords(vx->w, vy->w);
-    float *rowbuf = malloc((size_t)omp_get_max_threads() * vx->w * sizeof(float));
+    float *rowbuf = nn_alloc((size_t)omp_get_max_threads() * row * sizeof(float));
     col_gather gtab = {0}, *gt = &gtab;
-    if (!cc || !rowbuf || (blk == 1 && col_gather_make(gt, cc, vx->w, vy->w))) {
+    if (!cc || !rowbuf || col_gather_make(gt, cc, vx->w, vy->w)) {
         free(cc);
-        free(rowbuf);
+        nn_free(rowbuf);
         col_gather_free(gt);
         return -1;
     }
 #pragma omp parallel for schedule(static)
     for (int nc = 0; nc < vx->n * vx->cb; nc++) {
-        float *d = dx + nc * plane;
+        float *d = dx + nc * plane, *t = rowbuf + (size_t)omp_get_thread_num() * row;
         memset(d, 0, plane * sizeof(float));
         for (int oh = 0; oh < vy->h; oh++) {
             int h0, h1;
             float lh;
             ac_coord(oh, vx->h, vy->h, &h0, &h1, &lh);
             const float *g = dy + ((size_t)nc * vy->h + oh) * vy->w * blk;
-            float *r0 = d + (size_t)h0 * vx->w * blk, *r1 = d + (size_t)h1 * vx->w * blk;
             if (blk == 16) {
-                BILINEAR_BACK_ROW(16)
+                BILINEAR_COL_GATHER(16)
             } else if (blk == 8) {
-                BILINEAR_BACK_ROW(8)
-            } else if (blk == 1) {
-                /* plain rows: the column weights once per output row (two adds per output pixel into
-                 * a row buffer), then that row into both input rows as vectors; the sums group
-                 * differently from the scalar scatter's, so results differ by rounding only */
-                float *t = rowbuf + (size_t)omp_get_thread_num() * vx->w;
-                for (int w = 0; w < vx->w; w++) { /* gathered: no chain of adds through memory */
-                    float acc = 0.0f;
-                    for (int k = 0; k < gt->cnt[w]; k++) /* only real contributions: no 0 * inf */
-                        acc += gt->wt[(size_t)k * vx->w + w] * g[gt->idx[(size_t)k * vx->w + w]];
-                    t[w] = acc;
-                }
-                const float k0 = 1 - lh, k1 = lh;
-#pragma omp simd
-                for (int w = 0; w < vx->w; w++)
-                    r0[w] += k0 * t[w];
-#pragma omp simd
-                for (int w = 0; w < vx->w; w++)
-                    r1[w] += k1 * t[w];
+                BILINEAR_COL_GATHER(8)
             } else {
-                BILINEAR_BACK_ROW(blk)
+                BILINEAR_COL_GATHER(1) /* plain NCHW has blk 1 */
             }
+            float *restrict r0 = d + (size_t)h0 * row, *restrict r1 = d + (size_t)h1 * row;
+            const float k0 = 1 - lh, k1 = lh;
+            if (r0 == r1) { /* the last row reads one input row twice */
+#pragma omp simd
+                for (size_t i = 0; i < row; i++)
+                    r0[i] += k0 * t[i] + k1 * t[i];
+                continue;
+            }
+#pragma omp simd
+            for (size_t i = 0; i < row; i++) {
+                r0[i] += k0 * t[i];
+                r1[i] += k1 * t[i];
+            }
+        }
+        if (mask) {
+            const float *m = mask + nc * plane;
+#pragma omp simd
+            for (size_t i = 0; i < plane; i++)
+                d[i] = m[i] > 0.0f ? d[i] : 0.0f;
         }
     }
     free(cc);
-    free(rowbuf);
+    nn_free(rowbuf);
     col_gather_free(gt);
     return 0;
 }
@@ -288,10 +286,36 @@ int nn_upsample2x_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x_in, nn_
     return 0;
 }
 
+/* dx (store-or-add rule) = the bilinear backward of dy (seen through vy), times mask > 0 when
+ * mask is given (in the layout dx gets: dy's blocking at the input's size). */
+static int bilinear_backward_into(nn_ctx *ctx, const float *dy, const nn_view5 *vy, const float *mask, nn_act *dx,
+                                  nn_err *e)
+{
+    const int n = vy->n, c = vy->c, h = vy->h / 2, w = vy->w / 2;
+    nn_view5 vx;
+    dnnl_memory_desc_t md = nn_md_blocked(n, c, h, w, vy->blk);
+    nn_view5_of(&md, n, c, h, w, &vx);
+    float *out = dx->valid ? nn_ctx_tmp(ctx, nn_md_bytes(&md), e) : NULL;
+    if (!dx->valid) {
+        if (nn_act_reserve(dx, n, c, h, w, &md, e))
+            return -1;
+        out = dx->data;
+    } else if (!out) {
+        return -1;
+    }
+    if (bilinear_backward(out, &vx, dy, vy, mask))
+        return nn_errf(e, "out of memory");
+    if (out == dx->data) {
+        dx->valid = 1;
+        return 0;
+    }
+    return nn_act_accumulate(ctx, dx, &md, out, n, c, h, w, e);
+}
+
 int nn_upsample2x_backward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy_in, nn_act *dx, nn_err *e)
 {
-    int n = dy_in->n, c = dy_in->c, h = dy_in->h / 2, w = dy_in->w / 2;
     if (!l->bilinear) {
+        int n = dy_in->n, c = dy_in->c, h = dy_in->h / 2, w = dy_in->w / 2;
         nn_resample_prims *p = l->prims;
         if (!p)
             return nn_errf(e, "upsample2x: backward before forward");
@@ -317,26 +341,32 @@ int nn_upsample2x_backward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy_in, n
         return nn_act_accumulate(ctx, dx, dsrc, out->data, n, c, h, w, e);
     }
     nn_act *dy = (nn_act *)dy_in;
-    nn_view5 vy, vx;
+    nn_view5 vy;
     if (nn_act_view5(ctx, dy, &vy, e))
         return -1;
-    dnnl_memory_desc_t md = nn_md_blocked(n, c, h, w, vy.blk);
-    nn_view5_of(&md, n, c, h, w, &vx);
-    float *out = dx->valid ? nn_ctx_tmp(ctx, nn_md_bytes(&md), e) : NULL;
-    if (!dx->valid) {
-        if (nn_act_reserve(dx, n, c, h, w, &md, e))
+    return bilinear_backward_into(ctx, dy->data, &vy, NULL, dx, e);
+}
+
+int nn_upsample2x_backward_relu(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy, const nn_act *x, nn_act *dx,
+                                nn_err *e)
+{
+    nn_view5 vx, vy;
+    if (!l->bilinear || nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &vx))
+        return 1;
+    if (dy->n != x->n || dy->c != x->c || dy->h != 2 * x->h || dy->w != 2 * x->w)
+        return nn_errf(e, "upsample2x: output gradient [%d, %d, %d, %d] does not match the input [%d, %d, %d, %d]",
+                       dy->n, dy->c, dy->h, dy->w, x->n, x->c, x->h, x->w);
+    /* dy in x's blocking, so that dx comes out in x's layout, where the mask is read */
+    const float *d = dy->data;
+    if (nn_view5_of(&dy->md, dy->n, dy->c, dy->h, dy->w, &vy) || vy.blk != vx.blk) {
+        dnnl_memory_desc_t md = nn_md_blocked(dy->n, dy->c, dy->h, dy->w, vx.blk);
+        float *buf = nn_ctx_scratch(ctx, nn_md_bytes(&md), e);
+        if (!buf || nn_reorder(ctx, &dy->md, dy->data, &md, buf, e))
             return -1;
-        out = dx->data;
-    } else if (!out) {
-        return -1;
+        nn_view5_of(&md, dy->n, dy->c, dy->h, dy->w, &vy);
+        d = buf;
     }
-    if (bilinear_backward(out, &vx, dy->data, &vy))
-        return nn_errf(e, "out of memory");
-    if (out == dx->data) {
-        dx->valid = 1;
-        return 0;
-    }
-    return nn_act_accumulate(ctx, dx, &md, out, n, c, h, w, e);
+    return bilinear_backward_into(ctx, d, &vy, x->data, dx, e);
 }
 
 int nn_upsample2x_concat_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x_in, const nn_act *skip_in, nn_act *y,

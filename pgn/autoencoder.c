@@ -402,24 +402,35 @@ int pgn_autoencoder_backward_act(nn_ctx *ctx, pgn_autoencoder *ae, const nn_act 
         nn_act_grad_reset(&ae->dec_g[j]);
     }
     const int L = ae->max_layer;
-    /* The last conv and the last sep's ReLU in one pass where the fused kernel applies */
+    /* Each sep's ReLU is taken back inside its consumer's backward where a fused kernel applies
+     * (the last conv, the upsampling): the sep then starts from its gpre (pre_ready). */
     pgn_ae_sep *top = &ae->dec[L];
     nn_act_grad_reset(&top->gpre);
     int two_step = nn_conv2d_backward_relu_input(ctx, &ae->last, &top->out, dout, &top->gpre, 1, e);
     TRY(two_step < 0, conv_name(ae, &ae->last));
     if (two_step)
         TRY(nn_conv2d_backward(ctx, &ae->last, &top->out, dout, &ae->dec_g[L], 1, e), conv_name(ae, &ae->last));
+    int pre_ready = !two_step;
     for (int j = L; j >= 0; j--) {
-        if (j == L && !two_step) {
-            if (pgn_sep_backward_pre(ctx, top, &ae->up[j], &top->gpre, &ae->up_g[j], conv_name(ae, &top->c0), e))
+        pgn_ae_sep *sp = &ae->dec[j], *below = j > 0 ? &ae->dec[j - 1] : &ae->mid;
+        if (pre_ready) {
+            if (pgn_sep_backward_pre(ctx, sp, &ae->up[j], &sp->gpre, &ae->up_g[j], conv_name(ae, &sp->c0), e))
                 return nn_err_prefix(e, "autoencoder");
-        } else if (sep_backward(ctx, ae, &ae->dec[j], &ae->up[j], &ae->dec_g[j], &ae->up_g[j], e))
+        } else if (sep_backward(ctx, ae, sp, &ae->up[j], &ae->dec_g[j], &ae->up_g[j], e))
             return -1;
-        nn_act *gprev = j > 0 ? &ae->dec_g[j - 1] : &ae->mid_g;
-        TRY(nn_upsample2x_backward(ctx, &ae->upsample, &ae->up_g[j], gprev, e), "upsample");
+        nn_act_grad_reset(&below->gpre);
+        int r = nn_upsample2x_backward_relu(ctx, &ae->upsample, &ae->up_g[j], &below->out, &below->gpre, e);
+        TRY(r < 0, "upsample");
+        if (r)
+            TRY(nn_upsample2x_backward(ctx, &ae->upsample, &ae->up_g[j], j > 0 ? &ae->dec_g[j - 1] : &ae->mid_g, e),
+                "upsample");
+        pre_ready = !r;
     }
     nn_act *genc = L == 0 ? &ae->stem_gout : &ae->blk_gout[L - 1];
-    if (sep_backward(ctx, ae, &ae->mid, enc_out(ae), &ae->mid_g, genc, e))
+    if (pre_ready) {
+        if (pgn_sep_backward_pre(ctx, &ae->mid, enc_out(ae), &ae->mid.gpre, genc, conv_name(ae, &ae->mid.c0), e))
+            return nn_err_prefix(e, "autoencoder");
+    } else if (sep_backward(ctx, ae, &ae->mid, enc_out(ae), &ae->mid_g, genc, e))
         return -1;
     if (L >= 2 && blaze_backward(ctx, ae, &ae->blk[1], &ae->blk[0].out, &ae->blk_gout[1], &ae->blk_gout[0], e))
         return -1;

@@ -479,16 +479,27 @@ int pgn_unet_backward_act(nn_ctx *ctx, pgn_unet *u, const nn_act *dout, nn_err *
     TRY(two_step < 0, "conv_last");
     if (two_step)
         TRY(nn_conv2d_backward(ctx, &u->last, &top->out, dout, &u->dec_g[4], 1, e), "conv_last");
+    /* Each upsampling's input is a sep's output (the previous step's, or s4's): its ReLU is taken
+     * back inside the upsampling's backward where the fused kernel applies (pre_ready). */
+    int pre_ready = !two_step, skip4_ready = 0;
     for (int j = 4; j >= 0; j--) {
         nn_act *gskip = DEC_SKIP[j] >= 0 ? &u->skip_g[DEC_SKIP[j]] : &u->orig_g;
-        if (j == 4 && !two_step) {
-            if (pgn_sep_backward_pre(ctx, top, &u->cat[j], &top->gpre, &u->cat_g[j], sep_name(u, top), e))
+        pgn_unet_sep *sp = &s[DEC_SEP[j]], *below = &s[j > 0 ? DEC_SEP[j - 1] : PGN_UNET_SEP_SKIP4];
+        if (pre_ready) {
+            if (pgn_sep_backward_pre(ctx, sp, &u->cat[j], &sp->gpre, &u->cat_g[j], sep_name(u, sp), e))
                 return nn_err_prefix(e, "pgn unet");
-        } else if (sep_backward(ctx, u, &s[DEC_SEP[j]], &u->cat[j], &u->dec_g[j], &u->cat_g[j], e))
+        } else if (sep_backward(ctx, u, sp, &u->cat[j], &u->dec_g[j], &u->cat_g[j], e))
             return -1;
         TRY(nn_concat_backward(ctx, &u->cat_g[j], u->up[j].c, &u->up_g[j], gskip, e), "concat");
-        nn_act *gprev = j > 0 ? &u->dec_g[j - 1] : &u->skip_g[4];
-        TRY(nn_upsample2x_backward(ctx, &u->upsample, &u->up_g[j], gprev, e), "upsample");
+        nn_act_grad_reset(&below->gpre);
+        int r = nn_upsample2x_backward_relu(ctx, &u->upsample, &u->up_g[j], &below->out, &below->gpre, e);
+        TRY(r < 0, "upsample");
+        if (r)
+            TRY(nn_upsample2x_backward(ctx, &u->upsample, &u->up_g[j], j > 0 ? &u->dec_g[j - 1] : &u->skip_g[4], e),
+                "upsample");
+        pre_ready = !r;
+        if (j == 0)
+            skip4_ready = !r;
     }
     /* Full-resolution branch: the input gradient is not needed. */
     if (sep_backward(ctx, u, &s[PGN_UNET_SEP_ORIG1], &s[PGN_UNET_SEP_ORIG0].out, &u->orig_g, &u->orig0_g, e) ||
@@ -498,8 +509,13 @@ int pgn_unet_backward_act(nn_ctx *ctx, pgn_unet *u, const nn_act *dout, nn_err *
     for (int k = 3; k >= 0; k--) {
         nn_act *gin = k > 0 ? &u->blk_gout[k - 1] : &u->pool_g;
         const nn_act *in = k > 0 ? &u->blk[k - 1].out : &u->pool_out;
-        if (sep_backward(ctx, u, &s[PGN_UNET_SEP_SKIP1 + k], &u->blk[k].out, &u->skip_g[k + 1], &u->blk_gout[k], e) ||
-            blaze_backward(ctx, u, &u->blk[k], in, &u->blk_gout[k], gin, BLK_NAME[k], e))
+        pgn_unet_sep *sk = &s[PGN_UNET_SEP_SKIP1 + k];
+        if (k == 3 && skip4_ready) { /* s4's gradient came through the upsampling, ReLU included */
+            if (pgn_sep_backward_pre(ctx, sk, &u->blk[k].out, &sk->gpre, &u->blk_gout[k], sep_name(u, sk), e))
+                return nn_err_prefix(e, "pgn unet");
+        } else if (sep_backward(ctx, u, sk, &u->blk[k].out, &u->skip_g[k + 1], &u->blk_gout[k], e))
+            return -1;
+        if (blaze_backward(ctx, u, &u->blk[k], in, &u->blk_gout[k], gin, BLK_NAME[k], e))
             return -1;
     }
     TRY(nn_pool2d_backward(ctx, &u->pool, &u->l0_out, &u->pool_g, &u->l0_gout, e), "layer1.0");

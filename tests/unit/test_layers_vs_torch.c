@@ -2,7 +2,8 @@
  * blocked nChw16c / nChw8c layouts) and on the plain-C reference path, against PyTorch's
  * fixtures (tests/fixtures/layers.safetensors): outputs and every gradient within 1e-4 of the
  * largest value. Also checks the engine's gradient store-or-add rule and running statistics, and
- * that the fused upsample-and-concatenate gives upsample then concatenate bit for bit. */
+ * that the fused upsample-and-concatenate gives upsample then concatenate bit for bit, and the
+ * bilinear upsampling's backward through the ReLU before it (nn_upsample2x_backward_relu). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "nn/dnnl_util.h"
 #include "nn/ref.h"
 #include "tests/unit/fixture.h"
 
@@ -286,6 +288,33 @@ static void run_upsample(const char *c, int bilinear)
             twice[i] *= 0.5f;
         check(c, "dx accumulated twice / 2", layouts[v], twice, dx, nx);
         free(twice);
+        /* With the ReLU that made x taken back in the same pass (bilinear only): dx = (x > 0) * dx,
+         * in x's layout, dy given in the same layout as x or another one; a second call adds. */
+        nn_act dyo = {0}, dxr = {0};
+        input(&dyo, dy, n, ch, 2 * h, 2 * w, layouts[(v + 1) % 3]);
+        for (int k = 0; k < 2; k++) {
+            const nn_act *g = k ? &dyo : &dya;
+            nn_act_grad_reset(&dxr);
+            int r = nn_upsample2x_backward_relu(&ctx, &l, g, &xa, &dxr, &e);
+            if (!bilinear) {
+                assert_int_equal(r, 1);
+                assert_false(dxr.valid);
+                continue;
+            }
+            ok(r, &e);
+            assert_true(nn_md_equal(&dxr.md, &xa.md));
+            float *masked = malloc(nx * sizeof(float));
+            for (size_t i = 0; i < nx; i++)
+                masked[i] = x[i] > 0 ? dx[i] : 0.0f;
+            check_act(c, "dx through the ReLU", layouts[v], &dxr, masked, nx);
+            ok(nn_upsample2x_backward_relu(&ctx, &l, g, &xa, &dxr, &e), &e);
+            float *got = fx_act_to(&ctx, &dxr);
+            for (size_t i = 0; i < nx; i++)
+                got[i] *= 0.5f;
+            check(c, "dx through the ReLU, twice / 2", layouts[v], got, masked, nx);
+            free(masked), free(got);
+        }
+        nn_act_free(&dyo), nn_act_free(&dxr);
         nn_act_free(&xa), nn_act_free(&ya), nn_act_free(&dya), nn_act_free(&dxa);
         nn_upsample2x_free(&l);
     }
