@@ -306,7 +306,7 @@ static void bench_collect(int threads, int reps, int batch, int size)
     float *y = malloc((size_t)batch * cnt * sizeof(float)), *g = malloc((size_t)batch * cnt * sizeof(float));
     float *sy = malloc(n * cnt * sizeof(float)), *sh = malloc(n * cnt * sizeof(float)),
           *sg = malloc(n * cnt * sizeof(float)), *sl = malloc(n * sizeof(float));
-    double tc[MAXREPS], tt[MAXREPS], tae[MAXREPS], tin[MAXREPS], tdata[MAXREPS];
+    double tc[MAXREPS], tt[MAXREPS], tae[MAXREPS], tin[MAXREPS], tdata[MAXREPS], tother[MAXREPS];
     pgn_collect_stats st;
     pgn_teacher *t = pgn_collect_teacher(c);
     nn_ctx *ctx = pgn_collect_ctx(c);
@@ -337,6 +337,7 @@ static void bench_collect(int threads, int reps, int batch, int size)
         if (i >= WARMUP) {
             int k = i - WARMUP;
             tc[k] = t1 - t0, tt[k] = t2 - t1, tae[k] = st.ms_ae, tin[k] = st.ms_teacher, tdata[k] = td - t0;
+            tother[k] = tc[k] - tdata[k] - st.ms_ae - st.ms_teacher; /* bookkeeping, shard buffer copies */
         }
     }
     /* the shard (atomic write + its sha256) and the manifest, per sample */
@@ -355,6 +356,7 @@ static void bench_collect(int threads, int reps, int batch, int size)
     printf("bench pgnd_collect_%d_step_teacher_ms %.3f ms\n", size, median(tin, reps));
     printf("bench pgnd_collect_%d_step_ae_ms %.3f ms\n", size, median(tae, reps));
     printf("bench pgnd_collect_%d_step_data_ms %.3f ms\n", size, median(tdata, reps));
+    printf("bench pgnd_collect_%d_step_other_ms %.3f ms\n", size, median(tother, reps));
     printf("bench pgnd_collect_%d_teacher_only_ms %.3f ms\n", size, mt);
     printf("bench pgnd_collect_%d_write_ms_per_sample %.3f ms\n", size, write_per_sample);
     printf("bench pgnd_collect_%d_peak_rss_mb %.1f MB\n", size, peak_rss_mb());
