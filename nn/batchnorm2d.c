@@ -1,5 +1,7 @@
 /* BatchNorm2d on oneDNN: training uses batch statistics (biased variance) and updates the
- * running statistics as PyTorch does (momentum, UNBIASED variance); eval uses the running ones. */
+ * running statistics as PyTorch does (momentum, UNBIASED variance); eval uses the running ones.
+ * With fuse_relu the ReLU after it runs inside the same primitive (oneDNN's fuse_norm_relu), which
+ * keeps the ReLU's mask in a workspace (a bit per element) for the backward. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +15,8 @@ struct nn_bn_prims {
     dnnl_primitive_t fwd, bwd;
     nn_act dyr, dx_tmp;
     float *dgamma, *dbeta, *inv; /* per channel */
+    void *ws;                    /* fuse_relu: the ReLU's mask from the last forward of this shape */
+    int ws_ready;
 };
 
 int nn_batchnorm2d_init(nn_batchnorm2d *l, int c, float eps, float momentum, nn_err *e)
@@ -44,6 +48,7 @@ void nn_batchnorm2d_free(nn_batchnorm2d *l)
         nn_act_free(&p->dx_tmp);
         nn_free(p->dgamma);
         nn_free(p->dbeta);
+        nn_free(p->ws);
         free(p);
     }
     nn_tensor *ts[] = {&l->gamma, &l->beta, &l->dgamma, &l->dbeta, &l->running_mean, &l->running_var,
@@ -65,7 +70,8 @@ static nn_bn_prims *get_prims(nn_ctx *ctx, nn_batchnorm2d *l, const dnnl_memory_
     }
     p->md = *md;
     p->training = l->training;
-    unsigned flags = dnnl_use_scale | dnnl_use_shift | (l->training ? 0 : dnnl_use_global_stats);
+    unsigned flags = dnnl_use_scale | dnnl_use_shift | (l->training ? 0 : dnnl_use_global_stats) |
+                     (l->fuse_relu ? dnnl_fuse_norm_relu : 0);
     dnnl_batch_normalization_desc_t d;
     if (dnnl_batch_normalization_forward_desc_init(&d, dnnl_forward_training, md, l->eps, flags) != dnnl_success ||
         nn_make_prim(ctx, &d, NULL, &p->fwd_pd, &p->fwd, e) ||
@@ -79,6 +85,11 @@ static nn_bn_prims *get_prims(nn_ctx *ctx, nn_batchnorm2d *l, const dnnl_memory_
     }
     p->dgamma = nn_alloc((size_t)l->c * sizeof(float));
     p->dbeta = nn_alloc((size_t)l->c * sizeof(float));
+    const dnnl_memory_desc_t *ws = nn_pd_md(p->fwd_pd, dnnl_query_workspace_md, 0);
+    if (l->fuse_relu && ws && nn_md_bytes(ws) && !(p->ws = nn_alloc(nn_md_bytes(ws)))) {
+        nn_errf(e, "out of memory");
+        return NULL;
+    }
     if (!p->dgamma || !p->dbeta) {
         nn_errf(e, "out of memory");
         return NULL;
@@ -114,9 +125,11 @@ int nn_batchnorm2d_forward(nn_ctx *ctx, nn_batchnorm2d *l, const nn_act *x, nn_a
     float *var = l->training ? l->save_var.data : l->running_var.data;
     nn_arg args[] = {{DNNL_ARG_SRC, &x->md, x->data},        {DNNL_ARG_DST, &x->md, y->data},
                      {DNNL_ARG_SCALE, &cmd, l->gamma.data},  {DNNL_ARG_SHIFT, &cmd, l->beta.data},
-                     {DNNL_ARG_MEAN, &cmd, mean},            {DNNL_ARG_VARIANCE, &cmd, var}};
-    if (nn_exec(ctx, p->fwd, 6, args, e))
+                     {DNNL_ARG_MEAN, &cmd, mean},            {DNNL_ARG_VARIANCE, &cmd, var},
+                     {DNNL_ARG_WORKSPACE, nn_pd_md(p->fwd_pd, dnnl_query_workspace_md, 0), p->ws}};
+    if (nn_exec(ctx, p->fwd, p->ws ? 7 : 6, args, e))
         return -1;
+    p->ws_ready = p->ws != NULL;
     y->valid = 1;
     if (l->training) {
         float mo = l->momentum;
@@ -136,6 +149,8 @@ int nn_batchnorm2d_backward(nn_ctx *ctx, nn_batchnorm2d *l, const nn_act *x, con
     nn_bn_prims *p = get_prims(ctx, l, &x->md, e);
     if (!p)
         return -1;
+    if (p->ws && !p->ws_ready)
+        return nn_errf(e, "batchnorm2d: backward of a fused batch norm + ReLU without a forward of this shape before it");
     const float *dd = dy->data;
     if (!nn_md_equal(&dy->md, &x->md)) {
         if (nn_act_reserve(&p->dyr, dy->n, dy->c, dy->h, dy->w, &x->md, e) ||
@@ -153,8 +168,9 @@ int nn_batchnorm2d_backward(nn_ctx *ctx, nn_batchnorm2d *l, const nn_act *x, con
                      {DNNL_ARG_SCALE, &cmd, l->gamma.data},    {DNNL_ARG_MEAN, &cmd, mean},
                      {DNNL_ARG_VARIANCE, &cmd, var},           {DNNL_ARG_DIFF_SRC, &x->md, out->data},
                      {DNNL_ARG_DIFF_SCALE, &cmd, p->dgamma},   {DNNL_ARG_DIFF_SHIFT, &cmd, p->dbeta},
-                     {DNNL_ARG_SHIFT, &cmd, l->beta.data}}; /* oneDNN 2.6 wants it though it is unused */
-    if (nn_exec(ctx, p->bwd, 9, args, e))
+                     {DNNL_ARG_SHIFT, &cmd, l->beta.data}, /* oneDNN 2.6 wants it though it is unused */
+                     {DNNL_ARG_WORKSPACE, nn_pd_md(p->bwd_pd, dnnl_query_workspace_md, 0), p->ws}};
+    if (nn_exec(ctx, p->bwd, p->ws ? 10 : 9, args, e))
         return -1;
     for (int c = 0; c < l->c; c++) {
         l->dgamma.data[c] += p->dgamma[c];

@@ -158,6 +158,9 @@ typedef struct nn_batchnorm2d {
     long num_batches_tracked;
     nn_tensor save_mean, save_var; /* batch statistics of the last training forward */
     int training;
+    int fuse_relu; /* y = relu(bn(x)) in one pass (set before the first forward); the backward then
+                    * takes dy w.r.t. the ReLU's output, the ReLU's mask kept from the forward of
+                    * the same input shape */
     nn_bn_prims *prims;
 } nn_batchnorm2d;
 

@@ -85,6 +85,7 @@ static int add_blaze(builder *b, const char *prefix, pgn_ae_blaze *k, int cin, i
         add_conv(b, SUB("cpw2"), &k->cpw2, cout, cout, 1, 1, 1, 0, e) || add_bn(b, SUB("bn1"), &k->bn1, cout, e) ||
         add_bn(b, SUB("bn2"), &k->bn2, cout, e))
         return -1;
+    k->bn1.fuse_relu = 1; /* the block's first ReLU (pgn/blaze.h) */
     if (stride == 2 && add_conv(b, SUB("c1"), &k->c1, cin, cout, 1, 2, 1, 0, e))
         return -1;
     add_relu(b->ae, SUB("r1"));
@@ -121,6 +122,7 @@ int pgn_autoencoder_init(pgn_autoencoder *ae, int max_layer, uint64_t seed, nn_e
     char p[32];
     int rc = add_conv(&b, "model.0.0", &ae->stem, 3, 128, 7, 2, 1, 0, e) ||
              add_bn(&b, "model.0.1", &ae->stem_bn, 128, e);
+    ae->stem_bn.fuse_relu = 1; /* model.0.2, inside the batch norm */
     add_relu(ae, "model.0.2");
     idx = 1;
     if (!rc && max_layer >= 1) {
@@ -192,7 +194,7 @@ void pgn_autoencoder_free(pgn_autoencoder *ae)
         if (ae->mod[m].bn)
             nn_batchnorm2d_free(ae->mod[m].bn);
     }
-    nn_act *l0[] = {&ae->stem_c, &ae->stem_pre, &ae->stem_out, &ae->stem_gc, &ae->stem_gpre, &ae->stem_gout,
+    nn_act *l0[] = {&ae->stem_c, &ae->stem_out, &ae->stem_gc, &ae->stem_gout,
                     &ae->pool_out, &ae->pool_g, &ae->mid_g, &ae->x, &ae->out, &ae->dout};
     for (size_t i = 0; i < sizeof l0 / sizeof *l0; i++)
         nn_act_free(l0[i]);
@@ -329,8 +331,7 @@ static int net_forward(nn_ctx *ctx, pgn_autoencoder *ae, nn_err *e)
                        "norm would see one value per channel",
                        x->n, x->h, x->w);
     TRY(nn_conv2d_forward(ctx, &ae->stem, x, &ae->stem_c, e), "model.0");
-    TRY(nn_batchnorm2d_forward(ctx, &ae->stem_bn, &ae->stem_c, &ae->stem_pre, e), "model.0");
-    TRY(nn_eltwise_forward(ctx, &ae->relu, &ae->stem_pre, &ae->stem_out, e), "model.0");
+    TRY(nn_batchnorm2d_forward(ctx, &ae->stem_bn, &ae->stem_c, &ae->stem_out, e), "model.0"); /* + ReLU */
     if (ae->max_layer >= 1) {
         TRY(nn_pool2d_forward(ctx, &ae->pool, &ae->stem_out, &ae->pool_out, e), "model.1.0");
         if (blaze_forward(ctx, ae, &ae->blk[0], &ae->pool_out, e))
@@ -393,7 +394,7 @@ int pgn_autoencoder_backward_act(nn_ctx *ctx, pgn_autoencoder *ae, const nn_act 
     if (dout->n != ae->out.n || dout->c != ae->out.c || dout->h != ae->out.h || dout->w != ae->out.w)
         return nn_errf(e, "autoencoder: output gradient [%d, %d, %d, %d] does not match the output [%d, %d, %d, %d]",
                        dout->n, dout->c, dout->h, dout->w, ae->out.n, ae->out.c, ae->out.h, ae->out.w);
-    nn_act *resets[] = {&ae->stem_gc, &ae->stem_gpre, &ae->stem_gout, &ae->pool_g, &ae->mid_g,
+    nn_act *resets[] = {&ae->stem_gc, &ae->stem_gout, &ae->pool_g, &ae->mid_g,
                         &ae->blk_gout[0], &ae->blk_gout[1]};
     for (size_t i = 0; i < sizeof resets / sizeof *resets; i++)
         nn_act_grad_reset(resets[i]);
@@ -439,8 +440,7 @@ int pgn_autoencoder_backward_act(nn_ctx *ctx, pgn_autoencoder *ae, const nn_act 
             return -1;
         TRY(nn_pool2d_backward(ctx, &ae->pool, &ae->stem_out, &ae->pool_g, &ae->stem_gout, e), "model.1.0");
     }
-    TRY(nn_eltwise_backward(ctx, &ae->relu, &ae->stem_pre, &ae->stem_gout, &ae->stem_gpre, e), "model.0");
-    TRY(nn_batchnorm2d_backward(ctx, &ae->stem_bn, &ae->stem_c, &ae->stem_gpre, &ae->stem_gc, e), "model.0");
+    TRY(nn_batchnorm2d_backward(ctx, &ae->stem_bn, &ae->stem_c, &ae->stem_gout, &ae->stem_gc, e), "model.0");
     TRY(nn_conv2d_backward(ctx, &ae->stem, &ae->x, &ae->stem_gc, NULL, 1, e), "model.0");
     return 0;
 }
@@ -483,16 +483,22 @@ nn_act *pgn_autoencoder_relu_input(pgn_autoencoder *ae, int i, const char **name
         *name = ae->relu_name[i];
     /* registration order: stem, blocks (r1, r2 each), mid, decoder seps */
     if (i == 0)
-        return &ae->stem_pre;
+        return &ae->stem_out;
     i--;
     const int nb = ae->max_layer; /* blocks */
     if (i < 2 * nb)
-        return &ae->blk[i / 2].t[i % 2 ? PGN_B_PRE2 : PGN_B_PRE1];
+        return &ae->blk[i / 2].t[i % 2 ? PGN_B_PRE2 : PGN_B_ACT1];
     i -= 2 * nb;
     /* the seps' ReLUs run inside their 1x1 convolutions; the backward reads the output's sign */
     if (i == 0)
         return &ae->mid.out;
     return &ae->dec[i - 1].out;
+}
+
+int pgn_autoencoder_relu_mask_fixed(const pgn_autoencoder *ae, int i)
+{
+    /* the stem's ReLU and each block's first run inside their batch norms */
+    return i == 0 || (i >= 1 && i <= 2 * ae->max_layer && (i - 1) % 2 == 0);
 }
 
 /* ------------------------------------------------------------------ state dict */

@@ -55,7 +55,7 @@ typedef struct pgn_autoencoder {
     /* model.0: stem conv -> BN -> ReLU */
     nn_conv2d stem;
     nn_batchnorm2d stem_bn;
-    nn_act stem_c, stem_pre, stem_out, stem_gc, stem_gpre, stem_gout;
+    nn_act stem_c, stem_out, stem_gc, stem_gout; /* stem_out = relu(bn(stem_c)), one pass */
     /* model.1.0 max pool, then blk[0] = model.1.1, blk[1] = model.2 */
     nn_pool2d pool;
     nn_act pool_out, pool_g;
@@ -126,6 +126,10 @@ size_t pgn_autoencoder_param_count(const pgn_autoencoder *ae);
  * the end. For tests (mask pinning); writing into them changes the next backward's masks
  * (and, for a sep's output, what the next layer's backward reads as its input, by as much as is written). */
 nn_act *pgn_autoencoder_relu_input(pgn_autoencoder *ae, int i, const char **name);
+/* 1 for the ReLUs that run inside a batch norm (the stem's, each block's first: nn_batchnorm2d
+ * fuse_relu): their backward reads a mask oneDNN kept from the forward, which writing into the
+ * activation above does not change (it returns their output). */
+int pgn_autoencoder_relu_mask_fixed(const pgn_autoencoder *ae, int i);
 
 /* State dict (the official keys, "model.*"): see pgn/state_dict.h. */
 int pgn_autoencoder_check_state(const pgn_autoencoder *ae, const nn_weights *w, char *report, size_t len);

@@ -67,8 +67,9 @@ int pgn_blaze_forward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act 
     }
     TRY(nn_conv2d_forward(ctx, &k->cdw1, x, &t[PGN_B_DW1], e));
     TRY(nn_conv2d_forward(ctx, &k->cpw1, &t[PGN_B_DW1], &t[PGN_B_PW1], e));
-    TRY(nn_batchnorm2d_forward(ctx, &k->bn1, &t[PGN_B_PW1], &t[PGN_B_PRE1], e));
-    TRY(nn_eltwise_forward(ctx, relu, &t[PGN_B_PRE1], &t[PGN_B_ACT1], e));
+    if (!k->bn1.fuse_relu)
+        return nn_errf(e, "%s: internal: the block's first batch norm has no fused ReLU", name);
+    TRY(nn_batchnorm2d_forward(ctx, &k->bn1, &t[PGN_B_PW1], &t[PGN_B_ACT1], e)); /* relu(bn1) */
     TRY(nn_conv2d_forward(ctx, &k->cdw2, &t[PGN_B_ACT1], &t[PGN_B_DW2], e));
     TRY(nn_conv2d_forward(ctx, &k->cpw2, &t[PGN_B_DW2], &t[PGN_B_PW2], e));
     TRY(nn_batchnorm2d_forward(ctx, &k->bn2, &t[PGN_B_PW2], &t[PGN_B_BN2], e));
@@ -121,8 +122,7 @@ int pgn_blaze_backward(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act
     TRY(nn_batchnorm2d_backward(ctx, &k->bn2, &t[PGN_B_PW2], &g[PGN_B_BN2], &g[PGN_B_PW2], e));
     TRY(nn_conv2d_backward(ctx, &k->cpw2, &t[PGN_B_DW2], &g[PGN_B_PW2], &g[PGN_B_DW2], 1, e));
     TRY(nn_conv2d_backward(ctx, &k->cdw2, &t[PGN_B_ACT1], &g[PGN_B_DW2], &g[PGN_B_ACT1], 1, e));
-    TRY(nn_eltwise_backward(ctx, relu, &t[PGN_B_PRE1], &g[PGN_B_ACT1], &g[PGN_B_PRE1], e));
-    TRY(nn_batchnorm2d_backward(ctx, &k->bn1, &t[PGN_B_PW1], &g[PGN_B_PRE1], &g[PGN_B_PW1], e));
+    TRY(nn_batchnorm2d_backward(ctx, &k->bn1, &t[PGN_B_PW1], &g[PGN_B_ACT1], &g[PGN_B_PW1], e)); /* ReLU too */
     TRY(nn_conv2d_backward(ctx, &k->cpw1, &t[PGN_B_DW1], &g[PGN_B_PW1], &g[PGN_B_DW1], 1, e));
     TRY(nn_conv2d_backward(ctx, &k->cdw1, x, &g[PGN_B_DW1], gx, 1, e));
     return 0;

@@ -18,8 +18,9 @@ typedef struct pgn_sep {
                           * gradient is held by the consumer) */
 } pgn_sep;
 
-/* DoubleBlaze activations, in forward order; PRE1 = bn1 output, PRE2 = bn2 + residual. */
-enum { PGN_B_DW1, PGN_B_PW1, PGN_B_PRE1, PGN_B_ACT1, PGN_B_DW2, PGN_B_PW2, PGN_B_BN2, PGN_B_RES, PGN_B_PRE2, PGN_B_ACTS };
+/* DoubleBlaze activations, in forward order; ACT1 = relu(bn1(PW1)) (the ReLU inside the batch norm,
+ * bn1.fuse_relu, set by the net that builds the block), PRE2 = bn2 + residual. */
+enum { PGN_B_DW1, PGN_B_PW1, PGN_B_ACT1, PGN_B_DW2, PGN_B_PW2, PGN_B_BN2, PGN_B_RES, PGN_B_PRE2, PGN_B_ACTS };
 
 typedef struct pgn_blaze {
     int cin, cout, stride;
@@ -28,7 +29,7 @@ typedef struct pgn_blaze {
     nn_act t[PGN_B_ACTS];
     nn_act g[PGN_B_ACTS];
     nn_act out;
-    int folded;          /* pgn_blaze_fold_bn ran: prediction only (t[PGN_B_PW1], t[PGN_B_PRE1] and
+    int folded;          /* pgn_blaze_fold_bn ran: prediction only (t[PGN_B_PW1] and
                           * t[PGN_B_PW2] are not written; t[PGN_B_BN2] holds cpw2's folded output) */
 } pgn_blaze;
 

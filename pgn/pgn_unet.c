@@ -70,6 +70,7 @@ static int add_blaze(builder *b, const char *prefix, pgn_unet_blaze *k, int cin,
         add_conv(b, SUB("cpw2"), &k->cpw2, cout, cout, 1, 1, 1, 0, e) || add_bn(b, SUB("bn1"), &k->bn1, cout, e) ||
         add_bn(b, SUB("bn2"), &k->bn2, cout, e))
         return -1;
+    k->bn1.fuse_relu = 1; /* the block's first ReLU (pgn/blaze.h) */
     if (stride == 2 && add_conv(b, SUB("c1"), &k->c1, cin, cout, 1, 2, 1, 0, e))
         return -1;
 #undef SUB
@@ -101,6 +102,7 @@ int pgn_unet_init(pgn_unet *u, uint64_t seed, nn_err *e)
              add_blaze(&b, "layer4", &u->blk[3], 256, 512, 2, e) ||
              add_sep(&b, "conv_original_size0", &s[PGN_UNET_SEP_ORIG0], 6, 64, 3, e) ||
              add_sep(&b, "conv_original_size1", &s[PGN_UNET_SEP_ORIG1], 64, 64, 3, e);
+    u->l0_bn.fuse_relu = 1; /* layer0.2, inside the batch norm */
     for (int i = 0; i < 5 && !rc; i++) {
         char p[32];
         snprintf(p, sizeof p, "layer%d_1x1", i);
@@ -152,8 +154,8 @@ static void free_acts(nn_act *a, int n)
 /* Every activation (and gradient) of the ordinary forward and backward, except x, out and dout. */
 static void free_layer_acts(pgn_unet *u)
 {
-    nn_act *l0[] = {&u->l0_c,   &u->l0_pre, &u->l0_out, &u->l0_gc,  &u->l0_gpre,
-                    &u->l0_gout, &u->pool_out, &u->pool_g, &u->orig_g, &u->orig0_g};
+    nn_act *l0[] = {&u->l0_c,     &u->l0_out, &u->l0_gc,  &u->l0_gout, &u->pool_out,
+                    &u->pool_g,   &u->orig_g, &u->orig0_g};
     for (size_t i = 0; i < sizeof l0 / sizeof *l0; i++)
         nn_act_free(l0[i]);
     for (int k = 0; k < 4; k++)
@@ -387,8 +389,7 @@ static int net_forward(nn_ctx *ctx, pgn_unet *u, nn_err *e)
         TRY(nn_conv2d_forward(ctx, &u->l0_conv, x, &u->l0_out, e), "layer0");
     } else {
         TRY(nn_conv2d_forward(ctx, &u->l0_conv, x, &u->l0_c, e), "layer0");
-        TRY(nn_batchnorm2d_forward(ctx, &u->l0_bn, &u->l0_c, &u->l0_pre, e), "layer0");
-        TRY(nn_eltwise_forward(ctx, &u->relu, &u->l0_pre, &u->l0_out, e), "layer0");
+        TRY(nn_batchnorm2d_forward(ctx, &u->l0_bn, &u->l0_c, &u->l0_out, e), "layer0"); /* + ReLU */
     }
     if (sep_forward(ctx, u, &s[PGN_UNET_SEP_SKIP0], &u->l0_out, e))
         return -1;
@@ -459,7 +460,7 @@ int pgn_unet_backward_act(nn_ctx *ctx, pgn_unet *u, const nn_act *dout, nn_err *
         return nn_errf(e, "pgn unet: output gradient [%d, %d, %d, %d] does not match the output [%d, %d, %d, %d]",
                        dout->n, dout->c, dout->h, dout->w, u->out.n, u->out.c, u->out.h, u->out.w);
     pgn_unet_sep *s = u->sep;
-    nn_act *resets[] = {&u->l0_gc, &u->l0_gpre, &u->l0_gout, &u->pool_g, &u->orig_g, &u->orig0_g};
+    nn_act *resets[] = {&u->l0_gc, &u->l0_gout, &u->pool_g, &u->orig_g, &u->orig0_g};
     for (size_t i = 0; i < sizeof resets / sizeof *resets; i++)
         nn_act_grad_reset(resets[i]);
     for (int i = 0; i < 5; i++) {
@@ -521,8 +522,7 @@ int pgn_unet_backward_act(nn_ctx *ctx, pgn_unet *u, const nn_act *dout, nn_err *
     TRY(nn_pool2d_backward(ctx, &u->pool, &u->l0_out, &u->pool_g, &u->l0_gout, e), "layer1.0");
     if (sep_backward(ctx, u, &s[PGN_UNET_SEP_SKIP0], &u->l0_out, &u->skip_g[0], &u->l0_gout, e))
         return -1;
-    TRY(nn_eltwise_backward(ctx, &u->relu, &u->l0_pre, &u->l0_gout, &u->l0_gpre, e), "layer0");
-    TRY(nn_batchnorm2d_backward(ctx, &u->l0_bn, &u->l0_c, &u->l0_gpre, &u->l0_gc, e), "layer0");
+    TRY(nn_batchnorm2d_backward(ctx, &u->l0_bn, &u->l0_c, &u->l0_gout, &u->l0_gc, e), "layer0");
     TRY(nn_conv2d_backward(ctx, &u->l0_conv, &u->x, &u->l0_gc, NULL, 1, e), "layer0");
     return 0;
 }
@@ -596,12 +596,18 @@ nn_act *pgn_unet_relu_input(pgn_unet *u, int i, const char **name)
     if (name)
         *name = NAMES[i];
     if (i == 0)
-        return &u->l0_pre;
+        return &u->l0_out;
     if (i < 9)
-        return &u->blk[(i - 1) / 2].t[(i - 1) % 2 ? PGN_B_PRE2 : PGN_B_PRE1];
+        return &u->blk[(i - 1) / 2].t[(i - 1) % 2 ? PGN_B_PRE2 : PGN_B_ACT1];
     /* seps 9..20 in pgn_unet.sep[] order (= state-dict order); their ReLU runs inside the 1x1
      * convolution, and its backward reads the output's sign (the same mask) */
     return &u->sep[i - 9].out;
+}
+
+int pgn_unet_relu_mask_fixed(int i)
+{
+    /* layer0's ReLU and each block's first run inside their batch norms */
+    return i == 0 || (i >= 1 && i < 9 && (i - 1) % 2 == 0);
 }
 
 /* ------------------------------------------------------------------ state dict */

@@ -60,7 +60,7 @@ typedef struct pgn_unet {
     /* layer0 */
     nn_conv2d l0_conv;
     nn_batchnorm2d l0_bn;
-    nn_act l0_c, l0_pre, l0_out, l0_gc, l0_gpre, l0_gout;
+    nn_act l0_c, l0_out, l0_gc, l0_gout; /* l0_out = relu(bn(l0_c)), one pass */
     /* layer1's max pool, then blocks 1..4 (blk[0] = layer1.1, blk[1..3] = layer2..4) */
     nn_pool2d pool;
     nn_act pool_out, pool_g;
@@ -141,6 +141,10 @@ size_t pgn_unet_param_count(const pgn_unet *u);
  * tests (mask pinning) and diagnostics; writing into them changes the next backward's masks
  * (and, for a sep's output, what the next layer's backward reads as its input, by as much as is written). */
 nn_act *pgn_unet_relu_input(pgn_unet *u, int i, const char **name);
+/* 1 for the ReLUs that run inside a batch norm (layer0's, each block's first: nn_batchnorm2d
+ * fuse_relu): their backward reads a mask oneDNN kept from the forward, which writing into the
+ * activation above does not change (it returns their output). */
+int pgn_unet_relu_mask_fixed(int i);
 
 /* State dict (the official key names). Checks w against the 115 keys: writes one problem per line
  * into report ("missing key K", "key K has shape [..], expected [..]", "key K has dtype D",

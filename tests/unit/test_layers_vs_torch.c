@@ -3,7 +3,8 @@
  * fixtures (tests/fixtures/layers.safetensors): outputs and every gradient within 1e-4 of the
  * largest value. Also checks the engine's gradient store-or-add rule and running statistics, and
  * that the fused upsample-and-concatenate gives upsample then concatenate bit for bit, and the
- * bilinear upsampling's backward through the ReLU before it (nn_upsample2x_backward_relu). */
+ * bilinear upsampling's backward through the ReLU before it (nn_upsample2x_backward_relu), and the
+ * batch norm with its ReLU fused (fuse_relu). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -170,6 +171,37 @@ static void run_bn(const char *c)
         check_act(c, "dx", layouts[v], &dxa, T(c, "dx", NULL), nx);
         check(c, "dgamma", layouts[v], l.dgamma.data, T(c, "dgamma", NULL), ch);
         check(c, "dbeta", layouts[v], l.dbeta.data, T(c, "dbeta", NULL), ch);
+        /* fuse_relu: relu(bn(x)) in one pass, and a backward through that ReLU, against this
+         * layer's own y and its backward of dy masked by y > 0 (a fresh layer of the same state) */
+        nn_batchnorm2d f, u;
+        nn_batchnorm2d *fu[2] = {&f, &u};
+        for (int k = 0; k < 2; k++) {
+            ok(nn_batchnorm2d_init(fu[k], ch, eps, mom, &e), &e);
+            fu[k]->training = training;
+            memcpy(fu[k]->gamma.data, gamma, ch * sizeof(float));
+            memcpy(fu[k]->beta.data, beta, ch * sizeof(float));
+            memcpy(fu[k]->running_mean.data, rm, ch * sizeof(float));
+            memcpy(fu[k]->running_var.data, rv, ch * sizeof(float));
+        }
+        f.fuse_relu = 1;
+        nn_act yf = {0}, yu = {0}, dym = {0}, dxf = {0}, dxu = {0};
+        float *y32 = fx_act_to(&ctx, &ya), *ym = malloc(nx * sizeof(float)), *dm = malloc(nx * sizeof(float));
+        for (size_t i = 0; i < nx; i++)
+            ym[i] = y32[i] > 0 ? y32[i] : 0.0f, dm[i] = y32[i] > 0 ? dy[i] : 0.0f;
+        ok(nn_batchnorm2d_forward(&ctx, &f, &xa, &yf, &e), &e);
+        check_act(c, "y, ReLU fused", layouts[v], &yf, ym, nx);
+        check(c, "running_var, ReLU fused", layouts[v], f.running_var.data, T(c, "running_var_out", NULL), ch);
+        ok(nn_batchnorm2d_forward(&ctx, &u, &xa, &yu, &e), &e);
+        input(&dym, dm, n, ch, h, w, layouts[v]);
+        ok(nn_batchnorm2d_backward(&ctx, &f, &xa, &dya, &dxf, &e), &e);
+        ok(nn_batchnorm2d_backward(&ctx, &u, &xa, &dym, &dxu, &e), &e);
+        float *gu = fx_act_to(&ctx, &dxu);
+        check_act(c, "dx, ReLU fused", layouts[v], &dxf, gu, nx);
+        check(c, "dgamma, ReLU fused", layouts[v], f.dgamma.data, u.dgamma.data, ch);
+        check(c, "dbeta, ReLU fused", layouts[v], f.dbeta.data, u.dbeta.data, ch);
+        free(y32), free(ym), free(dm), free(gu);
+        nn_act_free(&yf), nn_act_free(&yu), nn_act_free(&dym), nn_act_free(&dxf), nn_act_free(&dxu);
+        nn_batchnorm2d_free(&f), nn_batchnorm2d_free(&u);
         nn_act_free(&xa), nn_act_free(&ya), nn_act_free(&dya), nn_act_free(&dxa);
         nn_batchnorm2d_free(&l);
     }
