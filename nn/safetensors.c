@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "nn/sha256.h"
 #include "nn/weights.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -149,19 +150,43 @@ fail:
     return NULL;
 }
 
+/* The file's first bytes: the header's length (little-endian), then the header padded with spaces
+ * so that the data starts 8-byte aligned. */
+static size_t header_prefix(size_t hlen, uint8_t len8[8])
+{
+    size_t padded = (hlen + 7) / 8 * 8;
+    for (int i = 0; i < 8; i++)
+        len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+    return padded;
+}
+
 /* Writes everything to the temporary file; fsync so the rename never exposes a partial file. */
 static int write_body(FILE *f, const char *header, size_t hlen, int count, const nn_tensor *const *tensors)
 {
-    size_t padded = (hlen + 7) / 8 * 8; /* the data then starts 8-byte aligned */
     uint8_t len8[8];
-    for (int i = 0; i < 8; i++)
-        len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+    size_t padded = header_prefix(hlen, len8);
     int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(header, 1, hlen, f) == hlen;
     for (size_t i = hlen; i < padded && ok; i++)
         ok = fputc(' ', f) != EOF;
     for (int i = 0; i < count && ok; i++)
         ok = fwrite(tensors[i]->data, sizeof(float), tensors[i]->numel, f) == tensors[i]->numel;
     return ok && fflush(f) == 0 && fsync(fileno(f)) == 0 ? 0 : -1;
+}
+
+/* SHA-256 of the bytes write_body writes, from memory. */
+static void hash_body(const char *header, size_t hlen, int count, const nn_tensor *const *tensors, char hex[65])
+{
+    uint8_t len8[8];
+    size_t padded = header_prefix(hlen, len8);
+    nn_sha256 h;
+    nn_sha256_init(&h);
+    nn_sha256_update(&h, len8, 8);
+    nn_sha256_update(&h, header, hlen);
+    for (size_t i = hlen; i < padded; i++)
+        nn_sha256_update(&h, " ", 1);
+    for (int i = 0; i < count; i++)
+        nn_sha256_update(&h, tensors[i]->data, tensors[i]->numel * sizeof(float));
+    nn_sha256_final_hex(&h, hex);
 }
 
 /* After the rename, the directory entry itself must reach the disk. Some file systems cannot
@@ -182,6 +207,13 @@ static int sync_dir(const char *path)
 
 int nn_safetensors_write(const char *path, int count, const char *const *names, const nn_tensor *const *tensors,
                          int meta_count, const char *const *meta_keys, const char *const *meta_vals, nn_err *e)
+{
+    return nn_safetensors_write_hashed(path, count, names, tensors, meta_count, meta_keys, meta_vals, NULL, e);
+}
+
+int nn_safetensors_write_hashed(const char *path, int count, const char *const *names, const nn_tensor *const *tensors,
+                                int meta_count, const char *const *meta_keys, const char *const *meta_vals,
+                                char sha256_hex[65], nn_err *e)
 {
     json_t *root = build_header(count, names, tensors, meta_count, meta_keys, meta_vals, path, e);
     if (!root)
@@ -206,9 +238,27 @@ int nn_safetensors_write(const char *path, int count, const char *const *names, 
             unlink(tmp);
         }
     } else {
-        /* mkstemp makes the file 0600; weights are not secret. */
-        if (fchmod(fd, 0644) || write_body(f, header, strlen(header), count, tensors))
-            rc = nn_errf(e, "%s: cannot write: %s", path, strerror(errno));
+        /* mkstemp makes the file 0600; weights are not secret. The checksum, when asked for, is
+         * taken from the same bytes in memory on a second thread while the first writes them. */
+        const size_t hlen = strlen(header);
+        int werr = 0, wno = 0;
+        if (fchmod(fd, 0644))
+            werr = 1, wno = errno;
+#pragma omp parallel sections num_threads(2) if (sha256_hex != NULL && !werr)
+        {
+#pragma omp section
+            {
+                if (!werr && write_body(f, header, hlen, count, tensors))
+                    werr = 1, wno = errno;
+            }
+#pragma omp section
+            {
+                if (sha256_hex && !werr)
+                    hash_body(header, hlen, count, tensors, sha256_hex);
+            }
+        }
+        if (werr)
+            rc = nn_errf(e, "%s: cannot write: %s", path, strerror(wno));
         if (fclose(f) && !rc)
             rc = nn_errf(e, "%s: cannot write: %s", path, strerror(errno));
         if (!rc && rename(tmp, path))

@@ -74,6 +74,11 @@ int nn_weights_get_f32(const nn_weights *w, const char *name, nn_tensor *dst, nn
  * names[i] <-> tensors[i], all F32. meta_keys/meta_vals (meta_count pairs) go to __metadata__. */
 int nn_safetensors_write(const char *path, int count, const char *const *names, const nn_tensor *const *tensors,
                          int meta_count, const char *const *meta_keys, const char *const *meta_vals, nn_err *e);
+/* The same, and the file's SHA-256 (lowercase hex) into sha256_hex (may be NULL), taken from the
+ * bytes in memory while they are written (on a second thread: the hash costs no wall time). */
+int nn_safetensors_write_hashed(const char *path, int count, const char *const *names, const nn_tensor *const *tensors,
+                                int meta_count, const char *const *meta_keys, const char *const *meta_vals,
+                                char sha256_hex[65], nn_err *e);
 
 /* Safetensors spelling: "F32", "I64", ... */
 const char *nn_dtype_name(nn_dtype t);

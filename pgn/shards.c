@@ -114,10 +114,8 @@ int pgn_shard_write(const char *folder, const pgn_collection_info *info, int ind
     const char *vv[16];
     for (int i = 0; i < 16; i++)
         vv[i] = v[i];
-    if (nn_safetensors_write(path, 4, TENSORS, tp, 16, k, vv, e))
+    if (nn_safetensors_write_hashed(path, 4, TENSORS, tp, 16, k, vv, out->sha256, e))
         return -1;
-    if (nn_sha256_file(path, out->sha256))
-        return nn_errf(e, "%s: cannot read it back for its checksum: %s", path, strerror(errno));
     out->count = n;
     return 0;
 }

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "nn/pickle.h"
+#include "nn/sha256.h"
 #include "nn/weights.h"
 
 #define FIX "tests/fixtures/"
@@ -338,6 +339,12 @@ static void test_safetensors_roundtrip(void **state)
     assert_int_equal(hlen % 8, 0);
     assert_int_equal(len, 8 + hlen + (a.numel + b.numel + 1) * 4);
     free(raw);
+    /* the checksum taken from memory while writing is the file's */
+    char hex[65], want[65];
+    if (nn_safetensors_write_hashed(path, 4, names, ts, 3, keys, vals, hex, &e))
+        fail_msg("%s", e.msg);
+    assert_int_equal(nn_sha256_file(path, want), 0);
+    assert_string_equal(hex, want);
 
     nn_weights w;
     read_ok(&w, path);
