@@ -50,6 +50,10 @@ for r in $(seq "$rounds"); do
         [ -d var/teachers/inception3-nsfwjs-4.4.0 ] &&
             "$C" teacher "$reps" 6 "$s" var/teachers/inception3-nsfwjs-4.4.0 >>"$log" 2>/dev/null
     done
+    # teacher-gradient collection (issue 5): its overhead over the bare teacher gradient
+    for s in 64 128; do
+        "$C" collect "$reps" 6 "$s" >>"$log" 2>/dev/null
+    done
     PGND_WINOGRAD=0 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
     PGND_WINOGRAD=1 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
 done
