@@ -344,8 +344,13 @@ static void bench_collect(int threads, int reps, int batch, int size)
     /* A shard of the job's size (the collected samples over again) written as the job writes it
      * (atomic write with its sha256, then the manifest), per sample: the median of three. */
     const size_t ns = (size_t)p.samples_per_shard;
+    const double rss = peak_rss_mb(); /* the collect's, before the shard buffers below */
     float *wh = malloc(ns * cnt * sizeof(float)), *wy = malloc(ns * cnt * sizeof(float)),
           *wg = malloc(ns * cnt * sizeof(float)), *wl = malloc(ns * sizeof(float));
+    if (!wh || !wy || !wg || !wl) {
+        fprintf(stderr, "bench_engine: out of memory for a shard of %zu samples\n", ns);
+        exit(1);
+    }
     for (size_t q = 0; q < ns; q++) {
         const size_t from = q % n;
         memcpy(wh + q * cnt, sh + from * cnt, cnt * sizeof(float));
@@ -365,7 +370,8 @@ static void bench_collect(int threads, int reps, int batch, int size)
     double write_per_sample = median(tw, 3);
     free(wh), free(wy), free(wg), free(wl);
     /* The overhead per rep, from the collect step and the bare teacher right after it (the same
-     * phase of a noisy machine), then the median of those. */
+     * phase of a noisy machine), then the median of those; the shard write per sample (measured
+     * once, above) is added to every rep's step. */
     double ov[MAXREPS];
     for (int k = 0; k < reps; k++)
         ov[k] = 100.0 * ((tc[k] / batch + write_per_sample) / (tt[k] / batch) - 1.0);
@@ -381,7 +387,7 @@ static void bench_collect(int threads, int reps, int batch, int size)
     printf("bench pgnd_collect_%d_step_other_ms %.3f ms\n", size, median(tother, reps));
     printf("bench pgnd_collect_%d_teacher_only_ms %.3f ms\n", size, mt);
     printf("bench pgnd_collect_%d_write_ms_per_sample %.3f ms\n", size, write_per_sample);
-    printf("bench pgnd_collect_%d_peak_rss_mb %.1f MB\n", size, peak_rss_mb());
+    printf("bench pgnd_collect_%d_peak_rss_mb %.1f MB\n", size, rss);
     pgn_collect_close(c);
     pgn_data_close(&d);
     free(y), free(g), free(sy), free(sh), free(sg), free(sl);

@@ -15,6 +15,7 @@ struct nn_bn_prims {
     dnnl_primitive_t fwd, bwd;
     nn_act dyr, dx_tmp;
     float *dgamma, *dbeta, *inv; /* per channel */
+    int fuse_relu;
     void *ws;                    /* fuse_relu: the ReLU's mask from the last forward of this shape */
     int ws_ready;
 };
@@ -36,20 +37,13 @@ int nn_batchnorm2d_init(nn_batchnorm2d *l, int c, float eps, float momentum, nn_
     return 0;
 }
 
+static void prims_free(nn_bn_prims *p);
+
 void nn_batchnorm2d_free(nn_batchnorm2d *l)
 {
     for (nn_bn_prims *p = l->prims, *next; p; p = next) {
         next = p->next;
-        dnnl_primitive_destroy(p->fwd);
-        dnnl_primitive_destroy(p->bwd);
-        dnnl_primitive_desc_destroy(p->fwd_pd);
-        dnnl_primitive_desc_destroy(p->bwd_pd);
-        nn_act_free(&p->dyr);
-        nn_act_free(&p->dx_tmp);
-        nn_free(p->dgamma);
-        nn_free(p->dbeta);
-        nn_free(p->ws);
-        free(p);
+        prims_free(p);
     }
     nn_tensor *ts[] = {&l->gamma, &l->beta, &l->dgamma, &l->dbeta, &l->running_mean, &l->running_var,
                        &l->save_mean, &l->save_var};
@@ -58,10 +52,24 @@ void nn_batchnorm2d_free(nn_batchnorm2d *l)
     memset(l, 0, sizeof *l);
 }
 
+static void prims_free(nn_bn_prims *p)
+{
+    dnnl_primitive_destroy(p->fwd);
+    dnnl_primitive_destroy(p->bwd);
+    dnnl_primitive_desc_destroy(p->fwd_pd);
+    dnnl_primitive_desc_destroy(p->bwd_pd);
+    nn_act_free(&p->dyr);
+    nn_act_free(&p->dx_tmp);
+    nn_free(p->dgamma);
+    nn_free(p->dbeta);
+    nn_free(p->ws);
+    free(p);
+}
+
 static nn_bn_prims *get_prims(nn_ctx *ctx, nn_batchnorm2d *l, const dnnl_memory_desc_t *md, nn_err *e)
 {
     for (nn_bn_prims *p = l->prims; p; p = p->next)
-        if (p->training == l->training && nn_md_equal(&p->md, md))
+        if (p->training == l->training && p->fuse_relu == l->fuse_relu && nn_md_equal(&p->md, md))
             return p;
     nn_bn_prims *p = calloc(1, sizeof *p);
     if (!p) {
@@ -70,6 +78,7 @@ static nn_bn_prims *get_prims(nn_ctx *ctx, nn_batchnorm2d *l, const dnnl_memory_
     }
     p->md = *md;
     p->training = l->training;
+    p->fuse_relu = l->fuse_relu;
     unsigned flags = dnnl_use_scale | dnnl_use_shift | (l->training ? 0 : dnnl_use_global_stats) |
                      (l->fuse_relu ? dnnl_fuse_norm_relu : 0);
     dnnl_batch_normalization_desc_t d;
@@ -78,20 +87,23 @@ static nn_bn_prims *get_prims(nn_ctx *ctx, nn_batchnorm2d *l, const dnnl_memory_
         dnnl_batch_normalization_backward_desc_init(&d, dnnl_backward, md, md, l->eps, flags) != dnnl_success ||
         nn_make_prim(ctx, &d, p->fwd_pd, &p->bwd_pd, &p->bwd, e)) {
         nn_errf(e, "batchnorm2d: cannot create primitives");
-        dnnl_primitive_destroy(p->fwd);
-        dnnl_primitive_desc_destroy(p->fwd_pd);
-        free(p);
+        prims_free(p);
         return NULL;
     }
     p->dgamma = nn_alloc((size_t)l->c * sizeof(float));
     p->dbeta = nn_alloc((size_t)l->c * sizeof(float));
-    const dnnl_memory_desc_t *ws = nn_pd_md(p->fwd_pd, dnnl_query_workspace_md, 0);
-    if (l->fuse_relu && ws && nn_md_bytes(ws) && !(p->ws = nn_alloc(nn_md_bytes(ws)))) {
-        nn_errf(e, "out of memory");
-        return NULL;
+    if (l->fuse_relu) { /* the ReLU's mask: without it the backward could not apply the ReLU */
+        const dnnl_memory_desc_t *ws = nn_pd_md(p->fwd_pd, dnnl_query_workspace_md, 0);
+        if (!ws || !nn_md_bytes(ws)) {
+            nn_errf(e, "batchnorm2d: oneDNN gives the fused ReLU no workspace");
+            prims_free(p);
+            return NULL;
+        }
+        p->ws = nn_alloc(nn_md_bytes(ws));
     }
-    if (!p->dgamma || !p->dbeta) {
+    if (!p->dgamma || !p->dbeta || (l->fuse_relu && !p->ws)) {
         nn_errf(e, "out of memory");
+        prims_free(p);
         return NULL;
     }
     p->next = l->prims;
@@ -127,6 +139,7 @@ int nn_batchnorm2d_forward(nn_ctx *ctx, nn_batchnorm2d *l, const nn_act *x, nn_a
                      {DNNL_ARG_SCALE, &cmd, l->gamma.data},  {DNNL_ARG_SHIFT, &cmd, l->beta.data},
                      {DNNL_ARG_MEAN, &cmd, mean},            {DNNL_ARG_VARIANCE, &cmd, var},
                      {DNNL_ARG_WORKSPACE, nn_pd_md(p->fwd_pd, dnnl_query_workspace_md, 0), p->ws}};
+    p->ws_ready = 0;
     if (nn_exec(ctx, p->fwd, p->ws ? 7 : 6, args, e))
         return -1;
     p->ws_ready = p->ws != NULL;
@@ -150,7 +163,8 @@ int nn_batchnorm2d_backward(nn_ctx *ctx, nn_batchnorm2d *l, const nn_act *x, con
     if (!p)
         return -1;
     if (p->ws && !p->ws_ready)
-        return nn_errf(e, "batchnorm2d: backward of a fused batch norm + ReLU without a forward of this shape before it");
+        return nn_errf(e, "batchnorm2d: backward of a fused batch norm + ReLU without a forward of this shape "
+                          "before it");
     const float *dd = dy->data;
     if (!nn_md_equal(&dy->md, &x->md)) {
         if (nn_act_reserve(&p->dyr, dy->n, dy->c, dy->h, dy->w, &x->md, e) ||

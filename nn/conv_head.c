@@ -4,11 +4,19 @@
 #include <immintrin.h>
 #include <string.h>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#define HAVE_KERNEL 1
+#else
+#define HAVE_KERNEL 0 /* built for a CPU without AVX2 and FMA: every call is declined */
+#endif
+
 int nn_conv_head_applies(const nn_conv_shape *g)
 {
-    return g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0 && g->groups == 1 &&
-           g->cout >= 1 && g->cout <= NN_CONV_HEAD_MAX_COUT;
+    return HAVE_KERNEL && g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0 &&
+           g->groups == 1 && g->cout >= 1 && g->cout <= NN_CONV_HEAD_MAX_COUT;
 }
+
+#if HAVE_KERNEL
 
 #define MC NN_CONV_HEAD_MAX_COUT
 
@@ -137,3 +145,13 @@ int nn_conv_head_backward_relu(nn_ctx *ctx, int cout, const float *x, const nn_v
     }
     return 0;
 }
+
+#else
+
+int nn_conv_head_backward_relu(nn_ctx *ctx, int cout, const float *x, const nn_view5 *vx, const float *dy,
+                               const float *w, float *dw, float *db, float *dx, int add, nn_err *e)
+{
+    return nn_errf(e, "conv head: this build has no AVX2 kernel");
+}
+
+#endif

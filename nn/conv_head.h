@@ -15,12 +15,13 @@
 #define NN_CONV_HEAD_MAX_COUT 4
 
 /* 1 if a convolution of this geometry has the fused kernel: 1x1, stride 1, no padding, no groups,
- * at most NN_CONV_HEAD_MAX_COUT outputs. */
+ * at most NN_CONV_HEAD_MAX_COUT outputs (and the build has AVX2 and FMA, -march=x86-64-v3). */
 int nn_conv_head_applies(const nn_conv_shape *g);
 
 /* x: the convolution's input (a ReLU's output), [n, cin, h, w] seen through vx (plain NCHW or
  * nChw8c / nChw16c); dy: [n, cout, h, w], plain NCHW; w: [cout, cin] (PyTorch's layout).
- * dx (x's layout, padding channels written as zeros) = (add ? dx : 0) + (x > 0) * w^T dy;
+ * dx (x's layout) = (add ? dx : 0) + (x > 0) * w^T dy (padding channels get 0 added, or written
+ * as 0); the ReLU before the convolution is a plain ReLU (slope 0);
  * dw += dy x^T and db += sum dy (db may be NULL) when dw is not NULL. */
 int nn_conv_head_backward_relu(nn_ctx *ctx, int cout, const float *x, const nn_view5 *vx, const float *dy,
                                const float *w, float *dw, float *db, float *dx, int add, nn_err *e);

@@ -65,6 +65,14 @@ float *nn_ctx_scratch(nn_ctx *ctx, size_t bytes, nn_err *e);
 float *nn_ctx_tmp(nn_ctx *ctx, size_t bytes, nn_err *e);
 float *nn_ctx_wbuf(nn_ctx *ctx, int i, size_t bytes, nn_err *e); /* i = 0 or 1: ctx->wbuf[i] */
 
+/* The fused backwards that take a ReLU back inside their neighbour's pass
+ * (nn_conv2d_backward_relu_input, nn_upsample2x_backward_relu) run unless the environment variable
+ * PGND_FUSED_BACKWARD=0 (read once) or nn_fused_backward_set_enabled(0) (tests: 1 on, 0 off, -1
+ * back to the environment's choice) turns them off: they then decline, and the nets take the
+ * two-step path. */
+int nn_fused_backward_enabled(void);
+void nn_fused_backward_set_enabled(int on);
+
 /* Sets dims and layout; grows the buffer when needed (steady state allocates nothing). */
 int nn_act_reserve(nn_act *a, int n, int c, int h, int w, const dnnl_memory_desc_t *md, nn_err *e);
 /* Plain NCHW layout for these dims. */
@@ -119,11 +127,12 @@ int nn_conv2d_init(nn_conv2d *l, int cin, int cout, int kh, int kw, int sh, int 
                    int pad_mode, int has_bias, nn_rng *rng /* NULL: zero weights */, nn_err *e);
 void nn_conv2d_free(nn_conv2d *l);
 int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_act *y, nn_err *e);
-/* The backward of this convolution and of the ReLU that made its input x, in one: dx (store-or-add
- * rule) receives the gradient w.r.t. the ReLU's input, relu'(x) * conv^T(dy) (relu'(x) = x > 0);
- * parameter gradients accumulate as in nn_conv2d_backward. Only where the fused kernel exists
- * (conv_head.h: a 1x1 convolution to at most 4 channels, a net's last layer, on an input in plain
- * or channel-blocked layout): returns 1 and does nothing otherwise, 0 on success, -1 on error. */
+/* The backward of this convolution and of the ReLU (slope 0) that made its input x, in one: dx
+ * (store-or-add rule) receives the gradient w.r.t. the ReLU's input, relu'(x) * conv^T(dy)
+ * (relu'(x) = x > 0); parameter gradients accumulate as in nn_conv2d_backward. Only where the fused
+ * kernel exists (conv_head.h: a 1x1 convolution to at most 4 channels without a post-op, a net's
+ * last layer, with its PyTorch-layout weights, on an input in plain or channel-blocked layout):
+ * returns 1 and does nothing otherwise, 0 on success, -1 on error. */
 int nn_conv2d_backward_relu_input(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, const nn_act *dy, nn_act *dx,
                                   int param_grads, nn_err *e);
 /* Input dims (after explicit padding) of the shape most recently prepared, for summaries.
@@ -158,9 +167,10 @@ typedef struct nn_batchnorm2d {
     long num_batches_tracked;
     nn_tensor save_mean, save_var; /* batch statistics of the last training forward */
     int training;
-    int fuse_relu; /* y = relu(bn(x)) in one pass (set before the first forward); the backward then
-                    * takes dy w.r.t. the ReLU's output, the ReLU's mask kept from the forward of
-                    * the same input shape */
+    int fuse_relu; /* y = relu(bn(x)) in one pass; the backward then takes dy w.r.t. the ReLU's
+                    * output, applying the ReLU's mask kept from the forward. As without it, the
+                    * backward must follow the forward of the same input (the batch statistics
+                    * are the last forward's) */
     nn_bn_prims *prims;
 } nn_batchnorm2d;
 
@@ -223,7 +233,7 @@ void nn_upsample2x_init(nn_upsample2x *l, int bilinear);
 void nn_upsample2x_free(nn_upsample2x *l);
 int nn_upsample2x_forward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *x, nn_act *y, nn_err *e);
 int nn_upsample2x_backward(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy, nn_act *dx, nn_err *e);
-/* The backward of the upsampling and of the ReLU that made its input x, in one pass: dx
+/* The backward of the upsampling and of the ReLU (slope 0) that made its input x, in one pass: dx
  * (store-or-add rule) = relu'(x) * upsample^T(dy), in x's layout. Bilinear only, x in plain NCHW or
  * channel-blocked layout: returns 1 and does nothing otherwise, 0 on success, -1 on error. */
 int nn_upsample2x_backward_relu(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy, const nn_act *x, nn_act *dx,

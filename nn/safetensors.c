@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <libgen.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,25 +240,25 @@ int nn_safetensors_write_hashed(const char *path, int count, const char *const *
         }
     } else {
         /* mkstemp makes the file 0600; weights are not secret. The checksum, when asked for, is
-         * taken from the same bytes in memory on a second thread while the first writes them. */
+         * taken from the same bytes in memory on a second thread while the first writes them
+         * (with one thread allowed: one after the other). */
         const size_t hlen = strlen(header);
-        int werr = 0, wno = 0;
-        if (fchmod(fd, 0644))
-            werr = 1, wno = errno;
-#pragma omp parallel sections num_threads(2) if (sha256_hex != NULL && !werr)
+        int wno = fchmod(fd, 0644) ? errno : 0; /* written by the writing section only */
+        const int hash = sha256_hex != NULL;
+#pragma omp parallel sections num_threads(2) if (hash && omp_get_max_threads() > 1)
         {
 #pragma omp section
             {
-                if (!werr && write_body(f, header, hlen, count, tensors))
-                    werr = 1, wno = errno;
+                if (!wno && write_body(f, header, hlen, count, tensors))
+                    wno = errno ? errno : EIO;
             }
 #pragma omp section
             {
-                if (sha256_hex && !werr)
+                if (hash)
                     hash_body(header, hlen, count, tensors, sha256_hex);
             }
         }
-        if (werr)
+        if (wno)
             rc = nn_errf(e, "%s: cannot write: %s", path, strerror(wno));
         if (fclose(f) && !rc)
             rc = nn_errf(e, "%s: cannot write: %s", path, strerror(errno));

@@ -191,7 +191,7 @@ static void col_gather_free(col_gather *gt)
     for (int w = 0; w < win; w++) {                                                                                    \
         float acc[(BLK)];                                                                                              \
         _Pragma("omp simd") for (int b = 0; b < (BLK); b++) acc[b] = 0.0f;                                            \
-        for (int k = 0; k < gt->cnt[w]; k++) { /* only real contributions: no 0 * inf */                              \
+        for (int k = 0; k < gt->cnt[w]; k++) { /* the forward's reads only (as PyTorch, weight-0 ones too) */         \
             const float wt = gt->wt[(size_t)k * win + w];                                                              \
             const float *v = g + (size_t)gt->idx[(size_t)k * win + w] * (BLK);                                         \
             _Pragma("omp simd") for (int b = 0; b < (BLK); b++) acc[b] += wt * v[b];                                  \
@@ -351,7 +351,7 @@ int nn_upsample2x_backward_relu(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy,
                                 nn_err *e)
 {
     nn_view5 vx, vy;
-    if (!l->bilinear || nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &vx))
+    if (!nn_fused_backward_enabled() || !l->bilinear || nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &vx))
         return 1;
     if (dy->n != x->n || dy->c != x->c || dy->h != 2 * x->h || dy->w != 2 * x->w)
         return nn_errf(e, "upsample2x: output gradient [%d, %d, %d, %d] does not match the input [%d, %d, %d, %d]",

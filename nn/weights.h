@@ -75,7 +75,8 @@ int nn_weights_get_f32(const nn_weights *w, const char *name, nn_tensor *dst, nn
 int nn_safetensors_write(const char *path, int count, const char *const *names, const nn_tensor *const *tensors,
                          int meta_count, const char *const *meta_keys, const char *const *meta_vals, nn_err *e);
 /* The same, and the file's SHA-256 (lowercase hex) into sha256_hex (may be NULL), taken from the
- * bytes in memory while they are written (on a second thread: the hash costs no wall time). */
+ * bytes in memory while they are written, on a second OpenMP thread when one is allowed (no
+ * reading back: a 256-sample 64x64 shard 92-125 -> 43-72 ms on two cores). */
 int nn_safetensors_write_hashed(const char *path, int count, const char *const *names, const nn_tensor *const *tensors,
                                 int meta_count, const char *const *meta_keys, const char *const *meta_vals,
                                 char sha256_hex[65], nn_err *e);

@@ -289,7 +289,7 @@ static const char *conv_name(const pgn_autoencoder *ae, const nn_conv2d *c)
 /* The shared blocks (pgn/blaze.c), with this net's relu and its error prefix. */
 static int sep_forward(nn_ctx *ctx, pgn_autoencoder *ae, pgn_ae_sep *s, const nn_act *x, nn_err *e)
 {
-    return pgn_sep_forward(ctx, s, &ae->relu, x, conv_name(ae, &s->c0), e) ? nn_err_prefix(e, "autoencoder") : 0;
+    return pgn_sep_forward(ctx, s, x, conv_name(ae, &s->c0), e) ? nn_err_prefix(e, "autoencoder") : 0;
 }
 
 static int sep_backward(nn_ctx *ctx, pgn_autoencoder *ae, pgn_ae_sep *s, const nn_act *x, const nn_act *gout, nn_act *gx,

@@ -62,10 +62,12 @@ typedef struct pgn_autoencoder {
     pgn_ae_blaze blk[2];
     nn_act blk_gout[2];  /* gradient of each block's output */
     pgn_ae_sep mid;
-    nn_act mid_g;        /* gradient of mid's output */
+    nn_act mid_g;        /* gradient of mid's output (only when the upsampling's fused backward
+                          * declined; otherwise it is already through the ReLU, in mid.gpre) */
     pgn_ae_sep dec[PGN_AE_MAX_LAYER + 1];
     nn_act up[PGN_AE_MAX_LAYER + 1], up_g[PGN_AE_MAX_LAYER + 1];
-    nn_act dec_g[PGN_AE_MAX_LAYER + 1]; /* gradient of decoder sep j's output */
+    nn_act dec_g[PGN_AE_MAX_LAYER + 1]; /* gradient of decoder sep j's output, where its consumer's
+                                         * fused backward declined (else it is in dec[j].gpre) */
     nn_conv2d last;
     nn_eltwise relu;
     nn_upsample2x upsample;
@@ -120,15 +122,16 @@ const nn_param *pgn_autoencoder_params(const pgn_autoencoder *ae, int *count);
 void pgn_autoencoder_zero_grad(pgn_autoencoder *ae);
 size_t pgn_autoencoder_param_count(const pgn_autoencoder *ae);
 
-/* What the ReLUs' backwards read from the last forward: their inputs, or for the seps' ReLUs
- * (fused into the 1x1 convolution) their outputs, whose sign is the same mask; by the official module name of the ReLU ("model.0.2",
- * "model.1.1.r1", "model.2.r2", "model.3.2", ...): i = 0..ae->nrelu-1, forward order. NULL past
- * the end. For tests (mask pinning); writing into them changes the next backward's masks
- * (and, for a sep's output, what the next layer's backward reads as its input, by as much as is written). */
+/* By the official module name of each ReLU ("model.0.2", "model.1.1.r1", "model.2.r2", "model.3.2",
+ * ...; i = 0..ae->nrelu-1, forward order; NULL past the end), what its backward reads from the last
+ * forward: its input, or, for the seps' ReLUs (inside their 1x1 convolutions) and those inside a
+ * batch norm, its output. For tests (mask pinning): writing into it changes the next backward's
+ * mask, except where pgn_autoencoder_relu_mask_fixed (and, for an output, also what the next layer
+ * reads as its input, by as much as is written). */
 nn_act *pgn_autoencoder_relu_input(pgn_autoencoder *ae, int i, const char **name);
 /* 1 for the ReLUs that run inside a batch norm (the stem's, each block's first: nn_batchnorm2d
  * fuse_relu): their backward reads a mask oneDNN kept from the forward, which writing into the
- * activation above does not change (it returns their output). */
+ * activation above does not change. */
 int pgn_autoencoder_relu_mask_fixed(const pgn_autoencoder *ae, int i);
 
 /* State dict (the official keys, "model.*"): see pgn/state_dict.h. */

@@ -8,7 +8,7 @@
             return nn_err_prefix(e, "%s", name);                                                                       \
     } while (0)
 
-int pgn_sep_forward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, const char *name, nn_err *e)
+int pgn_sep_forward(nn_ctx *ctx, pgn_sep *s, const nn_act *x, const char *name, nn_err *e)
 {
     if (!s->c1.post_relu)
         return nn_errf(e, "%s: internal: the sep's 1x1 convolution has no ReLU post-op", name);
@@ -17,7 +17,7 @@ int pgn_sep_forward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, 
     return 0;
 }
 
-int pgn_sep_forward_into(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, nn_act *tmp, nn_act *y,
+int pgn_sep_forward_into(nn_ctx *ctx, pgn_sep *s, const nn_act *x, nn_act *tmp, nn_act *y,
                          const char *name, nn_err *e)
 {
     /* y may be x: the first conv has read all of x (into tmp) before the second writes y */

@@ -34,13 +34,13 @@ typedef struct pgn_blaze {
 } pgn_blaze;
 
 /* name goes into error messages (the block's state-dict prefix). */
-int pgn_sep_forward(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, const char *name, nn_err *e);
+int pgn_sep_forward(nn_ctx *ctx, pgn_sep *s, const nn_act *x, const char *name, nn_err *e);
 /* Inference-only forms (lean forwards): the activations go into the caller's buffers, nothing is
  * kept in the block for a backward. The sep writes c0's output into tmp and its output into y; the
  * block (folded only, pgn_blaze_fold_bn) ping-pongs between p and q and leaves its output in q. The
  * buffers must be distinct from each other and from x (but the sep's y may be x); x is only read
  * (until y is written). */
-int pgn_sep_forward_into(nn_ctx *ctx, pgn_sep *s, nn_eltwise *relu, const nn_act *x, nn_act *tmp, nn_act *y,
+int pgn_sep_forward_into(nn_ctx *ctx, pgn_sep *s, const nn_act *x, nn_act *tmp, nn_act *y,
                          const char *name, nn_err *e);
 int pgn_blaze_forward_into(nn_ctx *ctx, pgn_blaze *k, nn_eltwise *relu, const nn_act *x, nn_act *p, nn_act *q,
                            const char *name, nn_err *e);

@@ -227,7 +227,7 @@ static const char *sep_name(const pgn_unet *u, const pgn_unet_sep *s)
 /* The shared blocks (pgn/blaze.c), with this net's relu and its error prefix. */
 static int sep_forward(nn_ctx *ctx, pgn_unet *u, pgn_unet_sep *s, const nn_act *x, nn_err *e)
 {
-    return pgn_sep_forward(ctx, s, &u->relu, x, sep_name(u, s), e) ? nn_err_prefix(e, "pgn unet") : 0;
+    return pgn_sep_forward(ctx, s, x, sep_name(u, s), e) ? nn_err_prefix(e, "pgn unet") : 0;
 }
 
 static int sep_backward(nn_ctx *ctx, pgn_unet *u, pgn_unet_sep *s, const nn_act *x, const nn_act *gout, nn_act *gx,
@@ -251,7 +251,7 @@ static const char *const BLK_NAME[4] = {"layer1.1", "layer2", "layer3", "layer4"
 
 static int sep_into(nn_ctx *ctx, pgn_unet *u, pgn_unet_sep *s, const nn_act *x, nn_act *tmp, nn_act *y, nn_err *e)
 {
-    return pgn_sep_forward_into(ctx, s, &u->relu, x, tmp, y, sep_name(u, s), e) ? nn_err_prefix(e, "pgn unet") : 0;
+    return pgn_sep_forward_into(ctx, s, x, tmp, y, sep_name(u, s), e) ? nn_err_prefix(e, "pgn unet") : 0;
 }
 
 /* The lean buffers (pgn_unet_set_lean). S0..S3 hold the skips s0..s3 until their decoder step's
@@ -482,7 +482,7 @@ int pgn_unet_backward_act(nn_ctx *ctx, pgn_unet *u, const nn_act *dout, nn_err *
         TRY(nn_conv2d_backward(ctx, &u->last, &top->out, dout, &u->dec_g[4], 1, e), "conv_last");
     /* Each upsampling's input is a sep's output (the previous step's, or s4's): its ReLU is taken
      * back inside the upsampling's backward where the fused kernel applies (pre_ready). */
-    int pre_ready = !two_step, skip4_ready = 0;
+    int pre_ready = !two_step;
     for (int j = 4; j >= 0; j--) {
         nn_act *gskip = DEC_SKIP[j] >= 0 ? &u->skip_g[DEC_SKIP[j]] : &u->orig_g;
         pgn_unet_sep *sp = &s[DEC_SEP[j]], *below = &s[j > 0 ? DEC_SEP[j - 1] : PGN_UNET_SEP_SKIP4];
@@ -498,9 +498,7 @@ int pgn_unet_backward_act(nn_ctx *ctx, pgn_unet *u, const nn_act *dout, nn_err *
         if (r)
             TRY(nn_upsample2x_backward(ctx, &u->upsample, &u->up_g[j], j > 0 ? &u->dec_g[j - 1] : &u->skip_g[4], e),
                 "upsample");
-        pre_ready = !r;
-        if (j == 0)
-            skip4_ready = !r;
+        pre_ready = !r; /* after the loop: s4's */
     }
     /* Full-resolution branch: the input gradient is not needed. */
     if (sep_backward(ctx, u, &s[PGN_UNET_SEP_ORIG1], &s[PGN_UNET_SEP_ORIG0].out, &u->orig_g, &u->orig0_g, e) ||
@@ -511,7 +509,7 @@ int pgn_unet_backward_act(nn_ctx *ctx, pgn_unet *u, const nn_act *dout, nn_err *
         nn_act *gin = k > 0 ? &u->blk_gout[k - 1] : &u->pool_g;
         const nn_act *in = k > 0 ? &u->blk[k - 1].out : &u->pool_out;
         pgn_unet_sep *sk = &s[PGN_UNET_SEP_SKIP1 + k];
-        if (k == 3 && skip4_ready) { /* s4's gradient came through the upsampling, ReLU included */
+        if (k == 3 && pre_ready) { /* s4's gradient came through the upsampling, ReLU included */
             if (pgn_sep_backward_pre(ctx, sk, &u->blk[k].out, &sk->gpre, &u->blk_gout[k], sep_name(u, sk), e))
                 return nn_err_prefix(e, "pgn unet");
         } else if (sep_backward(ctx, u, sk, &u->blk[k].out, &u->skip_g[k + 1], &u->blk_gout[k], e))
@@ -604,8 +602,9 @@ nn_act *pgn_unet_relu_input(pgn_unet *u, int i, const char **name)
     return &u->sep[i - 9].out;
 }
 
-int pgn_unet_relu_mask_fixed(int i)
+int pgn_unet_relu_mask_fixed(const pgn_unet *u, int i)
 {
+    (void)u;
     /* layer0's ReLU and each block's first run inside their batch norms */
     return i == 0 || (i >= 1 && i < 9 && (i - 1) % 2 == 0);
 }

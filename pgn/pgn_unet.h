@@ -69,9 +69,11 @@ typedef struct pgn_unet {
     pgn_unet_sep sep[PGN_UNET_SEPS];
     nn_act orig_g;           /* gradient of x_original (conv_original_size1's output) */
     nn_act orig0_g;          /* gradient of conv_original_size0's output */
-    nn_act skip_g[5];        /* gradients of s0..s4 */
+    nn_act skip_g[5];        /* gradients of s0..s4 (s4's only where the upsampling's fused backward
+                              * declined: else it is through the ReLU, in its sep's gpre) */
     nn_act up[5], cat[5];    /* decoder step j = 0..4 (j = 0: 512 @ H/16 ... j = 4: @ H) */
-    nn_act up_g[5], cat_g[5], dec_g[5]; /* dec_g[j]: gradient of decoder step j's sep output */
+    nn_act up_g[5], cat_g[5], dec_g[5]; /* dec_g[j]: gradient of decoder step j's sep output, where
+                                         * its consumer's fused backward declined (else in its gpre) */
     nn_conv2d last;
     nn_eltwise relu;
     nn_upsample2x upsample;
@@ -99,7 +101,8 @@ void pgn_unet_set_training(pgn_unet *u, int training);
 /* Prediction only, in eval mode: folds every BN into the convolution before it (with the running
  * statistics, nn_conv2d_fold_bn: layer0's conv and the blocks' pointwise convs get a bias) and
  * fuses into the convolution each ReLU that directly follows one (layer0, each block's first
- * ReLU; every sep's ReLU runs inside its 1x1 convolution in any mode). The blocks' residual sums and the ReLUs after them stay.
+ * ReLU; every sep's ReLU runs inside its 1x1 convolution in any mode). The blocks' residual sums
+ * and the ReLUs after them stay.
  * The output equals the eval-mode output up to float rounding. The convs' weights are frozen
  * (oneDNN's copies made once). Afterwards: the backward is refused, pgn_unet_set_training(u, 1) is
  * ignored, loading a state dict is refused, the conv weights/biases (mod[], params) hold the folded
@@ -135,16 +138,17 @@ void pgn_unet_zero_grad(pgn_unet *u);
 /* Sum of the parameters' element counts (1,765,891). */
 size_t pgn_unet_param_count(const pgn_unet *u);
 
-/* What the ReLUs' backwards read from the last forward: their inputs, or for the seps' ReLUs
- * (fused into the 1x1 convolution) their outputs, whose sign is the same mask; by the official module name of the ReLU ("layer0.2",
- * "layer1.1.r1", "layer2.r2", "conv_up0.2", ...): i = 0..PGN_UNET_RELUS-1. NULL past the end. For
- * tests (mask pinning) and diagnostics; writing into them changes the next backward's masks
- * (and, for a sep's output, what the next layer's backward reads as its input, by as much as is written). */
+/* By the official module name of each ReLU ("layer0.2", "layer1.1.r1", "layer2.r2", "conv_up0.2",
+ * ...; i = 0..PGN_UNET_RELUS-1; NULL past the end), what its backward reads from the last forward:
+ * its input, or, for the seps' ReLUs (inside their 1x1 convolutions) and those inside a batch
+ * norm, its output. For tests (mask pinning) and diagnostics: writing into it changes the next
+ * backward's mask, except where pgn_unet_relu_mask_fixed (and, for an output, also what the next
+ * layer reads as its input, by as much as is written). */
 nn_act *pgn_unet_relu_input(pgn_unet *u, int i, const char **name);
 /* 1 for the ReLUs that run inside a batch norm (layer0's, each block's first: nn_batchnorm2d
  * fuse_relu): their backward reads a mask oneDNN kept from the forward, which writing into the
- * activation above does not change (it returns their output). */
-int pgn_unet_relu_mask_fixed(int i);
+ * activation above does not change. */
+int pgn_unet_relu_mask_fixed(const pgn_unet *u, int i);
 
 /* State dict (the official key names). Checks w against the 115 keys: writes one problem per line
  * into report ("missing key K", "key K has shape [..], expected [..]", "key K has dtype D",

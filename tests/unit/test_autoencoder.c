@@ -211,6 +211,32 @@ static double compare_grads(const pgn_autoencoder *ae, const nn_weights *fx, dou
     return worst;
 }
 
+/* Gradients zeroed, a forward, every ReLU mask pinned to float64's decision (those inside a batch
+ * norm cannot be: a flip there fails the test), a backward. Returns the flips. */
+static int pinned_backward(nn_ctx *ctx, pgn_autoencoder *ae, const nn_weights *fx, const float *x, const float *dy,
+                           int n, int h, int w, int *pinned)
+{
+    nn_err e;
+    pgn_autoencoder_zero_grad(ae);
+    fx_ok(pgn_autoencoder_forward(ctx, ae, x, n, h, w, NULL, &e), &e);
+    int flips = 0;
+    for (int i = 0; i < ae->nrelu; i++) {
+        const char *rname;
+        nn_act *a = pgn_autoencoder_relu_input(ae, i, &rname);
+        assert_non_null(a);
+        const int f = fx_pin(ctx, a, fx, rname, pinned);
+        if (f && pgn_autoencoder_relu_mask_fixed(ae, i)) {
+            print_error("%s: %d float32 ReLU decisions differ from float64's, and its mask cannot be pinned\n",
+                        rname, f);
+            fail();
+        }
+        flips += f;
+    }
+    assert_null(pgn_autoencoder_relu_input(ae, ae->nrelu, NULL));
+    fx_ok(pgn_autoencoder_backward(ctx, ae, dy, &e), &e);
+    return flips;
+}
+
 static void match_torch(int L)
 {
     nn_err e;
@@ -280,22 +306,8 @@ static void match_torch(int L)
                   worst_key, worst_l2, rel_l2);
     assert_true(rel_l2 <= 1e-2);
 
-    pgn_autoencoder_zero_grad(ae);
-    fx_ok(pgn_autoencoder_forward(&ctx, ae, x, n, h, w, NULL, &e), &e);
-    int pinned = 0, flips = 0;
-    for (int i = 0; i < ae->nrelu; i++) {
-        const char *rname;
-        nn_act *a = pgn_autoencoder_relu_input(ae, i, &rname);
-        assert_non_null(a);
-        const int f = fx_pin(&ctx, a, &fx, rname, &pinned);
-        if (f && pgn_autoencoder_relu_mask_fixed(ae, i)) { /* a mask inside a batch norm: not pinnable */
-            print_error("%s: %d float32 ReLU decisions differ from float64's, and its mask cannot be pinned\n", rname, f);
-            fail();
-        }
-        flips += f;
-    }
-    assert_null(pgn_autoencoder_relu_input(ae, ae->nrelu, NULL));
-    fx_ok(pgn_autoencoder_backward(&ctx, ae, dy, &e), &e);
+    int pinned = 0, flips = pinned_backward(&ctx, ae, &fx, x, dy, n, h, w, &pinned);
+    assert_false(ae->dec_g[L].valid); /* the fused path: the last sep's gradient went through its ReLU */
     worst = compare_grads(ae, &fx, TOL, &worst_l2, &rel_l2, &worst_key);
     print_message("max_layer %d pinned (%d masks, %d flipped): max sample error %.3g (%s), L2 norms %.3g\n", L,
                   pinned, flips, worst, worst_key, worst_l2);
@@ -304,6 +316,15 @@ static void match_torch(int L)
     const float g0 = ae->params[0].grad->data[5];
     fx_ok(pgn_autoencoder_backward(&ctx, ae, dy, &e), &e);
     assert_true(fabsf(ae->params[0].grad->data[5] - 2 * g0) <= 1e-5f * fabsf(g0) + 1e-30f);
+
+    /* The two-step path (the fused backwards of the last conv and the upsamplings off) too. */
+    nn_fused_backward_set_enabled(0);
+    pinned = 0;
+    pinned_backward(&ctx, ae, &fx, x, dy, n, h, w, &pinned);
+    nn_fused_backward_set_enabled(-1);
+    assert_true(ae->dec_g[L].valid); /* the two-step path ran */
+    worst = compare_grads(ae, &fx, TOL, &worst_l2, &rel_l2, &worst_key);
+    print_message("max_layer %d pinned, two-step backward: max sample error %.3g (%s)\n", L, worst, worst_key);
 
     free(x);
     free(dy);

@@ -8,8 +8,9 @@
  *     parameter gradients; a dx already valid in another layout is added to; param_grads 0
  *     leaves dw and db alone;
  *   - results do not depend on the thread count (bitwise);
- *   - shapes without the fused kernel (3x3, 5 outputs, stride 2, groups) are declined (1), and
- *     nothing is written. */
+ *   - shapes without the fused kernel (3x3, 5 outputs, stride 2, groups), an input in a layout it
+ *     does not read (nhwc), released weights, and the switch PGND_FUSED_BACKWARD off are declined
+ *     (1), and nothing is written. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -173,6 +174,8 @@ static void one_case(int n, int cin, int cout, int h, int w, int bias, int xblk,
     float *gx2 = fx_act_to(&ctx, &gpre2);
     fx_expect_close(label, gx, gx2, nx, TOL);
     fx_expect_close(label, l.dweight.data, l2.dweight.data, (size_t)cout * cin, TOL);
+    if (bias)
+        fx_expect_close(label, l.dbias.data, l2.dbias.data, (size_t)cout, TOL);
 
     /* a second call adds (dx in its layout, dw, db) */
     fx_ok(nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ady, &adx, 1, &e), &e);
@@ -243,7 +246,7 @@ static void declines_other_shapes(void **state)
                            {16, 5, 1, 1, 1},
                            {16, 3, 1, 2, 1},
                            {16, 4, 1, 1, 2}};
-    float *x = randv(2 * 16 * 8 * 8, 3, 1), *dy = randv(2 * 5 * 8 * 8, 4, 0);
+    float *x = randv(2 * 16 * 8 * 8, 3, 1);
     for (size_t i = 0; i < sizeof cfgs / sizeof *cfgs; i++) {
         const int *c = cfgs[i];
         nn_conv2d l;
@@ -260,7 +263,30 @@ static void declines_other_shapes(void **state)
         nn_act_free(&ax), nn_act_free(&ay), nn_act_free(&dx);
         nn_conv2d_free(&l);
     }
-    free(x), free(dy);
+    /* a fitting shape, declined: x in a layout the kernel does not read (nhwc), the fused
+     * backwards switched off, a layer whose PyTorch-layout weights were released */
+    nn_conv2d l;
+    fx_ok(nn_conv2d_init(&l, 16, 3, 1, 1, 1, 1, 0, 0, 1, NN_PAD_ZERO, 1, &rng, &e), &e);
+    nn_act ax = {0}, ay = {0}, dx = {0}, nhwc = {0};
+    act_in(&ax, x, 2, 16, 8, 8, 16);
+    fx_ok(nn_conv2d_forward(&ctx, &l, &ax, &ay, &e), &e);
+    fx_act_from(&ctx, &nhwc, x, 2, 16, 8, 8);
+    dnnl_memory_desc_t md;
+    dnnl_memory_desc_init_by_tag(&md, 4, (dnnl_dims_t){2, 16, 8, 8}, dnnl_f32, dnnl_nhwc);
+    fx_ok(nn_act_convert(&ctx, &nhwc, &md, &e), &e);
+    assert_int_equal(nn_conv2d_backward_relu_input(&ctx, &l, &nhwc, &ay, &dx, 1, &e), 1);
+    nn_fused_backward_set_enabled(0);
+    assert_int_equal(nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ay, &dx, 1, &e), 1);
+    nn_fused_backward_set_enabled(-1);
+    l.frozen = 1;
+    fx_ok(nn_conv2d_forward(&ctx, &l, &ax, &ay, &e), &e);
+    fx_ok(nn_conv2d_release_plain(&l, &e), &e);
+    assert_null(l.weight.data);
+    assert_int_equal(nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ay, &dx, 0, &e), 1);
+    assert_false(dx.valid);
+    nn_act_free(&ax), nn_act_free(&ay), nn_act_free(&dx), nn_act_free(&nhwc);
+    nn_conv2d_free(&l);
+    free(x);
 }
 
 int main(void)

@@ -199,6 +199,10 @@ static void run_bn(const char *c)
         check_act(c, "dx, ReLU fused", layouts[v], &dxf, gu, nx);
         check(c, "dgamma, ReLU fused", layouts[v], f.dgamma.data, u.dgamma.data, ch);
         check(c, "dbeta, ReLU fused", layouts[v], f.dbeta.data, u.dbeta.data, ch);
+        ok(nn_batchnorm2d_backward(&ctx, &f, &xa, &dya, &dxf, &e), &e); /* adds */
+        for (size_t i = 0; i < nx; i++)
+            gu[i] *= 2;
+        check_act(c, "dx, ReLU fused, twice", layouts[v], &dxf, gu, nx);
         free(y32), free(ym), free(dm), free(gu);
         nn_act_free(&yf), nn_act_free(&yu), nn_act_free(&dym), nn_act_free(&dxf), nn_act_free(&dxu);
         nn_batchnorm2d_free(&f), nn_batchnorm2d_free(&u);
@@ -344,6 +348,18 @@ static void run_upsample(const char *c, int bilinear)
             for (size_t i = 0; i < nx; i++)
                 got[i] *= 0.5f;
             check(c, "dx through the ReLU, twice / 2", layouts[v], got, masked, nx);
+            /* into a dx valid in another layout */
+            nn_act other = {0};
+            for (size_t i = 0; i < nx; i++)
+                got[i] = 1.0f;
+            input(&other, got, n, ch, h, w, layouts[(v + 2) % 3]);
+            ok(nn_upsample2x_backward_relu(&ctx, &l, g, &xa, &other, &e), &e);
+            free(got);
+            got = fx_act_to(&ctx, &other);
+            for (size_t i = 0; i < nx; i++)
+                got[i] -= 1.0f;
+            check(c, "dx through the ReLU, added in another layout", layouts[v], got, masked, nx);
+            nn_act_free(&other);
             free(masked), free(got);
         }
         nn_act_free(&dyo), nn_act_free(&dxr);
