@@ -563,7 +563,7 @@ int nn_conv2d_backward_relu_input(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, co
 {
     const nn_conv_shape *g = &l->geo;
     nn_view5 vx;
-    if (!nn_fused_backward_enabled() || !nn_conv_head_applies(g) || l->post_relu || !l->weight.data ||
+    if (!nn_fused_enabled() || !nn_conv_head_applies(g) || l->post_relu || !l->weight.data ||
         nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &vx))
         return 1;
     if (x->c != g->cin)

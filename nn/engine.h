@@ -65,13 +65,12 @@ float *nn_ctx_scratch(nn_ctx *ctx, size_t bytes, nn_err *e);
 float *nn_ctx_tmp(nn_ctx *ctx, size_t bytes, nn_err *e);
 float *nn_ctx_wbuf(nn_ctx *ctx, int i, size_t bytes, nn_err *e); /* i = 0 or 1: ctx->wbuf[i] */
 
-/* The fused backwards that take a ReLU back inside their neighbour's pass
- * (nn_conv2d_backward_relu_input, nn_upsample2x_backward_relu) run unless the environment variable
- * PGND_FUSED_BACKWARD=0 (read once) or nn_fused_backward_set_enabled(0) (tests: 1 on, 0 off, -1
- * back to the environment's choice) turns them off: they then decline, and the nets take the
- * two-step path. */
-int nn_fused_backward_enabled(void);
-void nn_fused_backward_set_enabled(int on);
+/* The fused kernels that run a cheap layer inside its neighbour's pass (nn_conv2d_backward_relu_input,
+ * nn_upsample2x_backward_relu, nn/upsample_dwconv.h) run unless the environment variable PGND_FUSED=0
+ * (read once) or nn_fused_set_enabled(0) (tests: 1 on, 0 off, -1 back to the environment's choice)
+ * turns them off: they then decline, and the nets take the separate steps. */
+int nn_fused_enabled(void);
+void nn_fused_set_enabled(int on);
 
 /* Sets dims and layout; grows the buffer when needed (steady state allocates nothing). */
 int nn_act_reserve(nn_act *a, int n, int c, int h, int w, const dnnl_memory_desc_t *md, nn_err *e);

@@ -47,22 +47,22 @@ const char *nn_dnnl_status_str(dnnl_status_t st)
     }
 }
 
-static int fused_backward = -1; /* -1: not decided yet */
+static int fused = -1; /* -1: not decided yet */
 
-int nn_fused_backward_enabled(void)
+int nn_fused_enabled(void)
 {
-    int v = __atomic_load_n(&fused_backward, __ATOMIC_RELAXED);
+    int v = __atomic_load_n(&fused, __ATOMIC_RELAXED);
     if (v < 0) {
-        const char *s = getenv("PGND_FUSED_BACKWARD");
+        const char *s = getenv("PGND_FUSED");
         v = !(s && !strcmp(s, "0"));
-        __atomic_store_n(&fused_backward, v, __ATOMIC_RELAXED);
+        __atomic_store_n(&fused, v, __ATOMIC_RELAXED);
     }
     return v;
 }
 
-void nn_fused_backward_set_enabled(int on)
+void nn_fused_set_enabled(int on)
 {
-    __atomic_store_n(&fused_backward, on < 0 ? -1 : on ? 1 : 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&fused, on < 0 ? -1 : on ? 1 : 0, __ATOMIC_RELAXED);
 }
 
 int nn_ctx_init(nn_ctx *ctx, int threads, nn_err *e)

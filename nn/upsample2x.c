@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nn/bilinear.h"
 #include "nn/dnnl_util.h"
 
 struct nn_resample_prims {
@@ -73,32 +74,6 @@ static nn_resample_prims *get_prims(nn_ctx *ctx, nn_upsample2x *l, const nn_act 
     return p;
 }
 
-/* Source coordinate of output index o for align_corners=True, in float as PyTorch computes it. */
-static inline void ac_coord(int o, int in, int out, int *i0, int *i1, float *lambda)
-{
-    float scale = out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f;
-    float src = scale * (float)o;
-    int i = (int)src;
-    *i0 = i;
-    *i1 = i + (i < in - 1 ? 1 : 0);
-    *lambda = src - (float)i;
-}
-
-/* Per output column: its two source columns and weight (the same for every row and channel). */
-typedef struct col_coord {
-    int w0, w1;
-    float lw;
-} col_coord;
-
-static col_coord *col_coords(int in, int out)
-{
-    col_coord *c = malloc((size_t)out * sizeof *c);
-    if (c)
-        for (int o = 0; o < out; o++)
-            ac_coord(o, in, out, &c[o].w0, &c[o].w1, &c[o].lw);
-    return c;
-}
-
 /* One output row of BLK-channel blocks: the same arithmetic, in the same order, as PyTorch's. BLK is
  * a compile-time constant for the blocked layouts, so the channel loop is one vector. */
 #define BILINEAR_ROW(BLK)                                                                                             \
@@ -145,45 +120,6 @@ static int bilinear_forward(float *y, const nn_view5 *vy, const float *x, const 
     return 0;
 }
 
-/* The column pass of the backward as a gather: input column w receives wt[k][w] * g[idx[k][w]]
- * for k < k (unused entries have weight 0), in the output-column order of the forward's scatter. */
-typedef struct col_gather {
-    int k;
-    int *cnt; /* contributions per input column (<= k) */
-    int *idx;
-    float *wt;
-} col_gather;
-
-static int col_gather_make(col_gather *gt, const col_coord *cc, int in, int out)
-{
-    int *cnt = calloc((size_t)in, sizeof *cnt), k = 0;
-    gt->cnt = cnt;
-    if (!cnt)
-        return -1;
-    for (int o = 0; o < out; o++)
-        cnt[cc[o].w0]++, cnt[cc[o].w1]++;
-    for (int w = 0; w < in; w++)
-        k = cnt[w] > k ? cnt[w] : k;
-    gt->k = k;
-    gt->idx = calloc((size_t)k * in, sizeof *gt->idx);
-    gt->wt = calloc((size_t)k * in, sizeof *gt->wt);
-    if (!gt->idx || !gt->wt)
-        return -1; /* the caller frees what was made */
-    memset(cnt, 0, (size_t)in * sizeof *cnt);
-    for (int o = 0; o < out; o++) {
-        int a = cc[o].w0, b = cc[o].w1;
-        gt->idx[(size_t)cnt[a] * in + a] = o, gt->wt[(size_t)cnt[a]++ * in + a] = 1 - cc[o].lw;
-        gt->idx[(size_t)cnt[b] * in + b] = o, gt->wt[(size_t)cnt[b]++ * in + b] = cc[o].lw;
-    }
-    return 0;
-}
-
-static void col_gather_free(col_gather *gt)
-{
-    free(gt->cnt);
-    free(gt->idx);
-    free(gt->wt);
-}
 
 /* One output row's column pass: input column w of the row buffer t gets the weighted sum of the
  * output columns that read it (gathered: no chain of adds through memory), BLK channels per vector. */
@@ -351,7 +287,7 @@ int nn_upsample2x_backward_relu(nn_ctx *ctx, nn_upsample2x *l, const nn_act *dy,
                                 nn_err *e)
 {
     nn_view5 vx, vy;
-    if (!nn_fused_backward_enabled() || !l->bilinear || nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &vx))
+    if (!nn_fused_enabled() || !l->bilinear || nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &vx))
         return 1;
     if (dy->n != x->n || dy->c != x->c || dy->h != 2 * x->h || dy->w != 2 * x->w)
         return nn_errf(e, "upsample2x: output gradient [%d, %d, %d, %d] does not match the input [%d, %d, %d, %d]",

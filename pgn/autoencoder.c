@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "nn/init.h"
+#include "nn/upsample_dwconv.h"
 
 #define BN_EPS 1e-5f
 #define BN_MOMENTUM 0.1f
@@ -343,10 +344,19 @@ static int net_forward(nn_ctx *ctx, pgn_autoencoder *ae, nn_err *e)
         return -1;
     const nn_act *d = &ae->mid.out;
     for (int j = 0; j <= ae->max_layer; j++) {
-        TRY(nn_upsample2x_forward(ctx, &ae->upsample, d, &ae->up[j], e), "upsample");
-        if (sep_forward(ctx, ae, &ae->dec[j], &ae->up[j], e))
-            return -1;
-        d = &ae->dec[j].out;
+        /* up, then sep: the upsampling inside the sep's depthwise conv where the fused kernel applies */
+        pgn_ae_sep *sp = &ae->dec[j];
+        int r = nn_upsample_dwconv_forward(ctx, &sp->c0, d, &sp->a0, e);
+        TRY(r < 0, conv_name(ae, &sp->c0));
+        ae->dec_fused[j] = !r;
+        if (!r)
+            TRY(nn_conv2d_forward(ctx, &sp->c1, &sp->a0, &sp->out, e), conv_name(ae, &sp->c1));
+        else {
+            TRY(nn_upsample2x_forward(ctx, &ae->upsample, d, &ae->up[j], e), "upsample");
+            if (sep_forward(ctx, ae, sp, &ae->up[j], e))
+                return -1;
+        }
+        d = &sp->out;
     }
     TRY(nn_conv2d_forward(ctx, &ae->last, d, &ae->out, e), conv_name(ae, &ae->last));
     ae->forwarded = ae->training;
@@ -414,6 +424,19 @@ int pgn_autoencoder_backward_act(nn_ctx *ctx, pgn_autoencoder *ae, const nn_act 
     int pre_ready = !two_step;
     for (int j = L; j >= 0; j--) {
         pgn_ae_sep *sp = &ae->dec[j], *below = j > 0 ? &ae->dec[j - 1] : &ae->mid;
+        if (ae->dec_fused[j]) { /* sep's 1x1, then its depthwise conv, the upsampling and below's ReLU */
+            if (!pre_ready) {
+                nn_act_grad_reset(&sp->gpre);
+                TRY(nn_eltwise_backward(ctx, &ae->relu, &sp->out, &ae->dec_g[j], &sp->gpre, e), conv_name(ae, &sp->c1));
+            }
+            nn_act_grad_reset(&sp->g0);
+            TRY(nn_conv2d_backward(ctx, &sp->c1, &sp->a0, &sp->gpre, &sp->g0, 1, e), conv_name(ae, &sp->c1));
+            nn_act_grad_reset(&below->gpre);
+            TRY(nn_upsample_dwconv_backward(ctx, &sp->c0, &below->out, &sp->g0, &below->gpre, 1, 1, e),
+                conv_name(ae, &sp->c0));
+            pre_ready = 1;
+            continue;
+        }
         if (pre_ready) {
             if (pgn_sep_backward_pre(ctx, sp, &ae->up[j], &sp->gpre, &ae->up_g[j], conv_name(ae, &sp->c0), e))
                 return nn_err_prefix(e, "autoencoder");

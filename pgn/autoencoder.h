@@ -68,6 +68,9 @@ typedef struct pgn_autoencoder {
     nn_act up[PGN_AE_MAX_LAYER + 1], up_g[PGN_AE_MAX_LAYER + 1];
     nn_act dec_g[PGN_AE_MAX_LAYER + 1]; /* gradient of decoder sep j's output, where its consumer's
                                          * fused backward declined (else it is in dec[j].gpre) */
+    int dec_fused[PGN_AE_MAX_LAYER + 1]; /* the last forward ran decoder step j's upsampling inside
+                                          * its sep's depthwise conv (nn/upsample_dwconv.h): up[j]
+                                          * was not made */
     nn_conv2d last;
     nn_eltwise relu;
     nn_upsample2x upsample;

@@ -24,6 +24,7 @@
 
 #include "nn/adam.h"
 #include "nn/rng.h"
+#include "nn/upsample_dwconv.h"
 #include "pgn/autoencoder.h"
 #include "tests/unit/fixture.h"
 
@@ -308,6 +309,10 @@ static void match_torch(int L)
 
     int pinned = 0, flips = pinned_backward(&ctx, ae, &fx, x, dy, n, h, w, &pinned);
     assert_false(ae->dec_g[L].valid); /* the fused path: the last sep's gradient went through its ReLU */
+    const nn_act *below_out = L > 0 ? &ae->dec[L - 1].out : &ae->mid.out;
+    assert_int_equal(ae->dec_fused[L], nn_upsample_dwconv_applies(&ae->dec[L].c0, below_out));
+    print_message("max_layer %d: last decoder step's upsampling %s\n", L,
+                  ae->dec_fused[L] ? "inside its depthwise conv (AVX-512)" : "on its own");
     worst = compare_grads(ae, &fx, TOL, &worst_l2, &rel_l2, &worst_key);
     print_message("max_layer %d pinned (%d masks, %d flipped): max sample error %.3g (%s), L2 norms %.3g\n", L,
                   pinned, flips, worst, worst_key, worst_l2);
@@ -317,12 +322,14 @@ static void match_torch(int L)
     fx_ok(pgn_autoencoder_backward(&ctx, ae, dy, &e), &e);
     assert_true(fabsf(ae->params[0].grad->data[5] - 2 * g0) <= 1e-5f * fabsf(g0) + 1e-30f);
 
-    /* The two-step path (the fused backwards of the last conv and the upsamplings off) too. */
-    nn_fused_backward_set_enabled(0);
+    /* The separate steps (fused kernels off: the last conv's backward, the upsamplings) too. */
+    nn_fused_set_enabled(0);
     pinned = 0;
     pinned_backward(&ctx, ae, &fx, x, dy, n, h, w, &pinned);
-    nn_fused_backward_set_enabled(-1);
+    nn_fused_set_enabled(-1);
     assert_true(ae->dec_g[L].valid); /* the two-step path ran */
+    for (int j = 0; j <= L; j++)
+        assert_false(ae->dec_fused[j]);
     worst = compare_grads(ae, &fx, TOL, &worst_l2, &rel_l2, &worst_key);
     print_message("max_layer %d pinned, two-step backward: max sample error %.3g (%s)\n", L, worst, worst_key);
 

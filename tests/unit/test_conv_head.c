@@ -9,7 +9,7 @@
  *     leaves dw and db alone;
  *   - results do not depend on the thread count (bitwise);
  *   - shapes without the fused kernel (3x3, 5 outputs, stride 2, groups), an input in a layout it
- *     does not read (nhwc), released weights, and the switch PGND_FUSED_BACKWARD off are declined
+ *     does not read (nhwc), released weights, and the switch PGND_FUSED off are declined
  *     (1), and nothing is written. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -275,9 +275,9 @@ static void declines_other_shapes(void **state)
     dnnl_memory_desc_init_by_tag(&md, 4, (dnnl_dims_t){2, 16, 8, 8}, dnnl_f32, dnnl_nhwc);
     fx_ok(nn_act_convert(&ctx, &nhwc, &md, &e), &e);
     assert_int_equal(nn_conv2d_backward_relu_input(&ctx, &l, &nhwc, &ay, &dx, 1, &e), 1);
-    nn_fused_backward_set_enabled(0);
+    nn_fused_set_enabled(0);
     assert_int_equal(nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ay, &dx, 1, &e), 1);
-    nn_fused_backward_set_enabled(-1);
+    nn_fused_set_enabled(-1);
     l.frozen = 1;
     fx_ok(nn_conv2d_forward(&ctx, &l, &ax, &ay, &e), &e);
     fx_ok(nn_conv2d_release_plain(&l, &e), &e);

@@ -329,13 +329,13 @@ static void forward_backward_match_torch(void **state)
     fx_ok(pgn_unet_backward(&ctx, u, dy, &e), &e);
     assert_true(fabsf(u->params[0].grad->data[5] - 2 * g0) <= 1e-5f * fabsf(g0) + 1e-30f);
 
-    /* The two-step path (the fused backwards of conv_last and the upsamplings off) too. */
-    nn_fused_backward_set_enabled(0);
+    /* The separate steps (fused kernels off: conv_last's backward, the upsamplings') too. */
+    nn_fused_set_enabled(0);
     pgn_unet_zero_grad(u);
     fx_ok(pgn_unet_forward(&ctx, u, x, n, h, w, NULL, &e), &e);
     pin_masks(&ctx, u, &fx, &pinned);
     fx_ok(pgn_unet_backward(&ctx, u, dy, &e), &e);
-    nn_fused_backward_set_enabled(-1);
+    nn_fused_set_enabled(-1);
     assert_true(u->dec_g[4].valid && u->skip_g[4].valid); /* the two-step path ran */
     worst = compare_grads(u, &fx, TOL, &worst_l2, &rel_l2, &worst_key);
     print_message("pinned, two-step backward: max sample error %.3g (%s)\n", worst, worst_key);

@@ -1,0 +1,35 @@
+/* Bilinear x2 upsampling (align_corners=True) followed by a depthwise 3x3 convolution (stride 1, zero
+ * padding 1, bias), as one kernel each way, on our own OpenMP code: the autoencoders' decoder steps
+ * "up, then sep". The upsampled map, four times the input and as large as the output, is never in
+ * memory: the forward makes its rows in a small per-task buffer as the convolution needs them, the
+ * backward makes them again for the weight gradient and takes the convolution's input gradient back
+ * through the upsampling (and, optionally, the ReLU that made the input) row by row. Apart from the
+ * saved passes, the results are those of nn_upsample2x_forward / nn_conv2d_forward and their
+ * backwards, up to float rounding (sums in another order).
+ *
+ * nChw16c inputs and AVX-512 at run time only (one channel block per register). Hot in cache it is
+ * no faster than oneDNN's depthwise convolution and our upsampling; in the autoencoders' step, with
+ * the 4 MB maps it no longer writes and reads, the three of them take 2-3 ms less (of ~35). Forward
+ * tasks: (image, channel block, band of output rows); backward tasks: (image, channel block), each
+ * owning its plane of dx and a partial weight gradient, added up over the images in a fixed order
+ * (no atomics; results do not depend on the thread count). */
+#ifndef NN_UPSAMPLE_DWCONV_H
+#define NN_UPSAMPLE_DWCONV_H
+
+#include "nn/engine.h"
+
+/* 1 if l is a depthwise 3x3 convolution (groups = in = out channels, stride 1, zero padding 1)
+ * with PyTorch-layout weights, x (the upsampling's input) is in nChw16c, the CPU has AVX-512 and
+ * the fused kernels are on (nn_fused_enabled). */
+int nn_upsample_dwconv_applies(const nn_conv2d *l, const nn_act *x);
+
+/* y = l(upsample2x(x)), in x's blocking. Returns 1 (nothing done) where it does not apply. */
+int nn_upsample_dwconv_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_act *y, nn_err *e);
+
+/* dy: gradient of y. Parameter gradients accumulate (param_grads 1); dx (store-or-add rule, x's
+ * layout) = upsample2x^T(l^T(dy)), times relu'(x) = (x > 0) when relu_x (x is a ReLU's output).
+ * Returns 1 (nothing done) where it does not apply. */
+int nn_upsample_dwconv_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, const nn_act *dy, nn_act *dx, int relu_x,
+                                int param_grads, nn_err *e);
+
+#endif

@@ -1,0 +1,232 @@
+/* The fused bilinear x2 upsampling + depthwise 3x3 convolution (nn/upsample_dwconv.c) against the
+ * engine's two steps (nn_upsample2x_forward, then nn_conv2d_forward on oneDNN; the backward: the
+ * convolution's, then nn_upsample2x_backward or nn_upsample2x_backward_relu), within 1e-5 of the
+ * largest value:
+ *   - 128, 256 and 20 channels (a partly filled block), batch 1 and 2, square, odd and one-pixel
+ *     inputs, with and without bias, with and without the ReLU mask of x;
+ *   - dy in another layout than x; dx written in x's layout, added to when already valid (in its
+ *     layout or another), param_grads 0 leaves the parameter gradients alone;
+ *   - results do not depend on the thread count (bitwise);
+ *   - plain NCHW and nChw8c inputs, other convolutions and the switch PGND_FUSED off are declined
+ *     (1), nothing written.
+ * The kernel needs AVX-512 at run time; without it (or under valgrind) only the declines run. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <omp.h>
+
+#include "nn/dnnl_util.h"
+#include "nn/rng.h"
+#include "nn/upsample_dwconv.h"
+#include "tests/unit/fixture.h"
+
+#define TOL 1e-5
+
+static nn_ctx ctx;
+
+static int setup(void **state)
+{
+    nn_err e;
+    if (nn_ctx_init(&ctx, 2, &e)) {
+        print_error("%s\n", e.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    nn_ctx_free(&ctx);
+    return 0;
+}
+
+static float *randv(size_t n, uint64_t seed)
+{
+    nn_rng r;
+    nn_rng_seed(&r, seed);
+    float *v = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        v[i] = nn_rng_uniform_range(&r, -1.0f, 1.0f);
+    return v;
+}
+
+static void act_in(nn_act *a, const float *data, int n, int ch, int h, int w, int blk)
+{
+    nn_err e;
+    fx_act_from(&ctx, a, data, n, ch, h, w);
+    dnnl_memory_desc_t md = nn_md_blocked(n, ch, h, w, blk);
+    fx_ok(nn_act_convert(&ctx, a, &md, &e), &e);
+}
+
+static void close_acts(const char *label, const nn_act *got, const nn_act *want)
+{
+    float *g = fx_act_to(&ctx, got), *w = fx_act_to(&ctx, want);
+    fx_expect_close(label, g, w, nn_act_count(want), TOL);
+    free(g), free(w);
+}
+
+static void one_case(int n, int C, int h, int w, int blk, int bias, int relu)
+{
+    char label[160];
+    snprintf(label, sizeof label, "n %d, C %d, %dx%d, blk %d, bias %d, relu %d", n, C, h, w, blk, bias, relu);
+    nn_err e;
+    nn_rng rng;
+    const int H = 2 * h, W = 2 * w;
+    nn_conv2d a, b; /* fused, reference: the same weights */
+    nn_rng_seed(&rng, 9);
+    fx_ok(nn_conv2d_init(&a, C, C, 3, 3, 1, 1, 1, 1, C, NN_PAD_ZERO, bias, &rng, &e), &e);
+    nn_rng_seed(&rng, 9);
+    fx_ok(nn_conv2d_init(&b, C, C, 3, 3, 1, 1, 1, 1, C, NN_PAD_ZERO, bias, &rng, &e), &e);
+    float *x = randv((size_t)n * C * h * w, 21), *dy = randv((size_t)n * C * H * W, 22);
+    if (relu)
+        for (size_t i = 0; i < (size_t)n * C * h * w; i++)
+            x[i] = x[i] > 0 ? x[i] : 0; /* a ReLU's output, with exact zeros */
+    nn_act ax = {0}, ady = {0}, y = {0}, up = {0}, yref = {0}, dx = {0}, gup = {0}, dxref = {0};
+    act_in(&ax, x, n, C, h, w, blk);
+    act_in(&ady, dy, n, C, H, W, blk == 16 ? 8 : 16); /* another blocking than x's */
+    nn_upsample2x us;
+    nn_upsample2x_init(&us, 1);
+
+    fx_ok(nn_upsample_dwconv_forward(&ctx, &a, &ax, &y, &e), &e);
+    fx_ok(nn_upsample2x_forward(&ctx, &us, &ax, &up, &e), &e);
+    fx_ok(nn_conv2d_forward(&ctx, &b, &up, &yref, &e), &e);
+    close_acts(label, &y, &yref);
+
+    fx_ok(nn_upsample_dwconv_backward(&ctx, &a, &ax, &ady, &dx, relu, 1, &e), &e);
+    assert_true(dx.valid && nn_md_equal(&dx.md, &ax.md));
+    fx_ok(nn_conv2d_backward(&ctx, &b, &up, &ady, &gup, 1, &e), &e);
+    if (relu)
+        fx_ok(nn_upsample2x_backward_relu(&ctx, &us, &gup, &ax, &dxref, &e), &e);
+    else
+        fx_ok(nn_upsample2x_backward(&ctx, &us, &gup, &dxref, &e), &e);
+    close_acts(label, &dx, &dxref);
+    fx_expect_close(label, a.dweight.data, b.dweight.data, (size_t)C * 9, TOL);
+    if (bias)
+        fx_expect_close(label, a.dbias.data, b.dbias.data, (size_t)C, TOL);
+
+    /* a second call adds: dx (its layout), dw, db */
+    fx_ok(nn_upsample_dwconv_backward(&ctx, &a, &ax, &ady, &dx, relu, 1, &e), &e);
+    float *twice = fx_act_to(&ctx, &dx), *once = fx_act_to(&ctx, &dxref);
+    for (size_t i = 0; i < nn_act_count(&dxref); i++)
+        once[i] *= 2;
+    fx_expect_close(label, twice, once, nn_act_count(&dxref), TOL);
+    for (size_t i = 0; i < (size_t)C * 9; i++)
+        b.dweight.data[i] *= 2;
+    fx_expect_close(label, a.dweight.data, b.dweight.data, (size_t)C * 9, TOL);
+
+    /* into a dx valid in another layout; param_grads 0 leaves dw alone */
+    nn_act other = {0};
+    float *ones = malloc(nn_act_count(&ax) * sizeof(float));
+    for (size_t i = 0; i < nn_act_count(&ax); i++)
+        ones[i] = 1.0f;
+    act_in(&other, ones, n, C, h, w, blk == 16 ? 8 : 16);
+    const float dw0 = a.dweight.data[4];
+    fx_ok(nn_upsample_dwconv_backward(&ctx, &a, &ax, &ady, &other, relu, 0, &e), &e);
+    assert_true(a.dweight.data[4] == dw0);
+    float *go = fx_act_to(&ctx, &other);
+    for (size_t i = 0; i < nn_act_count(&ax); i++)
+        go[i] -= 1.0f, once[i] *= 0.5f;
+    fx_expect_close(label, go, once, nn_act_count(&ax), TOL);
+
+    /* the thread count does not change a bit */
+    nn_act y1 = {0}, d1 = {0}, d2 = {0};
+    size_t nw = (size_t)C * 9;
+    float *w1 = malloc(nw * sizeof(float));
+    memset(a.dweight.data, 0, nw * sizeof(float));
+    omp_set_num_threads(1);
+    fx_ok(nn_upsample_dwconv_forward(&ctx, &a, &ax, &y1, &e), &e);
+    fx_ok(nn_upsample_dwconv_backward(&ctx, &a, &ax, &ady, &d1, relu, 1, &e), &e);
+    omp_set_num_threads(2);
+    memcpy(w1, a.dweight.data, nw * sizeof(float));
+    memset(a.dweight.data, 0, nw * sizeof(float));
+    fx_ok(nn_upsample_dwconv_backward(&ctx, &a, &ax, &ady, &d2, relu, 1, &e), &e);
+    assert_memory_equal(y1.data, y.data, nn_md_bytes(&y.md));
+    assert_memory_equal(d1.data, d2.data, nn_md_bytes(&d2.md));
+    assert_memory_equal(w1, a.dweight.data, nw * sizeof(float));
+
+    free(x), free(dy), free(twice), free(once), free(ones), free(go), free(w1);
+    nn_act *acts[] = {&ax, &ady, &y, &up, &yref, &dx, &gup, &dxref, &other, &y1, &d1, &d2};
+    for (size_t i = 0; i < sizeof acts / sizeof *acts; i++)
+        nn_act_free(acts[i]);
+    nn_upsample2x_free(&us);
+    nn_conv2d_free(&a);
+    nn_conv2d_free(&b);
+}
+
+/* Whether the kernel runs on this CPU (AVX-512), for a shape it takes. */
+static int kernel_runs(void)
+{
+    nn_err e;
+    nn_conv2d l;
+    fx_ok(nn_conv2d_init(&l, 16, 16, 3, 3, 1, 1, 1, 1, 16, NN_PAD_ZERO, 1, NULL, &e), &e);
+    float x[16 * 4] = {0};
+    nn_act a = {0};
+    act_in(&a, x, 1, 16, 2, 2, 16);
+    const int r = nn_upsample_dwconv_applies(&l, &a);
+    nn_act_free(&a);
+    nn_conv2d_free(&l);
+    return r;
+}
+
+static void matches_two_steps(void **state)
+{
+    if (!kernel_runs()) {
+        print_message("no AVX-512 here: the fused kernel declines (checked in `declines`)\n");
+        return;
+    }
+    one_case(2, 128, 32, 32, 16, 1, 1); /* the autoencoders' last decoder step at 64x64 */
+    one_case(2, 128, 32, 32, 16, 1, 0);
+    one_case(1, 256, 8, 8, 16, 1, 1);
+    one_case(2, 20, 5, 7, 16, 0, 1);
+    one_case(1, 20, 7, 3, 16, 1, 0);
+    one_case(2, 16, 1, 1, 16, 1, 1);
+    one_case(1, 32, 2, 9, 16, 0, 1);
+}
+
+static void declines(void **state)
+{
+    nn_err e;
+    nn_rng rng;
+    nn_rng_seed(&rng, 2);
+    float *x = randv(2 * 16 * 4 * 4, 5);
+    nn_act plain = {0}, blocked = {0}, y = {0}, dx = {0};
+    fx_act_from(&ctx, &plain, x, 2, 16, 4, 4);
+    act_in(&blocked, x, 2, 16, 4, 4, 16);
+    nn_conv2d dw, dense, dw5;
+    fx_ok(nn_conv2d_init(&dw, 16, 16, 3, 3, 1, 1, 1, 1, 16, NN_PAD_ZERO, 1, &rng, &e), &e);
+    fx_ok(nn_conv2d_init(&dense, 16, 16, 3, 3, 1, 1, 1, 1, 1, NN_PAD_ZERO, 1, &rng, &e), &e);
+    fx_ok(nn_conv2d_init(&dw5, 16, 16, 5, 5, 1, 1, 2, 2, 16, NN_PAD_ZERO, 1, &rng, &e), &e);
+    nn_act b8 = {0};
+    act_in(&b8, x, 2, 16, 4, 4, 8);
+    assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw, &plain, &y, &e), 1);
+    assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw, &b8, &y, &e), 1);
+    assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dense, &blocked, &y, &e), 1);
+    assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw5, &blocked, &y, &e), 1);
+    nn_fused_set_enabled(0);
+    assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw, &blocked, &y, &e), 1);
+    nn_fused_set_enabled(-1);
+    if (!kernel_runs())
+        assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw, &blocked, &y, &e), 1);
+    assert_false(y.valid);
+    assert_int_equal(nn_upsample_dwconv_backward(&ctx, &dw, &plain, &blocked, &dx, 1, 1, &e), 1);
+    assert_false(dx.valid);
+    nn_act_free(&plain), nn_act_free(&blocked), nn_act_free(&b8), nn_act_free(&y), nn_act_free(&dx);
+    nn_conv2d_free(&dw), nn_conv2d_free(&dense), nn_conv2d_free(&dw5);
+    free(x);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(matches_two_steps),
+        cmocka_unit_test(declines),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
