@@ -60,6 +60,10 @@ int model_summary_run(const char *arch, int batch, int h, int w, FILE *out, FILE
         fprintf(err, "pgnd model summary: %s\n", e.msg);
         return -1;
     }
+    /* every layer through its own forward, so that each records the shape it ran at (a fused
+     * kernel runs a convolution without it: nn/upsample_dwconv.h); a one-shot command, so the
+     * process-wide switch is not shared with a job */
+    nn_fused_set_enabled(0);
     size_t img = (size_t)batch * 3 * h * w;
     float *a = calloc(img, sizeof(float)), *b = calloc(img, sizeof(float)), *x = calloc(2 * img, sizeof(float));
     module_ref *m = NULL;
@@ -136,5 +140,6 @@ int model_summary_run(const char *arch, int batch, int h, int w, FILE *out, FILE
     free(ae);
     free(rn), free(un), free(dp), free(a), free(b), free(x);
     nn_ctx_free(&ctx);
+    nn_fused_set_enabled(-1);
     return rc;
 }
