@@ -2,7 +2,8 @@
 # `make test` builds and runs every test; `make bench` compares with PyTorch.
 
 CC      ?= gcc
-# x86-64-v3 (AVX2+FMA) so valgrind can run our code; oneDNN dispatches AVX-512 itself at run time.
+# x86-64-v3 (AVX2+FMA) so valgrind can run our code; oneDNN dispatches AVX-512 itself at run time, as
+# does nn/upsample_dwconv.c (target attribute and a CPU check).
 ARCH    ?= -march=x86-64-v3
 OPT     ?= -O2
 # -fno-math-errno: sqrtf and the like may vectorise (nothing here reads errno after a math call;
