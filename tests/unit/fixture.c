@@ -12,6 +12,8 @@
 
 #include <cmocka.h>
 
+#include "nn/rng.h"
+
 void fx_open(nn_weights *w, const char *name)
 {
     char path[512];
@@ -110,6 +112,24 @@ void fx_act_from(nn_ctx *ctx, nn_act *a, const float *data, int n, int c, int h,
         print_error("%s\n", e.msg);
         fail();
     }
+}
+
+void fx_act_blocked(nn_ctx *ctx, nn_act *a, const float *data, int n, int c, int h, int w, int blk)
+{
+    nn_err e;
+    fx_act_from(ctx, a, data, n, c, h, w);
+    dnnl_memory_desc_t md = nn_md_blocked(n, c, h, w, blk);
+    fx_ok(nn_act_convert(ctx, a, &md, &e), &e);
+}
+
+float *fx_randv(size_t n, uint64_t seed)
+{
+    nn_rng r;
+    nn_rng_seed(&r, seed);
+    float *v = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        v[i] = nn_rng_uniform_range(&r, -1.0f, 1.0f);
+    return v;
 }
 
 float *fx_act_to(nn_ctx *ctx, const nn_act *a)

@@ -3,6 +3,7 @@
 #define TEST_FIXTURE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "nn/engine.h"
 #include "nn/weights.h"
@@ -36,6 +37,10 @@ void fx_expect_close(const char *label, const float *got, const float *want, siz
 
 /* Act <-> plain float arrays, converting layouts with the engine. */
 void fx_act_from(nn_ctx *ctx, nn_act *a, const float *data, int n, int c, int h, int w);
+/* The same, then converted to plain NCHW (blk 1) or nChw<blk>c. */
+void fx_act_blocked(nn_ctx *ctx, nn_act *a, const float *data, int n, int c, int h, int w, int blk);
+/* n floats uniform in [-1, 1) from a seeded RNG (malloc'ed). */
+float *fx_randv(size_t n, uint64_t seed);
 /* Copies a (any layout) into a newly malloc'ed NCHW array. */
 float *fx_act_to(nn_ctx *ctx, const nn_act *a);
 

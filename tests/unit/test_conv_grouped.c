@@ -55,28 +55,10 @@ static int teardown(void **state)
     return 0;
 }
 
-static float *randv(size_t n, uint64_t seed)
-{
-    nn_rng r;
-    nn_rng_seed(&r, seed);
-    float *v = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        v[i] = nn_rng_uniform_range(&r, -1.0f, 1.0f);
-    return v;
-}
-
 static nn_conv_shape shape_of(const cfg *c)
 {
     return (nn_conv_shape){c->n, c->cin, c->h, c->w, c->cout, c->k, c->k, c->s, c->s, c->p, c->p,
                            c->groups, NN_PAD_ZERO, c->bias};
-}
-
-static void act_in(nn_act *a, const float *data, int n, int ch, int h, int w, int blk)
-{
-    nn_err e;
-    fx_act_from(&ctx, a, data, n, ch, h, w);
-    dnnl_memory_desc_t md = nn_md_blocked(n, ch, h, w, blk);
-    fx_ok(nn_act_convert(&ctx, a, &md, &e), &e);
 }
 
 static void expect_act(const char *label, const nn_act *a, const float *want, size_t n)
@@ -101,10 +83,10 @@ static void ref_make(refcase *r, const cfg *c, uint64_t seed)
     r->nx = (size_t)c->n * c->cin * c->h * c->w;
     r->nw = (size_t)c->cout * (c->cin / c->groups) * c->k * c->k;
     r->ny = (size_t)c->n * c->cout * oh * ow;
-    r->x = randv(r->nx, seed);
-    r->w = randv(r->nw, seed + 1);
-    r->b = randv((size_t)c->cout, seed + 2);
-    r->dy = randv(r->ny, seed + 3);
+    r->x = fx_randv(r->nx, seed);
+    r->w = fx_randv(r->nw, seed + 1);
+    r->b = fx_randv((size_t)c->cout, seed + 2);
+    r->dy = fx_randv(r->ny, seed + 3);
     r->y = calloc(r->ny, sizeof(float));
     r->dx = calloc(r->nx, sizeof(float));
     r->dw = calloc(r->nw, sizeof(float));
@@ -155,8 +137,8 @@ static void run_case(const cfg *c, uint64_t seed)
         nn_conv2d l;
         layer_make(&l, c, &r);
         nn_act xa = {0}, ya = {0}, dya = {0}, dxa = {0}, dxb = {0};
-        act_in(&xa, r.x, c->n, c->cin, c->h, c->w, layouts[v]);
-        act_in(&dya, r.dy, c->n, c->cout, oh, ow, layouts[(v + 1) % 3]);
+        fx_act_blocked(&ctx, &xa, r.x, c->n, c->cin, c->h, c->w, layouts[v]);
+        fx_act_blocked(&ctx, &dya, r.dy, c->n, c->cout, oh, ow, layouts[(v + 1) % 3]);
         fx_ok(nn_conv2d_forward(&ctx, &l, &xa, &ya, &e), &e);
         label(lb, sizeof lb, c, "y", layouts[v]);
         expect_act(lb, &ya, r.y, r.ny);
@@ -191,8 +173,8 @@ static void run_case(const cfg *c, uint64_t seed)
         free(dx2);
 
         /* dx already valid in a (blocked) layout: added to; no parameter gradients asked: dw unchanged. */
-        float *base = randv(r.nx, seed + 7);
-        act_in(&dxb, base, c->n, c->cin, c->h, c->w, layouts[(v + 2) % 3]);
+        float *base = fx_randv(r.nx, seed + 7);
+        fx_act_blocked(&ctx, &dxb, base, c->n, c->cin, c->h, c->w, layouts[(v + 2) % 3]);
         dxb.valid = 1;
         float *dw_before = malloc(r.nw * sizeof(float));
         memcpy(dw_before, l.dweight.data, r.nw * sizeof(float));
@@ -278,8 +260,8 @@ static void thread_count(void **state)
             nn_conv2d l;
             layer_make(&l, c, &r);
             nn_act xa = {0}, ya = {0}, dya = {0}, dxa = {0};
-            act_in(&xa, r.x, c->n, c->cin, c->h, c->w, 16);
-            act_in(&dya, r.dy, c->n, c->cout, oh, ow, 1);
+            fx_act_blocked(&ctx, &xa, r.x, c->n, c->cin, c->h, c->w, 16);
+            fx_act_blocked(&ctx, &dya, r.dy, c->n, c->cout, oh, ow, 1);
             fx_ok(nn_conv2d_forward(&ctx, &l, &xa, &ya, &e), &e);
             fx_ok(nn_conv2d_backward(&ctx, &l, &xa, &dya, &dxa, 1, &e), &e);
             out[t][0] = fx_act_to(&ctx, &ya);

@@ -50,23 +50,10 @@ static int teardown(void **state)
 /* uniform [-1, 1); relu: a ReLU's output (about half exact zeros) */
 static float *randv(size_t n, uint64_t seed, int relu)
 {
-    nn_rng r;
-    nn_rng_seed(&r, seed);
-    float *v = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) {
-        v[i] = nn_rng_uniform_range(&r, -1.0f, 1.0f);
-        if (relu && v[i] < 0)
-            v[i] = 0;
-    }
+    float *v = fx_randv(n, seed);
+    for (size_t i = 0; relu && i < n; i++)
+        v[i] = v[i] < 0 ? 0 : v[i];
     return v;
-}
-
-static void act_in(nn_act *a, const float *data, int n, int ch, int h, int w, int blk)
-{
-    nn_err e;
-    fx_act_from(&ctx, a, data, n, ch, h, w);
-    dnnl_memory_desc_t md = nn_md_blocked(n, ch, h, w, blk);
-    fx_ok(nn_act_convert(&ctx, a, &md, &e), &e);
 }
 
 typedef struct ref {
@@ -133,8 +120,8 @@ static void one_case(int n, int cin, int cout, int h, int w, int bias, int xblk,
     const size_t nx = (size_t)n * cin * hw, ny = (size_t)n * cout * hw;
     float *x = randv(nx, 11, 1), *dy = randv(ny, 12, 0);
     nn_act ax = {0}, ay = {0}, ady = {0}, adx = {0};
-    act_in(&ax, x, n, cin, h, w, xblk);
-    act_in(&ady, dy, n, cout, h, w, dyblk);
+    fx_act_blocked(&ctx, &ax, x, n, cin, h, w, xblk);
+    fx_act_blocked(&ctx, &ady, dy, n, cout, h, w, dyblk);
     fx_ok(nn_conv2d_forward(&ctx, &l, &ax, &ay, &e), &e);
     ref r = reference(x, dy, l.weight.data, n, cin, cout, hw);
 
@@ -190,7 +177,7 @@ static void one_case(int n, int cin, int cout, int h, int w, int bias, int xblk,
     float *ones = malloc(nx * sizeof(float));
     for (size_t i = 0; i < nx; i++)
         ones[i] = 1.0f;
-    act_in(&other, ones, n, cin, h, w, xblk == 16 ? 8 : 16);
+    fx_act_blocked(&ctx, &other, ones, n, cin, h, w, xblk == 16 ? 8 : 16);
     const float dw0 = l.dweight.data[0], db0 = bias ? l.dbias.data[0] : 0;
     fx_ok(nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ady, &other, 0, &e), &e);
     assert_true(l.dweight.data[0] == dw0);
@@ -254,7 +241,7 @@ static void declines_other_shapes(void **state)
                              &e),
               &e);
         nn_act ax = {0}, ay = {0}, dx = {0};
-        act_in(&ax, x, 2, 16, 8, 8, 16);
+        fx_act_blocked(&ctx, &ax, x, 2, 16, 8, 8, 16);
         fx_ok(nn_conv2d_forward(&ctx, &l, &ax, &ay, &e), &e);
         assert_int_equal(nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ay, &dx, 1, &e), 1);
         assert_false(dx.valid);
@@ -268,7 +255,7 @@ static void declines_other_shapes(void **state)
     nn_conv2d l;
     fx_ok(nn_conv2d_init(&l, 16, 3, 1, 1, 1, 1, 0, 0, 1, NN_PAD_ZERO, 1, &rng, &e), &e);
     nn_act ax = {0}, ay = {0}, dx = {0}, nhwc = {0};
-    act_in(&ax, x, 2, 16, 8, 8, 16);
+    fx_act_blocked(&ctx, &ax, x, 2, 16, 8, 8, 16);
     fx_ok(nn_conv2d_forward(&ctx, &l, &ax, &ay, &e), &e);
     fx_act_from(&ctx, &nhwc, x, 2, 16, 8, 8);
     dnnl_memory_desc_t md;

@@ -47,24 +47,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static float *randv(size_t n, uint64_t seed)
-{
-    nn_rng r;
-    nn_rng_seed(&r, seed);
-    float *v = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        v[i] = nn_rng_uniform_range(&r, -1.0f, 1.0f);
-    return v;
-}
-
-static void act_in(nn_act *a, const float *data, int n, int ch, int h, int w, int blk)
-{
-    nn_err e;
-    fx_act_from(&ctx, a, data, n, ch, h, w);
-    dnnl_memory_desc_t md = nn_md_blocked(n, ch, h, w, blk);
-    fx_ok(nn_act_convert(&ctx, a, &md, &e), &e);
-}
-
 static void close_acts(const char *label, const nn_act *got, const nn_act *want)
 {
     float *g = fx_act_to(&ctx, got), *w = fx_act_to(&ctx, want);
@@ -84,13 +66,13 @@ static void one_case(int n, int C, int h, int w, int blk, int bias, int relu)
     fx_ok(nn_conv2d_init(&a, C, C, 3, 3, 1, 1, 1, 1, C, NN_PAD_ZERO, bias, &rng, &e), &e);
     nn_rng_seed(&rng, 9);
     fx_ok(nn_conv2d_init(&b, C, C, 3, 3, 1, 1, 1, 1, C, NN_PAD_ZERO, bias, &rng, &e), &e);
-    float *x = randv((size_t)n * C * h * w, 21), *dy = randv((size_t)n * C * H * W, 22);
+    float *x = fx_randv((size_t)n * C * h * w, 21), *dy = fx_randv((size_t)n * C * H * W, 22);
     if (relu)
         for (size_t i = 0; i < (size_t)n * C * h * w; i++)
             x[i] = x[i] > 0 ? x[i] : 0; /* a ReLU's output, with exact zeros */
     nn_act ax = {0}, ady = {0}, y = {0}, up = {0}, yref = {0}, dx = {0}, gup = {0}, dxref = {0};
-    act_in(&ax, x, n, C, h, w, blk);
-    act_in(&ady, dy, n, C, H, W, blk == 16 ? 8 : 16); /* another blocking than x's */
+    fx_act_blocked(&ctx, &ax, x, n, C, h, w, blk);
+    fx_act_blocked(&ctx, &ady, dy, n, C, H, W, blk == 16 ? 8 : 16); /* another blocking than x's */
     nn_upsample2x us;
     nn_upsample2x_init(&us, 1);
 
@@ -126,7 +108,7 @@ static void one_case(int n, int C, int h, int w, int blk, int bias, int relu)
     float *ones = malloc(nn_act_count(&ax) * sizeof(float));
     for (size_t i = 0; i < nn_act_count(&ax); i++)
         ones[i] = 1.0f;
-    act_in(&other, ones, n, C, h, w, blk == 16 ? 8 : 16);
+    fx_act_blocked(&ctx, &other, ones, n, C, h, w, blk == 16 ? 8 : 16);
     const float dw0 = a.dweight.data[4];
     fx_ok(nn_upsample_dwconv_backward(&ctx, &a, &ax, &ady, &other, relu, 0, &e), &e);
     assert_true(a.dweight.data[4] == dw0);
@@ -168,7 +150,7 @@ static int kernel_runs(void)
     fx_ok(nn_conv2d_init(&l, 16, 16, 3, 3, 1, 1, 1, 1, 16, NN_PAD_ZERO, 1, NULL, &e), &e);
     float x[16 * 4] = {0};
     nn_act a = {0};
-    act_in(&a, x, 1, 16, 2, 2, 16);
+    fx_act_blocked(&ctx, &a, x, 1, 16, 2, 2, 16);
     const int r = nn_upsample_dwconv_applies(&l, &a);
     nn_act_free(&a);
     nn_conv2d_free(&l);
@@ -195,16 +177,16 @@ static void declines(void **state)
     nn_err e;
     nn_rng rng;
     nn_rng_seed(&rng, 2);
-    float *x = randv(2 * 16 * 4 * 4, 5);
+    float *x = fx_randv(2 * 16 * 4 * 4, 5);
     nn_act plain = {0}, blocked = {0}, y = {0}, dx = {0};
     fx_act_from(&ctx, &plain, x, 2, 16, 4, 4);
-    act_in(&blocked, x, 2, 16, 4, 4, 16);
+    fx_act_blocked(&ctx, &blocked, x, 2, 16, 4, 4, 16);
     nn_conv2d dw, dense, dw5;
     fx_ok(nn_conv2d_init(&dw, 16, 16, 3, 3, 1, 1, 1, 1, 16, NN_PAD_ZERO, 1, &rng, &e), &e);
     fx_ok(nn_conv2d_init(&dense, 16, 16, 3, 3, 1, 1, 1, 1, 1, NN_PAD_ZERO, 1, &rng, &e), &e);
     fx_ok(nn_conv2d_init(&dw5, 16, 16, 5, 5, 1, 1, 2, 2, 16, NN_PAD_ZERO, 1, &rng, &e), &e);
     nn_act b8 = {0};
-    act_in(&b8, x, 2, 16, 4, 4, 8);
+    fx_act_blocked(&ctx, &b8, x, 2, 16, 4, 4, 8);
     assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw, &plain, &y, &e), 1);
     assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw, &b8, &y, &e), 1);
     assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dense, &blocked, &y, &e), 1);
