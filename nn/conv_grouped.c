@@ -31,18 +31,9 @@
 
 static int enabled = -1; /* -1: not decided yet */
 
-int nn_convg_enabled(void)
-{
-    int v = __atomic_load_n(&enabled, __ATOMIC_RELAXED);
-    if (v < 0) {
-        const char *s = getenv("PGND_GROUPED_CONV");
-        v = !(s && !strcmp(s, "0"));
-        __atomic_store_n(&enabled, v, __ATOMIC_RELAXED);
-    }
-    return v;
-}
+int nn_convg_enabled(void) { return nn_env_switch(&enabled, "PGND_GROUPED_CONV"); }
 
-void nn_convg_set_enabled(int on) { __atomic_store_n(&enabled, on < 0 ? -1 : on ? 1 : 0, __ATOMIC_RELAXED); }
+void nn_convg_set_enabled(int on) { nn_env_switch_set(&enabled, on); }
 
 int nn_convg_shape_fits(const nn_conv_shape *g)
 {

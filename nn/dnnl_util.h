@@ -46,6 +46,12 @@ static inline size_t nn_view5_off(const nn_view5 *v, int n, int c, int h, int w)
 /* Makes sure an act is in a layout our own kernels understand (converts to plain NCHW if not). */
 int nn_act_view5(nn_ctx *ctx, nn_act *a, nn_view5 *v, nn_err *e);
 
+/* An on/off switch read once from the environment variable var ("0": off, anything else or unset:
+ * on) and cached in *state (-1: not read yet); nn_env_switch_set overrides it (1 on, 0 off, -1
+ * back to the environment's choice). Safe to read from several threads. */
+int nn_env_switch(int *state, const char *var);
+void nn_env_switch_set(int *state, int on);
+
 /* memcpy of n floats over the OpenMP threads (serial below a few hundred KB). */
 void nn_par_copy(float *dst, const float *src, size_t n);
 

@@ -47,23 +47,24 @@ const char *nn_dnnl_status_str(dnnl_status_t st)
     }
 }
 
-static int fused = -1; /* -1: not decided yet */
-
-int nn_fused_enabled(void)
+int nn_env_switch(int *state, const char *var)
 {
-    int v = __atomic_load_n(&fused, __ATOMIC_RELAXED);
+    int v = __atomic_load_n(state, __ATOMIC_RELAXED);
     if (v < 0) {
-        const char *s = getenv("PGND_FUSED");
+        const char *s = getenv(var);
         v = !(s && !strcmp(s, "0"));
-        __atomic_store_n(&fused, v, __ATOMIC_RELAXED);
+        __atomic_store_n(state, v, __ATOMIC_RELAXED);
     }
     return v;
 }
 
-void nn_fused_set_enabled(int on)
-{
-    __atomic_store_n(&fused, on < 0 ? -1 : on ? 1 : 0, __ATOMIC_RELAXED);
-}
+void nn_env_switch_set(int *state, int on) { __atomic_store_n(state, on < 0 ? -1 : on ? 1 : 0, __ATOMIC_RELAXED); }
+
+static int fused = -1; /* -1: not decided yet */
+
+int nn_fused_enabled(void) { return nn_env_switch(&fused, "PGND_FUSED"); }
+
+void nn_fused_set_enabled(int on) { nn_env_switch_set(&fused, on); }
 
 int nn_ctx_init(nn_ctx *ctx, int threads, nn_err *e)
 {

@@ -39,19 +39,28 @@ int nn_upsample_dwconv_applies(const nn_conv2d *l, const nn_act *x)
            nn_fused_enabled();
 }
 
+/* A padded row of W + 2 blocks: its two border blocks zeroed, or all of it when row r is outside
+ * the image (then returns 1: nothing left to fill). */
+AVX512 static int padded_row_border(float *u, int H, int W, int r)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    if (r < 0 || r >= H) {
+        for (int c = 0; c < W + 2; c++)
+            _mm512_storeu_ps(u + (size_t)c * 16, zero);
+        return 1;
+    }
+    _mm512_storeu_ps(u, zero);
+    _mm512_storeu_ps(u + (size_t)(W + 1) * 16, zero);
+    return 0;
+}
+
 /* A padded upsampled row r (of H = 2h) of one plane x (h x w x 16) into u: zero blocks at columns
  * -1 and W, or all zero outside the image. PyTorch's arithmetic order per element. */
 AVX512 static void padded_up_row(const float *xp, int h, int w, int r, const col_coord *cc, float *u)
 {
     const int H = 2 * h, W = 2 * w;
-    const __m512 zero = _mm512_setzero_ps();
-    if (r < 0 || r >= H) {
-        for (int c = 0; c < W + 2; c++)
-            _mm512_storeu_ps(u + (size_t)c * 16, zero);
+    if (padded_row_border(u, H, W, r))
         return;
-    }
-    _mm512_storeu_ps(u, zero);
-    _mm512_storeu_ps(u + (size_t)(W + 1) * 16, zero);
     int h0, h1;
     float lh;
     ac_coord(r, h, H, &h0, &h1, &lh);
@@ -154,14 +163,8 @@ typedef struct bwd_bufs {
 /* A padded row of dy (zero blocks at columns -1 and W), or zero outside the image. */
 AVX512 static void padded_g_row(const float *gp, int H, int W, int r, float *g)
 {
-    const __m512 zero = _mm512_setzero_ps();
-    if (r < 0 || r >= H) {
-        for (int c = 0; c < W + 2; c++)
-            _mm512_storeu_ps(g + (size_t)c * 16, zero);
+    if (padded_row_border(g, H, W, r))
         return;
-    }
-    _mm512_storeu_ps(g, zero);
-    _mm512_storeu_ps(g + (size_t)(W + 1) * 16, zero);
     memcpy(g + 16, gp + (size_t)r * W * 16, (size_t)W * 16 * sizeof(float));
 }
 
