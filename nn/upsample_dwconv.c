@@ -29,15 +29,17 @@ static int have_avx512(void)
     return r;
 }
 
-int nn_upsample_dwconv_applies(const nn_conv2d *l, const nn_act *x)
+/* Everything but the switch: the backward of a fused forward must not depend on it. */
+static int kernel_fits(const nn_conv2d *l, const nn_act *x)
 {
     const nn_conv_shape *g = &l->geo;
     nn_view5 v;
     return g->groups == g->cin && g->cout == g->cin && g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 &&
            g->ph == 1 && g->pw == 1 && g->pad_mode == NN_PAD_ZERO && l->weight.data && x->c == g->cin &&
-           nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &v) == 0 && v.blk == 16 && have_avx512() &&
-           nn_fused_enabled();
+           nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &v) == 0 && v.blk == 16 && have_avx512();
 }
+
+int nn_upsample_dwconv_applies(const nn_conv2d *l, const nn_act *x) { return kernel_fits(l, x) && nn_fused_enabled(); }
 
 /* A padded row of W + 2 blocks: its two border blocks zeroed, or all of it when row r is outside
  * the image (then returns 1: nothing left to fill). */
@@ -272,7 +274,7 @@ AVX512 static void bwd_plane(const float *xp, const float *gp, const float *wt, 
 int nn_upsample_dwconv_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, const nn_act *dy, nn_act *dx, int relu_x,
                                 int param_grads, nn_err *e)
 {
-    if (!nn_upsample_dwconv_applies(l, x))
+    if (!kernel_fits(l, x))
         return 1;
     nn_view5 vx, vy;
     nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &vx);

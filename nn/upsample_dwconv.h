@@ -28,7 +28,8 @@ int nn_upsample_dwconv_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_ac
 
 /* dy: gradient of y. Parameter gradients accumulate (param_grads 1); dx (store-or-add rule, x's
  * layout) = upsample2x^T(l^T(dy)), times relu'(x) = (x > 0) when relu_x (x is a ReLU's output).
- * Returns 1 (nothing done) where it does not apply. */
+ * Returns 1 (nothing done) where the kernel cannot run; the fused-kernels switch is not read here,
+ * so the backward of a fused forward runs whatever it says now. */
 int nn_upsample_dwconv_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, const nn_act *dy, nn_act *dx, int relu_x,
                                 int param_grads, nn_err *e);
 

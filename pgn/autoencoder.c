@@ -432,8 +432,10 @@ int pgn_autoencoder_backward_act(nn_ctx *ctx, pgn_autoencoder *ae, const nn_act 
             nn_act_grad_reset(&sp->g0);
             TRY(nn_conv2d_backward(ctx, &sp->c1, &sp->a0, &sp->gpre, &sp->g0, 1, e), conv_name(ae, &sp->c1));
             nn_act_grad_reset(&below->gpre);
-            TRY(nn_upsample_dwconv_backward(ctx, &sp->c0, &below->out, &sp->g0, &below->gpre, 1, 1, e),
-                conv_name(ae, &sp->c0));
+            const int r = nn_upsample_dwconv_backward(ctx, &sp->c0, &below->out, &sp->g0, &below->gpre, 1, 1, e);
+            if (r > 0)
+                nn_errf(e, "internal: the fused upsampling's backward cannot run after its forward did");
+            TRY(r, conv_name(ae, &sp->c0));
             pre_ready = 1;
             continue;
         }

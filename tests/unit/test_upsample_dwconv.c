@@ -191,8 +191,17 @@ static void declines(void **state)
     assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw, &b8, &y, &e), 1);
     assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dense, &blocked, &y, &e), 1);
     assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw5, &blocked, &y, &e), 1);
+    const int runs = kernel_runs();
     nn_fused_set_enabled(0);
     assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw, &blocked, &y, &e), 1);
+    /* the switch decides the forward only: the backward of a forward that ran fused still runs */
+    float *g = fx_randv(2 * 16 * 8 * 8, 6);
+    nn_act gy = {0}, gx = {0};
+    fx_act_blocked(&ctx, &gy, g, 2, 16, 8, 8, 16);
+    assert_int_equal(nn_upsample_dwconv_backward(&ctx, &dw, &blocked, &gy, &gx, 1, 1, &e), runs ? 0 : 1);
+    assert_int_equal(gx.valid, runs);
+    nn_act_free(&gy), nn_act_free(&gx);
+    free(g);
     nn_fused_set_enabled(-1);
     if (!kernel_runs())
         assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw, &blocked, &y, &e), 1);
