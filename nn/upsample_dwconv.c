@@ -29,14 +29,26 @@ static int have_avx512(void)
     return r;
 }
 
-/* Everything but the switch: the backward of a fused forward must not depend on it. */
+/* What the kernel takes: 0 nothing, KERNEL_DW a depthwise 3x3 conv, KERNEL_PAIR a grouped 3x3 conv
+ * with two inputs per output (groups = out = in / 2, out a multiple of 16): a depthwise conv over
+ * the inputs whose outputs are summed in adjacent pairs (PyTorch's [out, 2, 3, 3] weights are
+ * [in, 1, 3, 3] in memory). Everything but the switch: the backward of a fused forward must not
+ * depend on it. */
+enum { KERNEL_DW = 1, KERNEL_PAIR = 2 };
+
 static int kernel_fits(const nn_conv2d *l, const nn_act *x)
 {
     const nn_conv_shape *g = &l->geo;
     nn_view5 v;
-    return g->groups == g->cin && g->cout == g->cin && g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 &&
-           g->ph == 1 && g->pw == 1 && g->pad_mode == NN_PAD_ZERO && l->weight.data && x->c == g->cin &&
-           nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &v) == 0 && v.blk == 16 && have_avx512();
+    if (!(g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 &&
+          g->pad_mode == NN_PAD_ZERO && l->weight.data && x->c == g->cin &&
+          nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &v) == 0 && v.blk == 16 && have_avx512()))
+        return 0;
+    if (g->groups == g->cin && g->cout == g->cin)
+        return KERNEL_DW;
+    if (g->groups == g->cout && g->cin == 2 * g->cout && g->cout % 16 == 0)
+        return KERNEL_PAIR;
+    return 0;
 }
 
 int nn_upsample_dwconv_applies(const nn_conv2d *l, const nn_act *x) { return kernel_fits(l, x) && nn_fused_enabled(); }
@@ -77,7 +89,8 @@ AVX512 static void padded_up_row(const float *xp, int h, int w, int r, const col
     }
 }
 
-/* Output rows [r0, r1) of one plane; wt: [9][16] taps of this block's channels, bias [16]. */
+/* Output rows [r0, r1) of one plane into yp (row r0 first, rows W blocks apart); wt: [9][16] taps
+ * of this block's channels, bias [16]. */
 AVX512 static void fwd_band(const float *xp, float *yp, const float *wt, const float *bias, int h, int w, int r0,
                             int r1, const col_coord *cc, float *buf)
 {
@@ -91,7 +104,7 @@ AVX512 static void fwd_band(const float *xp, float *yp, const float *wt, const f
     const __m512 bv = _mm512_loadu_ps(bias);
     for (int r = r0; r < r1; r++) {
         const float *u0 = buf + (size_t)(r - r0) * stride, *u1 = u0 + stride, *u2 = u1 + stride;
-        float *yr = yp + (size_t)r * W * 16;
+        float *yr = yp + (size_t)(r - r0) * W * 16;
         for (int c = 0; c < W; c++) {
             const size_t o = (size_t)c * 16;
             __m512 a = _mm512_fmadd_ps(k[0], _mm512_loadu_ps(u0 + o), bv);
@@ -108,15 +121,30 @@ AVX512 static void fwd_band(const float *xp, float *yp, const float *wt, const f
     }
 }
 
-/* This block's taps [9][16] and bias [16] (zero for padding channels). */
-static void block_params(const nn_conv2d *l, int cb, float *wt, float *bias)
+/* Input block cb's taps [9][16] and bias [16] (zero for padding channels; in a pair conv the bias
+ * is added after the pair sums). */
+static void block_params(const nn_conv2d *l, int mode, int cb, float *wt, float *bias)
 {
     const int C = l->geo.cin;
     for (int b = 0; b < 16; b++) {
         const int c = cb * 16 + b;
         for (int k = 0; k < 9; k++)
             wt[k * 16 + b] = c < C ? l->weight.data[(size_t)c * 9 + k] : 0.0f;
-        bias[b] = c < C && l->geo.has_bias ? l->bias.data[c] : 0.0f;
+        bias[b] = c < C && l->geo.has_bias && mode == KERNEL_DW ? l->bias.data[c] : 0.0f;
+    }
+}
+
+/* Output block ob of a pair conv from the depthwise outputs of input blocks 2 ob (a) and 2 ob + 1
+ * (b): lane j of the output sums lanes 2j and 2j + 1 of a (j < 8), or of b (j >= 8). */
+AVX512 static void pair_sum(const float *a, const float *b, const float *bias, float *y, size_t pixels)
+{
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512 bv = _mm512_loadu_ps(bias);
+    for (size_t i = 0; i < pixels * 16; i += 16) {
+        const __m512 va = _mm512_loadu_ps(a + i), vb = _mm512_loadu_ps(b + i);
+        const __m512 s = _mm512_add_ps(_mm512_permutex2var_ps(va, ev, vb), _mm512_permutex2var_ps(va, od, vb));
+        _mm512_storeu_ps(y + i, _mm512_add_ps(s, bv));
     }
 }
 
@@ -124,30 +152,54 @@ static void block_params(const nn_conv2d *l, int cb, float *wt, float *bias)
 
 int nn_upsample_dwconv_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_act *y, nn_err *e)
 {
-    if (!nn_upsample_dwconv_applies(l, x))
+    const int mode = kernel_fits(l, x);
+    if (!mode || !nn_fused_enabled())
         return 1;
     nn_view5 vx;
     nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &vx);
     const int n = x->n, h = x->h, w = x->w, H = 2 * h, W = 2 * w, blk = vx.blk, cb = vx.cb;
-    dnnl_memory_desc_t md = nn_md_blocked(n, x->c, H, W, blk);
-    if (nn_act_reserve(y, n, x->c, H, W, &md, e))
+    const int co = l->geo.cout, ocb = (co + blk - 1) / blk; /* output blocks */
+    dnnl_memory_desc_t md = nn_md_blocked(n, co, H, W, blk);
+    if (nn_act_reserve(y, n, co, H, W, &md, e))
         return -1;
     col_coord *cc = col_coords(w, W);
-    const size_t stride = (size_t)(W + 2) * blk;
-    float *bufs = nn_alloc((size_t)omp_get_max_threads() * (BAND + 2) * stride * sizeof(float));
+    const size_t stride = (size_t)(W + 2) * blk, band_out = (size_t)BAND * W * blk;
+    /* per thread: the padded upsampled rows, and in a pair conv the two input blocks' outputs */
+    const size_t per = (BAND + 2) * stride + (mode == KERNEL_PAIR ? 2 * band_out : 0);
+    float *bufs = nn_alloc((size_t)omp_get_max_threads() * per * sizeof(float));
     if (!cc || !bufs) {
         free(cc), nn_free(bufs);
         return nn_errf(e, "upsample+dwconv: out of memory");
     }
-    const int bands = (H + BAND - 1) / BAND, tasks = n * cb * bands;
+    float pair_bias[64 * 16];
+    if (mode == KERNEL_PAIR) {
+        if (ocb > 64) {
+            free(cc), nn_free(bufs);
+            return nn_errf(e, "upsample+dwconv: %d output channels, at most 1024", co);
+        }
+        for (int c = 0; c < ocb * 16; c++)
+            pair_bias[c] = c < co && l->geo.has_bias ? l->bias.data[c] : 0.0f;
+    }
+    const int bands = (H + BAND - 1) / BAND, tasks = n * ocb * bands;
     const size_t xplane = (size_t)h * w * blk, yplane = (size_t)H * W * blk;
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < tasks; t++) {
         const int p = t / bands, band = t % bands, r0 = band * BAND, r1 = r0 + BAND < H ? r0 + BAND : H;
         float wt[9 * 16], bias[16];
-        block_params(l, p % cb, wt, bias);
-        float *buf = bufs + (size_t)omp_get_thread_num() * (BAND + 2) * stride;
-        fwd_band(x->data + p * xplane, y->data + p * yplane, wt, bias, h, w, r0, r1, cc, buf);
+        float *buf = bufs + (size_t)omp_get_thread_num() * per, *yp = y->data + p * yplane + (size_t)r0 * W * blk;
+        if (mode == KERNEL_DW) {
+            block_params(l, mode, p % cb, wt, bias);
+            fwd_band(x->data + p * xplane, yp, wt, bias, h, w, r0, r1, cc, buf);
+            continue;
+        }
+        const int img = p / ocb, ob = p % ocb;
+        float *za = buf + (BAND + 2) * stride, *zb = za + band_out;
+        for (int half = 0; half < 2; half++) {
+            const int ib = 2 * ob + half;
+            block_params(l, mode, ib, wt, bias);
+            fwd_band(x->data + ((size_t)img * cb + ib) * xplane, half ? zb : za, wt, bias, h, w, r0, r1, cc, buf);
+        }
+        pair_sum(za, zb, pair_bias + ob * 16, yp, (size_t)(r1 - r0) * W);
     }
     free(cc);
     nn_free(bufs);
@@ -162,17 +214,30 @@ typedef struct bwd_bufs {
     float *u[3], *g[3], *gup, *t, *dx;
 } bwd_bufs;
 
-/* A padded row of dy (zero blocks at columns -1 and W), or zero outside the image. */
-AVX512 static void padded_g_row(const float *gp, int H, int W, int r, float *g)
+/* A padded row of dy (zero blocks at columns -1 and W), or zero outside the image. In a pair conv
+ * (half 0 or 1) the row is that of the depthwise outputs of one input block: its lane k takes dy's
+ * lane 8 half + k / 2 (both inputs of an output share its gradient); otherwise (half -1) dy's. */
+AVX512 static void padded_g_row(const float *gp, int H, int W, int r, int half, float *g)
 {
     if (padded_row_border(g, H, W, r))
         return;
-    memcpy(g + 16, gp + (size_t)r * W * 16, (size_t)W * 16 * sizeof(float));
+    const float *src = gp + (size_t)r * W * 16;
+    if (half < 0) {
+        memcpy(g + 16, src, (size_t)W * 16 * sizeof(float));
+        return;
+    }
+    const __m512i dup = _mm512_add_epi32(_mm512_set1_epi32(8 * half),
+                                         _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7));
+    for (int c = 0; c < W; c++)
+        _mm512_storeu_ps(g + (size_t)(c + 1) * 16, _mm512_permutexvar_ps(dup, _mm512_loadu_ps(src + (size_t)c * 16)));
 }
 
-/* The whole plane of one image and channel block. dw [9][16] and db [16] accumulate in double. */
-AVX512 static void bwd_plane(const float *xp, const float *gp, const float *wt, int h, int w, const col_coord *cc,
-                             const col_gather *gt, bwd_bufs *B, int relu_x, int param_grads, double *dw, double *db)
+/* The whole plane of one image and input channel block; gp: dy's plane (of the output block that
+ * holds this block's outputs in a pair conv, see padded_g_row). dw [9][16] and db [16] accumulate
+ * in double. */
+AVX512 static void bwd_plane(const float *xp, const float *gp, int half, const float *wt, int h, int w,
+                             const col_coord *cc, const col_gather *gt, bwd_bufs *B, int relu_x, int param_grads,
+                             double *dw, double *db)
 {
     const int H = 2 * h, W = 2 * w;
     const size_t row = (size_t)w * 16;
@@ -183,7 +248,7 @@ AVX512 static void bwd_plane(const float *xp, const float *gp, const float *wt, 
     for (int q = 0; q < 3; q++) { /* slot 0: row r - 1, 1: row r, 2: row r + 1 */
         if (param_grads)
             padded_up_row(xp, h, w, q - 1, cc, u[q]);
-        padded_g_row(gp, H, W, q - 1, g[q]);
+        padded_g_row(gp, H, W, q - 1, half, g[q]);
     }
     __m512 k[9];
     for (int q = 0; q < 9; q++)
@@ -262,7 +327,7 @@ AVX512 static void bwd_plane(const float *xp, const float *gp, const float *wt, 
         g[0] = g[1], g[1] = g[2], g[2] = fg;
         if (param_grads)
             padded_up_row(xp, h, w, r + 2, cc, u[2]);
-        padded_g_row(gp, H, W, r + 2, g[2]);
+        padded_g_row(gp, H, W, r + 2, half, g[2]);
     }
     if (relu_x)
         for (size_t i = 0; i < (size_t)h * row; i += 16) {
@@ -274,20 +339,22 @@ AVX512 static void bwd_plane(const float *xp, const float *gp, const float *wt, 
 int nn_upsample_dwconv_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, const nn_act *dy, nn_act *dx, int relu_x,
                                 int param_grads, nn_err *e)
 {
-    if (!kernel_fits(l, x))
+    const int mode = kernel_fits(l, x);
+    if (!mode)
         return 1;
     nn_view5 vx, vy;
     nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &vx);
     const int n = x->n, C = x->c, h = x->h, w = x->w, H = 2 * h, W = 2 * w, blk = vx.blk, cb = vx.cb;
-    if (dy->n != n || dy->c != C || dy->h != H || dy->w != W)
+    const int co = l->geo.cout, ocb = (co + blk - 1) / blk;
+    if (dy->n != n || dy->c != co || dy->h != H || dy->w != W)
         return nn_errf(e, "upsample+dwconv: output gradient [%d, %d, %d, %d] does not match the output [%d, %d, %d, %d]",
-                       dy->n, dy->c, dy->h, dy->w, n, C, H, W);
+                       dy->n, dy->c, dy->h, dy->w, n, co, H, W);
     if (param_grads && !l->dweight.data)
         return nn_errf(e, "upsample+dwconv: weight gradients of a layer whose weights were released");
     /* dy in x's blocking */
     const float *d = dy->data;
-    if (nn_view5_of(&dy->md, n, C, H, W, &vy) || vy.blk != blk) {
-        dnnl_memory_desc_t md = nn_md_blocked(n, C, H, W, blk);
+    if (nn_view5_of(&dy->md, n, co, H, W, &vy) || vy.blk != blk) {
+        dnnl_memory_desc_t md = nn_md_blocked(n, co, H, W, blk);
         float *buf = nn_ctx_scratch(ctx, nn_md_bytes(&md), e);
         if (!buf || nn_reorder(ctx, &dy->md, dy->data, &md, buf, e))
             return -1;
@@ -324,7 +391,7 @@ int nn_upsample_dwconv_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, cons
 #pragma omp parallel for schedule(static)
     for (int p = 0; p < tasks; p++) {
         float wt[9 * 16], bias[16];
-        block_params(l, p % cb, wt, bias);
+        block_params(l, mode, p % cb, wt, bias);
         float *base = bufs + (size_t)omp_get_thread_num() * per;
         bwd_bufs B = {{base, base + stride, base + 2 * stride},
                       {base + 3 * stride, base + 4 * stride, base + 5 * stride},
@@ -333,8 +400,9 @@ int nn_upsample_dwconv_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, cons
                       base + 6 * stride + (size_t)W * blk + row};
         double *dw = part + (size_t)p * 10 * 16, *db = dw + 9 * 16;
         memset(dw, 0, 10 * 16 * sizeof(double));
-        const float *xp = x->data + p * xplane, *gp = d + p * (size_t)H * W * blk;
-        bwd_plane(xp, gp, wt, h, w, cc, &gtab, &B, relu_x, param_grads, dw, db);
+        const int gplane = mode == KERNEL_PAIR ? p / cb * ocb + p % cb / 2 : p;
+        const float *xp = x->data + p * xplane, *gp = d + gplane * (size_t)H * W * blk;
+        bwd_plane(xp, gp, mode == KERNEL_PAIR ? p % 2 : -1, wt, h, w, cc, &gtab, &B, relu_x, param_grads, dw, db);
         float *o = dst + p * xplane;
         if (add)
             for (size_t i = 0; i < xplane; i++)
@@ -354,8 +422,9 @@ int nn_upsample_dwconv_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, cons
             }
             for (int k = 0; k < 9; k++)
                 l->dweight.data[(size_t)c * 9 + k] += (float)sw[k];
-            if (l->geo.has_bias)
-                l->dbias.data[c] += (float)sb;
+            /* a pair conv's output c / 2 has both inputs' sums of its dy: the even one's is taken */
+            if (l->geo.has_bias && (mode == KERNEL_DW || c % 2 == 0))
+                l->dbias.data[mode == KERNEL_DW ? c : c / 2] += (float)sb;
         }
     free(cc), nn_free(bufs), nn_free(part), col_gather_free(&gtab);
     if (out) {

@@ -344,7 +344,8 @@ static int net_forward(nn_ctx *ctx, pgn_autoencoder *ae, nn_err *e)
         return -1;
     const nn_act *d = &ae->mid.out;
     for (int j = 0; j <= ae->max_layer; j++) {
-        /* up, then sep: the upsampling inside the sep's depthwise conv where the fused kernel applies */
+        /* up, then sep: the upsampling inside the sep's first conv (depthwise, or 256 -> 128 with two
+         * inputs per output) where the fused kernel applies */
         pgn_ae_sep *sp = &ae->dec[j];
         int r = nn_upsample_dwconv_forward(ctx, &sp->c0, d, &sp->a0, e);
         TRY(r < 0, conv_name(ae, &sp->c0));
@@ -424,7 +425,7 @@ int pgn_autoencoder_backward_act(nn_ctx *ctx, pgn_autoencoder *ae, const nn_act 
     int pre_ready = !two_step;
     for (int j = L; j >= 0; j--) {
         pgn_ae_sep *sp = &ae->dec[j], *below = j > 0 ? &ae->dec[j - 1] : &ae->mid;
-        if (ae->dec_fused[j]) { /* sep's 1x1, then its depthwise conv, the upsampling and below's ReLU */
+        if (ae->dec_fused[j]) { /* sep's 1x1, then its first conv, the upsampling and below's ReLU */
             if (!pre_ready) {
                 nn_act_grad_reset(&sp->gpre);
                 TRY(nn_eltwise_backward(ctx, &ae->relu, &sp->out, &ae->dec_g[j], &sp->gpre, e), conv_name(ae, &sp->c1));

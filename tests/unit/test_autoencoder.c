@@ -309,10 +309,12 @@ static void match_torch(int L)
 
     int pinned = 0, flips = pinned_backward(&ctx, ae, &fx, x, dy, n, h, w, &pinned);
     assert_false(ae->dec_g[L].valid); /* the fused path: the last sep's gradient went through its ReLU */
-    const nn_act *below_out = L > 0 ? &ae->dec[L - 1].out : &ae->mid.out;
-    assert_int_equal(ae->dec_fused[L], nn_upsample_dwconv_applies(&ae->dec[L].c0, below_out));
-    print_message("max_layer %d: last decoder step's upsampling %s\n", L,
-                  ae->dec_fused[L] ? "inside its depthwise conv (AVX-512)" : "on its own");
+    for (int j = 0; j <= L; j++) { /* depthwise steps, and max_layer 2's 256 -> 128 (two inputs per output) */
+        const nn_act *below_out = j > 0 ? &ae->dec[j - 1].out : &ae->mid.out;
+        assert_int_equal(ae->dec_fused[j], nn_upsample_dwconv_applies(&ae->dec[j].c0, below_out));
+        print_message("max_layer %d: decoder step %d's upsampling %s\n", L, j,
+                      ae->dec_fused[j] ? "inside its grouped conv (AVX-512)" : "on its own");
+    }
     worst = compare_grads(ae, &fx, TOL, &worst_l2, &rel_l2, &worst_key);
     print_message("max_layer %d pinned (%d masks, %d flipped): max sample error %.3g (%s), L2 norms %.3g\n", L,
                   pinned, flips, worst, worst_key, worst_l2);

@@ -2,12 +2,14 @@
  * engine's two steps (nn_upsample2x_forward, then nn_conv2d_forward on oneDNN; the backward: the
  * convolution's, then nn_upsample2x_backward or nn_upsample2x_backward_relu), within 1e-5 of the
  * largest value:
- *   - 128, 256 and 20 channels (a partly filled block), batch 1 and 2, square, odd and one-pixel
+ *   - depthwise: 128, 256 and 20 channels (a partly filled block); grouped with two inputs per
+ *     output ("pair"): 256 -> 128, 64 -> 32, 32 -> 16; batch 1 and 2, square, odd and one-pixel
  *     inputs, with and without bias, with and without the ReLU mask of x;
  *   - dy in another layout than x; dx written in x's layout, added to when already valid (in its
  *     layout or another), param_grads 0 leaves the parameter gradients alone;
  *   - results do not depend on the thread count (bitwise);
- *   - plain NCHW and nChw8c inputs, other convolutions and the switch PGND_FUSED off are declined
+ *   - plain NCHW and nChw8c inputs, other convolutions (dense, 5x5, four inputs per output, a pair
+ *     conv whose outputs are not whole blocks) and the switch PGND_FUSED off are declined
  *     (1), nothing written.
  * The kernel needs AVX-512 at run time; without it (or under valgrind) only the declines run. */
 #include <math.h>
@@ -54,25 +56,28 @@ static void close_acts(const char *label, const nn_act *got, const nn_act *want)
     free(g), free(w);
 }
 
-static void one_case(int n, int C, int h, int w, int blk, int bias, int relu)
+/* pair 0: a depthwise conv C -> C; pair 1: a grouped conv C -> C / 2 with two inputs per output */
+static void one_case(int n, int C, int h, int w, int blk, int bias, int relu, int pair)
 {
     char label[160];
-    snprintf(label, sizeof label, "n %d, C %d, %dx%d, blk %d, bias %d, relu %d", n, C, h, w, blk, bias, relu);
+    snprintf(label, sizeof label, "n %d, C %d, %dx%d, blk %d, bias %d, relu %d, pair %d", n, C, h, w, blk, bias, relu,
+             pair);
+    const int CO = pair ? C / 2 : C;
     nn_err e;
     nn_rng rng;
     const int H = 2 * h, W = 2 * w;
     nn_conv2d a, b; /* fused, reference: the same weights */
     nn_rng_seed(&rng, 9);
-    fx_ok(nn_conv2d_init(&a, C, C, 3, 3, 1, 1, 1, 1, C, NN_PAD_ZERO, bias, &rng, &e), &e);
+    fx_ok(nn_conv2d_init(&a, C, CO, 3, 3, 1, 1, 1, 1, CO, NN_PAD_ZERO, bias, &rng, &e), &e);
     nn_rng_seed(&rng, 9);
-    fx_ok(nn_conv2d_init(&b, C, C, 3, 3, 1, 1, 1, 1, C, NN_PAD_ZERO, bias, &rng, &e), &e);
-    float *x = fx_randv((size_t)n * C * h * w, 21), *dy = fx_randv((size_t)n * C * H * W, 22);
+    fx_ok(nn_conv2d_init(&b, C, CO, 3, 3, 1, 1, 1, 1, CO, NN_PAD_ZERO, bias, &rng, &e), &e);
+    float *x = fx_randv((size_t)n * C * h * w, 21), *dy = fx_randv((size_t)n * CO * H * W, 22);
     if (relu)
         for (size_t i = 0; i < (size_t)n * C * h * w; i++)
             x[i] = x[i] > 0 ? x[i] : 0; /* a ReLU's output, with exact zeros */
     nn_act ax = {0}, ady = {0}, y = {0}, up = {0}, yref = {0}, dx = {0}, gup = {0}, dxref = {0};
     fx_act_blocked(&ctx, &ax, x, n, C, h, w, blk);
-    fx_act_blocked(&ctx, &ady, dy, n, C, H, W, blk == 16 ? 8 : 16); /* another blocking than x's */
+    fx_act_blocked(&ctx, &ady, dy, n, CO, H, W, blk == 16 ? 8 : 16); /* another blocking than x's */
     nn_upsample2x us;
     nn_upsample2x_init(&us, 1);
 
@@ -91,7 +96,7 @@ static void one_case(int n, int C, int h, int w, int blk, int bias, int relu)
     close_acts(label, &dx, &dxref);
     fx_expect_close(label, a.dweight.data, b.dweight.data, (size_t)C * 9, TOL);
     if (bias)
-        fx_expect_close(label, a.dbias.data, b.dbias.data, (size_t)C, TOL);
+        fx_expect_close(label, a.dbias.data, b.dbias.data, (size_t)CO, TOL);
 
     /* a second call adds: dx (its layout), dw, db */
     fx_ok(nn_upsample_dwconv_backward(&ctx, &a, &ax, &ady, &dx, relu, 1, &e), &e);
@@ -163,13 +168,17 @@ static void matches_two_steps(void **state)
         print_message("no AVX-512 here: the fused kernel declines (checked in `declines`)\n");
         return;
     }
-    one_case(2, 128, 32, 32, 16, 1, 1); /* the autoencoders' last decoder step at 64x64 */
-    one_case(2, 128, 32, 32, 16, 1, 0);
-    one_case(1, 256, 8, 8, 16, 1, 1);
-    one_case(2, 20, 5, 7, 16, 0, 1);
-    one_case(1, 20, 7, 3, 16, 1, 0);
-    one_case(2, 16, 1, 1, 16, 1, 1);
-    one_case(1, 32, 2, 9, 16, 0, 1);
+    one_case(2, 128, 32, 32, 16, 1, 1, 0); /* the autoencoders' last decoder step at 64x64 */
+    one_case(2, 128, 32, 32, 16, 1, 0, 0);
+    one_case(1, 256, 8, 8, 16, 1, 1, 0);
+    one_case(2, 20, 5, 7, 16, 0, 1, 0);
+    one_case(1, 20, 7, 3, 16, 1, 0, 0);
+    one_case(2, 16, 1, 1, 16, 1, 1, 0);
+    one_case(1, 32, 2, 9, 16, 0, 1, 0);
+    one_case(2, 256, 16, 16, 16, 1, 1, 1); /* max_layer 2's middle decoder step (256 -> 128) at 64x64 */
+    one_case(1, 256, 16, 16, 16, 1, 0, 1);
+    one_case(2, 64, 5, 3, 16, 0, 1, 1);
+    one_case(1, 32, 1, 1, 16, 1, 1, 1);
 }
 
 static void declines(void **state)
@@ -181,16 +190,20 @@ static void declines(void **state)
     nn_act plain = {0}, blocked = {0}, y = {0}, dx = {0};
     fx_act_from(&ctx, &plain, x, 2, 16, 4, 4);
     fx_act_blocked(&ctx, &blocked, x, 2, 16, 4, 4, 16);
-    nn_conv2d dw, dense, dw5;
+    nn_conv2d dw, dense, dw5, quad, pair8;
     fx_ok(nn_conv2d_init(&dw, 16, 16, 3, 3, 1, 1, 1, 1, 16, NN_PAD_ZERO, 1, &rng, &e), &e);
     fx_ok(nn_conv2d_init(&dense, 16, 16, 3, 3, 1, 1, 1, 1, 1, NN_PAD_ZERO, 1, &rng, &e), &e);
     fx_ok(nn_conv2d_init(&dw5, 16, 16, 5, 5, 1, 1, 2, 2, 16, NN_PAD_ZERO, 1, &rng, &e), &e);
+    fx_ok(nn_conv2d_init(&quad, 16, 4, 3, 3, 1, 1, 1, 1, 4, NN_PAD_ZERO, 1, &rng, &e), &e);  /* 4 inputs per output */
+    fx_ok(nn_conv2d_init(&pair8, 16, 8, 3, 3, 1, 1, 1, 1, 8, NN_PAD_ZERO, 1, &rng, &e), &e); /* outputs not whole blocks */
     nn_act b8 = {0};
     fx_act_blocked(&ctx, &b8, x, 2, 16, 4, 4, 8);
     assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw, &plain, &y, &e), 1);
     assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw, &b8, &y, &e), 1);
     assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dense, &blocked, &y, &e), 1);
     assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw5, &blocked, &y, &e), 1);
+    assert_int_equal(nn_upsample_dwconv_forward(&ctx, &quad, &blocked, &y, &e), 1);
+    assert_int_equal(nn_upsample_dwconv_forward(&ctx, &pair8, &blocked, &y, &e), 1);
     const int runs = kernel_runs();
     nn_fused_set_enabled(0);
     assert_int_equal(nn_upsample_dwconv_forward(&ctx, &dw, &blocked, &y, &e), 1);
@@ -209,7 +222,7 @@ static void declines(void **state)
     assert_int_equal(nn_upsample_dwconv_backward(&ctx, &dw, &plain, &blocked, &dx, 1, 1, &e), 1);
     assert_false(dx.valid);
     nn_act_free(&plain), nn_act_free(&blocked), nn_act_free(&b8), nn_act_free(&y), nn_act_free(&dx);
-    nn_conv2d_free(&dw), nn_conv2d_free(&dense), nn_conv2d_free(&dw5);
+    nn_conv2d_free(&dw), nn_conv2d_free(&dense), nn_conv2d_free(&dw5), nn_conv2d_free(&quad), nn_conv2d_free(&pair8);
     free(x);
 }
 
