@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "nn/conv_grouped.h"
+#include "nn/dw_wgrad.h"
 #include "nn/conv_head.h"
 #include "nn/dnnl_util.h"
 #include "nn/init.h"
@@ -489,11 +490,13 @@ static int backward_weights(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const n
         s.n = p->n, s.h = p->h, s.w = p->w;
         const float *src, *ddst;
         nn_view5 vx, vdy;
-        return input_view(ctx, x, &p->xr_w, &src, &vx, e) || input_view(ctx, dy, &p->dyr_w, &ddst, &vdy, e) ||
-                       nn_convg_backward_weights(ctx, &s, src, &vx, ddst, &vdy, l->dweight.data,
-                                                 l->geo.has_bias ? l->dbias.data : NULL, e)
-                   ? -1
-                   : 0;
+        float *db = l->geo.has_bias ? l->dbias.data : NULL;
+        if (input_view(ctx, x, &p->xr_w, &src, &vx, e) || input_view(ctx, dy, &p->dyr_w, &ddst, &vdy, e))
+            return -1;
+        const int r = nn_dw_wgrad_blocked(ctx, &s, src, &vx, ddst, &vdy, l->dweight.data, db, e); /* nChw16c */
+        if (r <= 0)
+            return r;
+        return nn_convg_backward_weights(ctx, &s, src, &vx, ddst, &vdy, l->dweight.data, db, e) ? -1 : 0;
     }
     const dnnl_memory_desc_t *src_md = nn_pd_md(p->bwdw_pd, dnnl_query_src_md, 0);
     const dnnl_memory_desc_t *ddst_md = nn_pd_md(p->bwdw_pd, dnnl_query_diff_dst_md, 0);

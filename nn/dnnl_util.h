@@ -52,6 +52,10 @@ int nn_act_view5(nn_ctx *ctx, nn_act *a, nn_view5 *v, nn_err *e);
 int nn_env_switch(int *state, const char *var);
 void nn_env_switch_set(int *state, int on);
 
+/* 1 if the CPU runs AVX-512F (the kernels of ours built for it with a target attribute: valgrind
+ * hides it, and they then decline). */
+int nn_cpu_has_avx512(void);
+
 /* memcpy of n floats over the OpenMP threads (serial below a few hundred KB). */
 void nn_par_copy(float *dst, const float *src, size_t n);
 

@@ -66,6 +66,18 @@ int nn_fused_enabled(void) { return nn_env_switch(&fused, "PGND_FUSED"); }
 
 void nn_fused_set_enabled(int on) { nn_env_switch_set(&fused, on); }
 
+int nn_cpu_has_avx512(void)
+{
+    static int v = -1;
+    int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+    if (r < 0) {
+        __builtin_cpu_init();
+        r = __builtin_cpu_supports("avx512f") ? 1 : 0;
+        __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+    }
+    return r;
+}
+
 int nn_ctx_init(nn_ctx *ctx, int threads, nn_err *e)
 {
     memset(ctx, 0, sizeof *ctx);

@@ -17,18 +17,6 @@
  * it) every call is declined and the nets take the two steps. */
 #define AVX512 __attribute__((target("avx512f")))
 
-static int have_avx512(void)
-{
-    static int v = -1;
-    int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
-    if (r < 0) {
-        __builtin_cpu_init();
-        r = __builtin_cpu_supports("avx512f") ? 1 : 0;
-        __atomic_store_n(&v, r, __ATOMIC_RELAXED);
-    }
-    return r;
-}
-
 /* What the kernel takes: 0 nothing, KERNEL_DW a depthwise 3x3 conv, KERNEL_PAIR a grouped 3x3 conv
  * with two inputs per output (groups = out = in / 2, out a multiple of 16): a depthwise conv over
  * the inputs whose outputs are summed in adjacent pairs (PyTorch's [out, 2, 3, 3] weights are
@@ -42,7 +30,7 @@ static int kernel_fits(const nn_conv2d *l, const nn_act *x)
     nn_view5 v;
     if (!(g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 &&
           g->pad_mode == NN_PAD_ZERO && l->weight.data && x->c == g->cin &&
-          nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &v) == 0 && v.blk == 16 && have_avx512()))
+          nn_view5_of(&x->md, x->n, x->c, x->h, x->w, &v) == 0 && v.blk == 16 && nn_cpu_has_avx512()))
         return 0;
     if (g->groups == g->cin && g->cout == g->cin)
         return KERNEL_DW;
