@@ -161,8 +161,9 @@ static size_t header_prefix(size_t hlen, uint8_t len8[8])
     return padded;
 }
 
-/* Writes everything to the temporary file; fsync so the rename never exposes a partial file. */
-static int write_body(FILE *f, const char *header, size_t hlen, int count, const nn_tensor *const *tensors)
+/* Writes everything to the temporary file; fsync (when sync) so the rename never exposes a partial
+ * file. */
+static int write_body(FILE *f, const char *header, size_t hlen, int count, const nn_tensor *const *tensors, int sync)
 {
     uint8_t len8[8];
     size_t padded = header_prefix(hlen, len8);
@@ -171,7 +172,7 @@ static int write_body(FILE *f, const char *header, size_t hlen, int count, const
         ok = fputc(' ', f) != EOF;
     for (int i = 0; i < count && ok; i++)
         ok = fwrite(tensors[i]->data, sizeof(float), tensors[i]->numel, f) == tensors[i]->numel;
-    return ok && fflush(f) == 0 && fsync(fileno(f)) == 0 ? 0 : -1;
+    return ok && fflush(f) == 0 && (!sync || fsync(fileno(f)) == 0) ? 0 : -1;
 }
 
 /* SHA-256 of the bytes write_body writes, from memory. */
@@ -212,9 +213,11 @@ int nn_safetensors_write(const char *path, int count, const char *const *names, 
     return nn_safetensors_write_hashed(path, count, names, tensors, meta_count, meta_keys, meta_vals, NULL, e);
 }
 
-int nn_safetensors_write_hashed(const char *path, int count, const char *const *names, const nn_tensor *const *tensors,
-                                int meta_count, const char *const *meta_keys, const char *const *meta_vals,
-                                char sha256_hex[65], nn_err *e)
+/* The whole atomic write; with tmp_out, only its first half: the file complete under a temporary
+ * name, not synced (nn_safetensors_commit does the rest), the name in tmp_out. */
+static int write_file(const char *path, int count, const char *const *names, const nn_tensor *const *tensors,
+                      int meta_count, const char *const *meta_keys, const char *const *meta_vals, char sha256_hex[65],
+                      char *tmp_out, size_t tmp_len, nn_err *e)
 {
     json_t *root = build_header(count, names, tensors, meta_count, meta_keys, meta_vals, path, e);
     if (!root)
@@ -249,7 +252,7 @@ int nn_safetensors_write_hashed(const char *path, int count, const char *const *
         {
 #pragma omp section
             {
-                if (!wno && write_body(f, header, hlen, count, tensors))
+                if (!wno && write_body(f, header, hlen, count, tensors, tmp_out == NULL))
                     wno = errno ? errno : EIO;
             }
 #pragma omp section
@@ -262,14 +265,53 @@ int nn_safetensors_write_hashed(const char *path, int count, const char *const *
             rc = nn_errf(e, "%s: cannot write: %s", path, strerror(wno));
         if (fclose(f) && !rc)
             rc = nn_errf(e, "%s: cannot write: %s", path, strerror(errno));
-        if (!rc && rename(tmp, path))
+        if (!rc && tmp_out) { /* the caller's nn_safetensors_commit renames it */
+            if (strlen(tmp) >= tmp_len) {
+                unlink(tmp);
+                rc = nn_errf(e, "%s: temporary name too long", path);
+            } else
+                memcpy(tmp_out, tmp, strlen(tmp) + 1);
+        } else if (!rc && rename(tmp, path))
             rc = nn_errf(e, "%s: cannot rename the temporary file into place: %s", path, strerror(errno));
         if (rc)
             unlink(tmp);
-        else if (sync_dir(path))
+        else if (!tmp_out && sync_dir(path))
             rc = nn_errf(e, "%s: written, but syncing its directory failed: %s", path, strerror(errno));
     }
     free(header);
     free(tmp);
+    return rc;
+}
+
+int nn_safetensors_write_hashed(const char *path, int count, const char *const *names, const nn_tensor *const *tensors,
+                                int meta_count, const char *const *meta_keys, const char *const *meta_vals,
+                                char sha256_hex[65], nn_err *e)
+{
+    return write_file(path, count, names, tensors, meta_count, meta_keys, meta_vals, sha256_hex, NULL, 0, e);
+}
+
+int nn_safetensors_write_unsynced(const char *path, int count, const char *const *names,
+                                  const nn_tensor *const *tensors, int meta_count, const char *const *meta_keys,
+                                  const char *const *meta_vals, char sha256_hex[65], char *tmp, size_t tmp_len,
+                                  nn_err *e)
+{
+    return write_file(path, count, names, tensors, meta_count, meta_keys, meta_vals, sha256_hex, tmp, tmp_len, e);
+}
+
+int nn_safetensors_commit(const char *tmp, const char *path, nn_err *e)
+{
+    int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return nn_errf(e, "%s: cannot open the temporary file %s to sync it: %s", path, tmp, strerror(errno));
+    int rc = 0;
+    if (fsync(fd))
+        rc = nn_errf(e, "%s: cannot sync the temporary file %s: %s", path, tmp, strerror(errno));
+    close(fd);
+    if (!rc && rename(tmp, path))
+        rc = nn_errf(e, "%s: cannot rename the temporary file into place: %s", path, strerror(errno));
+    if (rc)
+        unlink(tmp);
+    else if (sync_dir(path))
+        rc = nn_errf(e, "%s: written, but syncing its directory failed: %s", path, strerror(errno));
     return rc;
 }

@@ -80,6 +80,15 @@ int nn_safetensors_write(const char *path, int count, const char *const *names, 
 int nn_safetensors_write_hashed(const char *path, int count, const char *const *names, const nn_tensor *const *tensors,
                                 int meta_count, const char *const *meta_keys, const char *const *meta_vals,
                                 char sha256_hex[65], nn_err *e);
+/* The first half of that: the file complete under a temporary name next to path (its name into tmp,
+ * tmp_len bytes; strlen(path) + 12 suffice), not synced; path itself is not touched yet. Then
+ * nn_safetensors_commit(tmp, path) syncs it, renames it into place and syncs the folder: the part
+ * that waits for the disk, which another thread may do while this one goes on. */
+int nn_safetensors_write_unsynced(const char *path, int count, const char *const *names,
+                                  const nn_tensor *const *tensors, int meta_count, const char *const *meta_keys,
+                                  const char *const *meta_vals, char sha256_hex[65], char *tmp, size_t tmp_len,
+                                  nn_err *e);
+int nn_safetensors_commit(const char *tmp, const char *path, nn_err *e);
 
 /* Safetensors spelling: "F32", "I64", ... */
 const char *nn_dtype_name(nn_dtype t);

@@ -78,8 +78,10 @@ int pgn_write_file_atomic(const char *path, const void *data, size_t len, nn_err
 
 /* ---- shards ---- */
 
-int pgn_shard_write(const char *folder, const pgn_collection_info *info, int index, int n, const float *y_hat,
-                    const float *y, const float *g_true, const float *loss, pgn_shard_entry *out, nn_err *e)
+/* tmp NULL: the whole atomic write; otherwise its first half (nn_safetensors_write_unsynced). */
+static int shard_write(const char *folder, const pgn_collection_info *info, int index, int n, const float *y_hat,
+                       const float *y, const float *g_true, const float *loss, pgn_shard_entry *out, char *tmp,
+                       size_t tmp_len, nn_err *e)
 {
     char path[1200];
     memset(out, 0, sizeof *out);
@@ -114,10 +116,40 @@ int pgn_shard_write(const char *folder, const pgn_collection_info *info, int ind
     const char *vv[16];
     for (int i = 0; i < 16; i++)
         vv[i] = v[i];
-    if (nn_safetensors_write_hashed(path, 4, TENSORS, tp, 16, k, vv, out->sha256, e))
+    if (tmp ? nn_safetensors_write_unsynced(path, 4, TENSORS, tp, 16, k, vv, out->sha256, tmp, tmp_len, e)
+            : nn_safetensors_write_hashed(path, 4, TENSORS, tp, 16, k, vv, out->sha256, e))
         return -1;
     out->count = n;
     return 0;
+}
+
+int pgn_shard_write(const char *folder, const pgn_collection_info *info, int index, int n, const float *y_hat,
+                    const float *y, const float *g_true, const float *loss, pgn_shard_entry *out, nn_err *e)
+{
+    return shard_write(folder, info, index, n, y_hat, y, g_true, loss, out, NULL, 0, e);
+}
+
+int pgn_shard_commit(const char *tmp, const char *path, nn_err *e)
+{
+    if (nn_safetensors_commit(tmp, path, e))
+        return -1;
+    /* Synced, so its pages are clean and can go: the file is read later (by a fit, maybe on
+     * another machine), and keeping each 37-150 MB shard cached would evict other jobs' data on a
+     * shared server. The freed pages then serve the next shard's write: on this project's VM,
+     * writing into recycled pages takes 35-40 ms per 37 MB shard against 85-115 ms into fresh ones. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED); /* advice only: nothing to report */
+        close(fd);
+    }
+    return 0;
+}
+
+int pgn_shard_write_unsynced(const char *folder, const pgn_collection_info *info, int index, int n,
+                             const float *y_hat, const float *y, const float *g_true, const float *loss,
+                             pgn_shard_entry *out, char *tmp, size_t tmp_len, nn_err *e)
+{
+    return shard_write(folder, info, index, n, y_hat, y, g_true, loss, out, tmp, tmp_len, e);
 }
 
 /* ---- the manifest ---- */

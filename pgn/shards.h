@@ -70,6 +70,16 @@ void pgn_shard_name(char *buf, size_t len, int index);
  * the written file). loss: n per-sample values. */
 int pgn_shard_write(const char *folder, const pgn_collection_info *info, int index, int n, const float *y_hat,
                     const float *y, const float *g_true, const float *loss, pgn_shard_entry *out, nn_err *e);
+/* Its first half: the shard complete (and *out filled) under a temporary name next to it, written
+ * into tmp (tmp_len bytes; strlen(folder) + 40 suffice), not synced. pgn_shard_commit(tmp, path)
+ * then puts it in place (path: folder/out->file). */
+int pgn_shard_write_unsynced(const char *folder, const pgn_collection_info *info, int index, int n,
+                             const float *y_hat, const float *y, const float *g_true, const float *loss,
+                             pgn_shard_entry *out, char *tmp, size_t tmp_len, nn_err *e);
+/* The second half (the collect's sync thread runs it, for its checkpoints too): nn_safetensors_commit
+ * (fsync, rename into place, fsync of the folder), then the file's pages dropped from the page cache
+ * (POSIX_FADV_DONTNEED), so that they serve the next shard. */
+int pgn_shard_commit(const char *tmp, const char *path, nn_err *e);
 /* Writes folder/manifest.json atomically (tmp, fsync, rename, fsync of the folder). complete: 1 once
  * the collect has written every sample it wanted. */
 int pgn_manifest_write(const char *folder, const pgn_collection_info *info, const pgn_shard_entry *shards, int n,

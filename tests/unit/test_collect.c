@@ -2,6 +2,7 @@
  * read back sample by sample, the stored gradient against the teacher's, a corrupted shard
  * reported and skipped, a collection from another teacher refused, an interrupted collect resumed
  * into exactly the shards an uninterrupted one writes, and the errors a user can cause. */
+#include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -106,6 +107,7 @@ static int r_artifact(void *c, const char *name, const char *path, const char *k
 static int r_checkpoint(void *c, const char *path, int64_t step)
 {
     rec *r = c;
+    assert_int_equal(access(path, R_OK), 0); /* recorded only once synced and in place */
     snprintf(r->ck, sizeof r->ck, "%s", path);
     r->ck_step = step;
     r->checkpoints++;
@@ -136,6 +138,17 @@ static void small_params(pgn_collect_params *p)
     p->seed = 3;
 }
 
+/* No temporary file left in dir: every shard and checkpoint was synced and renamed into place. */
+static void no_tmp_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    for (struct dirent *de; (de = readdir(d));)
+        if (strstr(de->d_name, ".tmp-"))
+            fail_msg("%s: temporary file left behind: %s", dir, de->d_name);
+    closedir(d);
+}
+
 /* Collection A: the uninterrupted reference, made once. */
 static void ensure_a(void)
 {
@@ -158,6 +171,7 @@ static void ensure_a(void)
     assert_int_equal(a.metrics, 4);
     assert_int_equal(a.ck_step, TOTAL);
     assert_true(a.last_samples_per_s > 0);
+    no_tmp_files(dir_a);
 }
 
 static void expect_random_teacher(pgn_collection_expect *x, uint64_t seed)
@@ -437,6 +451,7 @@ static void test_resume_is_byte_identical(void **state)
     assert_int_equal(pgn_collect_run(&p, &io, err, sizeof err), PGN_STOPPED);
     assert_int_equal(b.checkpoints, 2);
     assert_int_equal(b.ck_step, 10);
+    no_tmp_files(b.dir); /* the stop waited for the last shard's sync, and recorded it */
     /* an interrupted write of the next shard: ignored by readers */
     char junk[400];
     snprintf(junk, sizeof junk, "%s/shard-000002.safetensors", b.dir);
@@ -461,6 +476,7 @@ static void test_resume_is_byte_identical(void **state)
     if (pgn_collect_run(&p, &io, err, sizeof err) != PGN_DONE)
         fail_msg("resumed collect: %s", err);
     assert_int_equal(b.ck_step, TOTAL);
+    no_tmp_files(b.dir);
     for (int i = 0; i < 4; i++) {
         char ha[65], hb[65];
         sha_of(dir_a, i, ha);

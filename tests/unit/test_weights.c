@@ -378,6 +378,54 @@ static void test_safetensors_roundtrip(void **state)
     nn_tensor_free(&d);
 }
 
+/* The write in two halves: the file complete under a temporary name (path untouched), then synced
+ * and renamed into place; the same bytes and checksum as the one-call write. */
+static void test_safetensors_unsynced_then_commit(void **state)
+{
+    (void)state;
+    nn_err e;
+    nn_tensor a;
+    assert_int_equal(nn_tensor_alloc1(&a, 1000, &e), 0);
+    for (size_t i = 0; i < a.numel; i++)
+        a.data[i] = (float)i - 3.5f;
+    const char *names[] = {"a"}, *keys[] = {"k"}, *vals[] = {"v"};
+    const nn_tensor *ts[] = {&a};
+    const char *path = tmp_path("two-halves.safetensors");
+    char once[700];
+    snprintf(once, sizeof once, "%s", tmp_path("one-call.safetensors"));
+    char tmp[700], hex[65], hex1[65], want[65], want1[65];
+    unlink(path);
+    if (nn_safetensors_write_unsynced(path, 1, names, ts, 1, keys, vals, hex, tmp, sizeof tmp, &e))
+        fail_msg("%s", e.msg);
+    assert_int_equal(access(path, F_OK), -1); /* not there before the commit */
+    assert_int_equal(access(tmp, R_OK), 0);
+    assert_non_null(strstr(tmp, "two-halves.safetensors.tmp-"));
+    if (nn_safetensors_commit(tmp, path, &e))
+        fail_msg("%s", e.msg);
+    assert_int_equal(access(tmp, F_OK), -1);
+    if (nn_safetensors_write_hashed(once, 1, names, ts, 1, keys, vals, hex1, &e))
+        fail_msg("%s", e.msg);
+    assert_int_equal(nn_sha256_file(path, want), 0);
+    assert_int_equal(nn_sha256_file(once, want1), 0);
+    assert_string_equal(hex, want);
+    assert_string_equal(want, want1);
+    /* a temporary name too long for the caller's room: nothing left behind */
+    char small[8];
+    assert_int_equal(nn_safetensors_write_unsynced(path, 1, names, ts, 1, keys, vals, NULL, small, sizeof small, &e), -1);
+    assert_true(starts_with_path(e.msg, path) && strstr(e.msg, "too long"));
+    /* a commit that cannot rename (no such folder) says so and removes the temporary file */
+    if (nn_safetensors_write_unsynced(path, 1, names, ts, 1, keys, vals, NULL, tmp, sizeof tmp, &e))
+        fail_msg("%s", e.msg);
+    const char *nodir = "/nonexistent-dir-for-pgnd-tests/w.safetensors";
+    assert_int_equal(nn_safetensors_commit(tmp, nodir, &e), -1);
+    assert_true(starts_with_path(e.msg, nodir) && strstr(e.msg, "rename"));
+    assert_int_equal(access(tmp, F_OK), -1);
+    assert_int_equal(nn_safetensors_commit(tmp, path, &e), -1); /* gone: cannot be synced */
+    assert_true(starts_with_path(e.msg, path) && strstr(e.msg, "cannot open the temporary file"));
+    unlink(path), unlink(once);
+    nn_tensor_free(&a);
+}
+
 static void test_safetensors_write_errors(void **state)
 {
     (void)state;
@@ -712,6 +760,7 @@ int main(void)
         cmocka_unit_test(test_dtype_names),
         cmocka_unit_test(test_get_f32_errors),
         cmocka_unit_test(test_safetensors_roundtrip),
+        cmocka_unit_test(test_safetensors_unsynced_then_commit),
         cmocka_unit_test(test_safetensors_write_errors),
         cmocka_unit_test(test_missing_empty_and_wrong_files),
         cmocka_unit_test(test_random_garbage),
