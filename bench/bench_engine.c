@@ -9,10 +9,11 @@
  *   bench_engine collect [reps] [batch] [size]
  *                                        teacher-gradient collection (pgn/collect.h): data batch +
  *                                        generators + teacher + generator step + shard buffer, and
- *                                        the shard writes (with sha256; shards of the job's size) per
+ *                                        the shard writes on the job's thread (with sha256; shards
+ *                                        of the job's size; the sync on its thread apart) per
  *                                        sample; next to the bare teacher gradient (target features
  *                                        + loss + gradient) on the same batches, interleaved so
- *                                        noise hits both
+ *                                        noise hits both, before and after the step in turn
  * Each mode is meant to run in its own process so that the peak RSS it prints is its own. */
 #include <omp.h>
 #include <stdio.h>
@@ -307,6 +308,14 @@ static void bench_collect(int threads, int reps, int batch, int size)
     float *y = malloc((size_t)batch * cnt * sizeof(float)), *g = malloc((size_t)batch * cnt * sizeof(float));
     float *sy = malloc(n * cnt * sizeof(float)), *sh = malloc(n * cnt * sizeof(float)),
           *sg = malloc(n * cnt * sizeof(float)), *sl = malloc(n * sizeof(float));
+    if (!y || !g || !sy || !sh || !sg || !sl) {
+        fprintf(stderr, "bench_engine: out of memory\n");
+        exit(1);
+    }
+    /* touched once before: the job's shard buffer is made once and filled again for every shard,
+     * so a step pays no first-touch page faults on it */
+    memset(sy, 0, n * cnt * sizeof(float)), memset(sh, 0, n * cnt * sizeof(float));
+    memset(sg, 0, n * cnt * sizeof(float));
     double tc[MAXREPS], tt[MAXREPS], tae[MAXREPS], tin[MAXREPS], tdata[MAXREPS], tother[MAXREPS];
     pgn_collect_stats st;
     pgn_teacher *t = pgn_collect_teacher(c);
