@@ -97,7 +97,8 @@ int nn_dw_wgrad_blocked(nn_ctx *ctx, const nn_conv_shape *s, const float *x, con
         vx->blk != 16 || vdy->blk != 16 || !nn_cpu_has_avx512() || !nn_fused_enabled())
         return 1;
     geo G = {s->h, s->w, nn_conv_oh(s), nn_conv_ow(s), s->kh, s->kw, s->sh, s->sw, s->ph, s->pw, 0, 0};
-    if (vx->h != G.h || vx->w != G.w || vdy->h != G.oh || vdy->w != G.ow || vx->n != s->n || vdy->n != s->n)
+    if (vx->h != G.h || vx->w != G.w || vdy->h != G.oh || vdy->w != G.ow || vx->n != s->n || vdy->n != s->n ||
+        vx->c != s->cin || vdy->c != s->cout)
         return nn_errf(e, "depthwise weight gradient: input [%d, %d, %d] / output gradient [%d, %d, %d] do not match "
                           "the convolution's [%d, %d, %d] -> [%d, %d]",
                        vx->n, vx->h, vx->w, vdy->n, vdy->h, vdy->w, s->n, s->h, s->w, G.oh, G.ow);

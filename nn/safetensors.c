@@ -231,6 +231,11 @@ static int write_file(const char *path, int count, const char *const *names, con
         free(tmp);
         return nn_errf(e, "%s: out of memory", path);
     }
+    if (tmp_out && plen + sizeof ".tmp-XXXXXX" > tmp_len) {
+        free(header);
+        free(tmp);
+        return nn_errf(e, "%s: temporary name too long", path);
+    }
     memcpy(tmp, path, plen);
     memcpy(tmp + plen, ".tmp-XXXXXX", sizeof ".tmp-XXXXXX");
     int rc = 0, fd = mkstemp(tmp);
@@ -265,13 +270,9 @@ static int write_file(const char *path, int count, const char *const *names, con
             rc = nn_errf(e, "%s: cannot write: %s", path, strerror(wno));
         if (fclose(f) && !rc)
             rc = nn_errf(e, "%s: cannot write: %s", path, strerror(errno));
-        if (!rc && tmp_out) { /* the caller's nn_safetensors_commit renames it */
-            if (strlen(tmp) >= tmp_len) {
-                unlink(tmp);
-                rc = nn_errf(e, "%s: temporary name too long", path);
-            } else
-                memcpy(tmp_out, tmp, strlen(tmp) + 1);
-        } else if (!rc && rename(tmp, path))
+        if (!rc && tmp_out) /* the caller's nn_safetensors_commit renames it */
+            memcpy(tmp_out, tmp, strlen(tmp) + 1);
+        else if (!rc && rename(tmp, path))
             rc = nn_errf(e, "%s: cannot rename the temporary file into place: %s", path, strerror(errno));
         if (rc)
             unlink(tmp);
@@ -301,8 +302,11 @@ int nn_safetensors_write_unsynced(const char *path, int count, const char *const
 int nn_safetensors_commit(const char *tmp, const char *path, nn_err *e)
 {
     int fd = open(tmp, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return nn_errf(e, "%s: cannot open the temporary file %s to sync it: %s", path, tmp, strerror(errno));
+    if (fd < 0) {
+        nn_errf(e, "%s: cannot open the temporary file %s to sync it: %s", path, tmp, strerror(errno));
+        unlink(tmp); /* nothing is left behind, whatever the reason */
+        return -1;
+    }
     int rc = 0;
     if (fsync(fd))
         rc = nn_errf(e, "%s: cannot sync the temporary file %s: %s", path, tmp, strerror(errno));

@@ -1,4 +1,5 @@
-/* Fused bilinear x2 upsampling + depthwise 3x3 convolution: see upsample_dwconv.h.
+/* Fused bilinear x2 upsampling + depthwise (or two-inputs-per-output) 3x3 convolution: see
+ * upsample_dwconv.h.
  *
  * Rows of the upsampled map are kept with one zero block on each side (the convolution's padding
  * columns), so the 3x3 taps of output column c read columns c, c + 1, c + 2 of a padded row. */
@@ -390,7 +391,7 @@ int nn_upsample_dwconv_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, cons
         memset(dw, 0, 10 * 16 * sizeof(double));
         const int gplane = mode == KERNEL_PAIR ? p / cb * ocb + p % cb / 2 : p;
         const float *xp = x->data + p * xplane, *gp = d + gplane * (size_t)H * W * blk;
-        bwd_plane(xp, gp, mode == KERNEL_PAIR ? p % 2 : -1, wt, h, w, cc, &gtab, &B, relu_x, param_grads, dw, db);
+        bwd_plane(xp, gp, mode == KERNEL_PAIR ? p % cb % 2 : -1, wt, h, w, cc, &gtab, &B, relu_x, param_grads, dw, db);
         float *o = dst + p * xplane;
         if (add)
             for (size_t i = 0; i < xplane; i++)

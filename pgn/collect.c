@@ -1,6 +1,7 @@
 /* The collect job: see collect.h. */
 #include "pgn/collect.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -791,11 +792,15 @@ static void checkpoint_path(const job *j, int nshards, char *path)
     snprintf(path, PATH_LEN, "%s/collect-checkpoint-%06d.safetensors", j->io->dir, nshards);
 }
 
-/* After a step that wrote shards: its checkpoint (unsynced), then the step's files to the syncer's
- * thread. The previous commit must be finished (sync_finish). */
+static int sync_finish(job *j, char *err, size_t errlen);
+
+/* After a step that wrote shards: the previous commit finished and recorded (sync_finish), this
+ * step's checkpoint (unsynced), then the step's files to the syncer's thread. */
 static int handoff(job *j, int first_new, char *err, size_t errlen)
 {
     nn_err e;
+    if (sync_finish(j, err, errlen))
+        return -1;
     file_list *f = &j->next;
     if (files_add(f)) {
         snprintf(err, errlen, "out of memory");
@@ -864,6 +869,23 @@ static int sync_finish(job *j, char *err, size_t errlen)
     return 0;
 }
 
+/* Temporary files of shards and checkpoints that a killed run left in dir (never recorded, never
+ * listed: a resume writes them again). */
+static void remove_stale_tmp(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    char path[PATH_LEN];
+    for (struct dirent *de; (de = readdir(d));)
+        if ((!strncmp(de->d_name, "shard-", 6) || !strncmp(de->d_name, "collect-checkpoint-", 19)) &&
+            strstr(de->d_name, ".safetensors.tmp-")) {
+            snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+            unlink(path);
+        }
+    closedir(d);
+}
+
 static void job_free(job *j)
 {
     if (j->sync.running) /* a failed job: its last commit is not recorded (a resume redoes it) */
@@ -916,6 +938,7 @@ int pgn_collect_run(const pgn_collect_params *p, const pgn_job_io *io, char *err
             goto out;
         }
     }
+    remove_stale_tmp(io->dir);
     const char *tw = p->teacher_weights[0] ? p->teacher_weights : io->teacher_weights;
     if (pgn_collect_open(&j.c, p, tw, io->threads, &e)) {
         snprintf(err, errlen, "%s", e.msg);
@@ -1006,7 +1029,7 @@ int pgn_collect_run(const pgn_collect_params *p, const pgn_job_io *io, char *err
         }
         if (j.nshards > first_new) {
             double tw0 = now_ms();
-            if (sync_finish(&j, err, errlen) || handoff(&j, first_new, err, errlen))
+            if (handoff(&j, first_new, err, errlen))
                 goto out;
             w.ms_write += now_ms() - tw0;
             if (log_window(&j, &w, &st))

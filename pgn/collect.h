@@ -16,13 +16,18 @@
  * data seed. A step's samples may straddle two shards; the last shard holds what is left of
  * `samples` (extra samples of the last step are dropped).
  *
- * After each shard (in this order): the shard file; the collect checkpoint (generators' weights, BN
- * statistics, Adam moments and steps, clipping average, reset tracking, the reset and data RNGs,
- * the shard list, and the samples already drawn for the next shard); io->checkpoint; the manifest
- * (rewritten from the checkpoint's shard list on resume, so a shard newer than the checkpoint is
- * regenerated); artifacts; metrics. A resumed run therefore writes the remaining shards byte for
- * byte as an uninterrupted run with the same parameters and thread count. Stop requests are
- * honoured after any step; the run continues from the last complete shard. */
+ * After a step that filled shards: the shard files and the collect checkpoint (generators' weights,
+ * BN statistics, Adam moments and steps, clipping average, reset tracking, the reset and data RNGs,
+ * the shard list, and the samples already drawn for the next shard), each complete under a
+ * temporary name; metrics. A thread then syncs them and renames them into place (shards first)
+ * while the next steps run; at the next such step, or at the end, or on a stop request, the job
+ * waits for it and only then records what it made: io->checkpoint, the manifest, artifacts. What
+ * is recorded or listed is therefore always on the disk; the metrics and the progress run one
+ * commit ahead of it. The manifest is rewritten from the checkpoint's shard list on resume, so a
+ * shard newer than the checkpoint is regenerated, and temporary files a killed run left behind are
+ * removed at the start. A resumed run therefore writes the remaining shards byte for byte as an
+ * uninterrupted run with the same parameters and thread count. Stop requests are honoured after
+ * any step; the run continues from the last complete shard. */
 #ifndef PGN_COLLECT_H
 #define PGN_COLLECT_H
 

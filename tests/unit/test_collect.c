@@ -589,6 +589,41 @@ static void test_bad_input(void **state)
     json_decref(given), json_decref(problems);
 }
 
+/* The disk refuses a shard (its name is taken by a folder, so the rename fails) on the sync thread:
+ * the job fails naming the file, the shards before it stay recorded, the failed commit is not
+ * recorded, and nothing temporary is left. A stale temporary file of a killed run goes too. */
+static void test_sync_failure(void **state)
+{
+    pgn_collect_params p;
+    small_params(&p);
+    static rec r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.dir, sizeof r.dir, "%s/syncfail", base);
+    mkdir(r.dir, 0755);
+    char blocker[400], stale[400];
+    snprintf(blocker, sizeof blocker, "%s/shard-000001.safetensors", r.dir);
+    mkdir(blocker, 0755);
+    snprintf(stale, sizeof stale, "%s/shard-000007.safetensors.tmp-AbC123", r.dir);
+    FILE *f = fopen(stale, "wb");
+    fputs("left by a killed run", f);
+    fclose(f);
+    pgn_job_io io = io_for(&r, NULL, 0);
+    char err[1024] = "";
+    assert_int_equal(pgn_collect_run(&p, &io, err, sizeof err), PGN_FAILED);
+    assert_non_null(strstr(err, blocker));
+    assert_non_null(strstr(err, "rename"));
+    assert_int_equal(r.checkpoints, 1); /* shard 0's commit only */
+    assert_int_equal(r.ck_step, PER_SHARD);
+    assert_int_equal(r.shards_published, 1);
+    no_tmp_files(r.dir);
+    pgn_shards *sr;
+    nn_err e;
+    fx_ok(pgn_shards_open(&sr, r.dir, NULL, 0, NULL, NULL, &e), &e);
+    assert_int_equal(pgn_shards_count(sr), 1); /* the manifest lists what is on the disk */
+    pgn_shards_close(sr);
+    rmdir(blocker);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -598,6 +633,7 @@ int main(void)
         cmocka_unit_test(test_teacher_mismatch_is_refused),
         cmocka_unit_test(test_resume_is_byte_identical),
         cmocka_unit_test(test_pgn_drives_generators),
+        cmocka_unit_test(test_sync_failure),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

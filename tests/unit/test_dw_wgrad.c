@@ -162,7 +162,8 @@ static void matches_reference(void **state)
         {16, 1, 1, 1, 0, 5, 7, 2, 1},    /* one tap at a time: widths 1, 2, 4, 6 */
         {16, 2, 2, 2, 0, 8, 9, 1, 0},
         {16, 4, 4, 1, 2, 7, 7, 1, 1},
-        {16, 6, 3, 1, 2, 9, 9, 1, 0},
+        {16, 3, 6, 1, 2, 9, 9, 1, 0},
+        {16, 6, 3, 1, 2, 9, 9, 1, 0},    /* six tap rows of a 3-wide kernel */
         {16, 5, 5, 1, 2, 40, 300, 1, 1}, /* wide rows: a band per row */
         {64, 5, 5, 2, 2, 70, 61, 1, 0},  /* several bands of rows */
     };
