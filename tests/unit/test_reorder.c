@@ -1,0 +1,74 @@
+/* nn_reorder's own path from plain f32 into layouts whose only inner block is 16 of the first dim
+ * (convolution weights Acdb16a / Abcd16a / Abcde16a): bitwise what oneDNN's reorder gives (reached
+ * through a non-plain source, which the own path does not take), for the autoencoders' stem
+ * weights and other shapes; first dims that are not a multiple of 16 (padded) and in-place calls
+ * go to oneDNN and give the same. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "nn/engine.h"
+#include "tests/unit/fixture.h"
+
+static nn_ctx ctx;
+
+static int setup(void **state)
+{
+    nn_err e;
+    if (nn_ctx_init(&ctx, 2, &e)) {
+        print_error("%s\n", e.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    nn_ctx_free(&ctx);
+    return 0;
+}
+
+static void one(int nd, const dnnl_dim_t *dims, dnnl_format_tag_t plain, dnnl_format_tag_t other,
+                dnnl_format_tag_t blocked)
+{
+    nn_err e;
+    dnnl_memory_desc_t mp, mo, mb;
+    assert_int_equal(dnnl_memory_desc_init_by_tag(&mp, nd, dims, dnnl_f32, plain), dnnl_success);
+    assert_int_equal(dnnl_memory_desc_init_by_tag(&mo, nd, dims, dnnl_f32, other), dnnl_success);
+    assert_int_equal(dnnl_memory_desc_init_by_tag(&mb, nd, dims, dnnl_f32, blocked), dnnl_success);
+    size_t n = nn_md_bytes(&mp) / sizeof(float), nb = nn_md_bytes(&mb) / sizeof(float);
+    float *x = fx_randv(n, 3 + (uint64_t)dims[0]), *o = malloc(n * sizeof(float));
+    float *got = malloc(nb * sizeof(float)), *want = malloc(nb * sizeof(float));
+    memset(got, 0, nb * sizeof(float)), memset(want, 0, nb * sizeof(float));
+    fx_ok(nn_reorder(&ctx, &mp, x, &mb, got, &e), &e);   /* plain: the own path where it applies */
+    fx_ok(nn_reorder(&ctx, &mp, x, &mo, o, &e), &e);     /* oneDNN */
+    fx_ok(nn_reorder(&ctx, &mo, o, &mb, want, &e), &e);  /* oneDNN: the source is not plain */
+    assert_memory_equal(got, want, nb * sizeof(float));
+    /* and back */
+    float *back = malloc(n * sizeof(float));
+    fx_ok(nn_reorder(&ctx, &mb, got, &mp, back, &e), &e);
+    assert_memory_equal(back, x, n * sizeof(float));
+    free(x), free(o), free(got), free(want), free(back);
+}
+
+static void plain_to_first_dim_blocked(void **state)
+{
+    one(4, (dnnl_dim_t[]){128, 3, 7, 7}, dnnl_abcd, dnnl_acdb, dnnl_Acdb16a); /* the autoencoders' stem */
+    one(4, (dnnl_dim_t[]){32, 6, 3, 3}, dnnl_abcd, dnnl_acdb, dnnl_Acdb16a);
+    one(4, (dnnl_dim_t[]){64, 4, 5, 5}, dnnl_abcd, dnnl_acdb, dnnl_Abcd16a);
+    one(5, (dnnl_dim_t[]){32, 1, 1, 5, 5}, dnnl_abcde, dnnl_acdeb, dnnl_Abcde16a);
+    one(4, (dnnl_dim_t[]){20, 3, 3, 3}, dnnl_abcd, dnnl_acdb, dnnl_Acdb16a); /* padded: oneDNN's */
+    one(3, (dnnl_dim_t[]){48, 5, 2}, dnnl_abc, dnnl_acb, dnnl_Acb16a);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {cmocka_unit_test(plain_to_first_dim_blocked)};
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
