@@ -8,7 +8,8 @@
  *                                        targets, with its split: teacher, PGN fwd+bwd, autoencoders
  *   bench_engine collect [reps] [batch] [size]
  *                                        teacher-gradient collection (pgn/collect.h): data batch +
- *                                        generators + teacher + generator step + shard buffer, and
+ *                                        generators + teacher + generator step, written into the
+ *                                        shard buffer and checked as the job does, and
  *                                        the shard writes on the job's thread (with sha256; shards
  *                                        of the job's size; the sync on its thread apart) per
  *                                        sample; next to the bare teacher gradient (target features
@@ -305,10 +306,10 @@ static void bench_collect(int threads, int reps, int batch, int size)
     if (pgn_collect_open(&c, &p, NULL, threads, &e))
         die(&e);
     size_t cnt = (size_t)3 * size * size, n = (size_t)(WARMUP + reps) * batch;
-    float *y = malloc((size_t)batch * cnt * sizeof(float)), *g = malloc((size_t)batch * cnt * sizeof(float));
+    float *g = malloc((size_t)batch * cnt * sizeof(float));
     float *sy = malloc(n * cnt * sizeof(float)), *sh = malloc(n * cnt * sizeof(float)),
           *sg = malloc(n * cnt * sizeof(float)), *sl = malloc(n * sizeof(float));
-    if (!y || !g || !sy || !sh || !sg || !sl) {
+    if (!g || !sy || !sh || !sg || !sl) {
         fprintf(stderr, "bench_engine: out of memory\n");
         exit(1);
     }
@@ -335,27 +336,32 @@ static void bench_collect(int threads, int reps, int batch, int size)
                 die(&e);
             b1 = now_ms();
         }
+        /* as the job does: the batch drawn, y_hat and g_true written straight into the shard
+         * buffer, every value checked finite, the losses copied */
+        const size_t at = (size_t)i * batch * cnt;
+        float *yb = sy + at;
         double t0 = now_ms();
-        if (pgn_data_train_batch(&d, y, batch, size, err, sizeof err)) {
+        if (pgn_data_train_batch(&d, yb, batch, size, err, sizeof err)) {
             fprintf(stderr, "bench_engine: %s\n", err);
             exit(1);
         }
         double td = now_ms();
-        if (pgn_collect_step(c, y, &st, &e))
+        if (pgn_collect_step_into(c, yb, sh + at, sg + at, &st, &e))
             die(&e);
         const float *yh, *gt;
         const double *loss;
         pgn_collect_last(c, &yh, &gt, &loss);
-        size_t at = (size_t)i * batch * cnt; /* into the shard buffer, as the job does */
-        memcpy(sy + at, y, (size_t)batch * cnt * sizeof(float));
-        memcpy(sh + at, yh, (size_t)batch * cnt * sizeof(float));
-        memcpy(sg + at, gt, (size_t)batch * cnt * sizeof(float));
+        int finite = 1;
+        for (size_t q = 0; q < (size_t)batch * cnt; q++)
+            finite &= isfinite(yh[q]) && isfinite(gt[q]);
+        if (!finite)
+            fprintf(stderr, "bench_engine: a non-finite sample (the job would drop it)\n");
         for (int k = 0; k < batch; k++)
             sl[(size_t)i * batch + k] = (float)loss[k];
         double t1 = now_ms();
         if (!bare_first) {
             b0 = t1;
-            if (pgn_teacher_set_target(ctx, t, y, batch, size, size, PGN_SPACE_NORMALISED, &e) ||
+            if (pgn_teacher_set_target(ctx, t, yb, batch, size, size, PGN_SPACE_NORMALISED, &e) ||
                 pgn_teacher_loss_grad(ctx, t, yh, batch, size, size, PGN_SPACE_NORMALISED, NULL, NULL, g, &e))
                 die(&e);
             b1 = now_ms();
@@ -363,7 +369,7 @@ static void bench_collect(int threads, int reps, int batch, int size)
         if (i >= WARMUP) {
             int k = i - WARMUP;
             tc[k] = t1 - t0, tt[k] = b1 - b0, tae[k] = st.ms_ae, tin[k] = st.ms_teacher, tdata[k] = td - t0;
-            tother[k] = tc[k] - tdata[k] - st.ms_ae - st.ms_teacher; /* bookkeeping, shard buffer copies */
+            tother[k] = tc[k] - tdata[k] - st.ms_ae - st.ms_teacher; /* bookkeeping, checks */
         }
     }
     /* A shard of the job's size (the collected samples over again) written as the job writes it,
@@ -426,7 +432,7 @@ static void bench_collect(int threads, int reps, int batch, int size)
     printf("bench pgnd_collect_%d_peak_rss_mb %.1f MB\n", size, rss);
     pgn_collect_close(c);
     pgn_data_close(&d);
-    free(y), free(g), free(sy), free(sh), free(sg), free(sl);
+    free(g), free(sy), free(sh), free(sg), free(sl);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd))
         fprintf(stderr, "bench_engine: could not remove %s\n", dir);

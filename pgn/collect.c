@@ -48,6 +48,7 @@ struct pgn_collect {
     int s;
     size_t cnt;                           /* 3 S S */
     float *yhat, *gt, *gpred;             /* [batch] each; gpred only with a PGN */
+    float *out_yhat, *out_gt;             /* where the last step put y_hat and g_true */
     double *loss;                         /* [batch] */
 };
 
@@ -206,9 +207,9 @@ void pgn_collect_close(pgn_collect *c)
 void pgn_collect_last(const pgn_collect *c, const float **y_hat, const float **g_true, const double **loss)
 {
     if (y_hat)
-        *y_hat = c->yhat;
+        *y_hat = c->out_yhat ? c->out_yhat : c->yhat;
     if (g_true)
-        *g_true = c->gt;
+        *g_true = c->out_gt ? c->out_gt : c->gt;
     if (loss)
         *loss = c->loss;
 }
@@ -221,26 +222,33 @@ struct nn_ctx *pgn_collect_ctx(pgn_collect *c) { return &c->ctx; }
 
 int pgn_collect_step(pgn_collect *c, const float *y, pgn_collect_stats *st, nn_err *e)
 {
+    return pgn_collect_step_into(c, y, NULL, NULL, st, e);
+}
+
+int pgn_collect_step_into(pgn_collect *c, const float *y, float *yhat, float *gt, pgn_collect_stats *st, nn_err *e)
+{
     const pgn_collect_params *p = &c->p;
     int B = p->batch, b = B / c->k, S = c->s;
     size_t cnt = c->cnt;
     memset(st, 0, sizeof *st);
+    c->out_yhat = yhat = yhat ? yhat : c->yhat;
+    c->out_gt = gt = gt ? gt : c->gt;
     double t0 = now_ms();
     /* 1. each generator reconstructs its share (train mode) */
     for (int j = 0; j < c->k; j++)
         if (pgn_autoencoder_forward(&c->ctx, &c->ae[c->act[j]], y + (size_t)j * b * cnt, b, S, S,
-                                    c->yhat + (size_t)j * b * cnt, e))
+                                    yhat + (size_t)j * b * cnt, e))
             return nn_err_prefix(e, "autoencoder ae%d forward", c->act[j]);
     double t1 = now_ms();
     /* 2. the teacher: P and g_true at y_hat, per sample */
     if (pgn_teacher_set_target(&c->ctx, &c->teacher, y, B, S, S, PGN_SPACE_NORMALISED, e) ||
-        pgn_teacher_loss_grad(&c->ctx, &c->teacher, c->yhat, B, S, S, PGN_SPACE_NORMALISED, c->loss, NULL, c->gt, e))
+        pgn_teacher_loss_grad(&c->ctx, &c->teacher, yhat, B, S, S, PGN_SPACE_NORMALISED, c->loss, NULL, gt, e))
         return nn_err_prefix(e, "teacher");
     double t2 = now_ms();
     /* 3. what drives the generators: the true gradient, or a PGN's prediction */
-    const float *drive = c->gt;
+    const float *drive = gt;
     if (c->net_open) {
-        if (pgn_net_predict(&c->ctx, &c->net, c->yhat, y, B, S, S, NULL, c->gpred, e))
+        if (pgn_net_predict(&c->ctx, &c->net, yhat, y, B, S, S, NULL, c->gpred, e))
             return nn_err_prefix(e, "pgn");
         drive = c->gpred;
     }
@@ -266,7 +274,7 @@ int pgn_collect_step(pgn_collect *c, const float *y, pgn_collect_stats *st, nn_e
     for (int j = 0; j < c->k; j++) {
         int i = c->act[j];
         double l1 = 0;
-        const float *a = c->yhat + (size_t)j * b * cnt, *t = y + (size_t)j * b * cnt;
+        const float *a = yhat + (size_t)j * b * cnt, *t = y + (size_t)j * b * cnt;
         for (size_t q = 0; q < (size_t)b * cnt; q++)
             l1 += fabs((double)a[q] - t[q]);
         st->ae_l1[i] = l1 / ((double)b * cnt);
@@ -756,6 +764,13 @@ static int log_window(job *j, window *w, const pgn_collect_stats *last)
     return j->io->metrics(j->io->ctx, j->written, m.n, m.k, m.v);
 }
 
+/* n floats from src to dst, which may be the same place or overlap (a sample moved down). */
+static void place(float *dst, const float *src, size_t n)
+{
+    if (dst != src)
+        memmove(dst, src, n * sizeof(float));
+}
+
 static int finite_row(const float *a, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -984,8 +999,14 @@ int pgn_collect_run(const pgn_collect_params *p, const pgn_job_io *io, char *err
     int B = p->batch;
     while (j.written < p->samples) {
         char derr[1100];
+        /* A step that fits in the shard being filled draws its batch and has y_hat and g_true
+         * written straight into it (no copies); one that straddles two shards goes through the
+         * collect's own buffers. */
+        const int direct = j.fill + B <= p->samples_per_shard;
+        const size_t at = (size_t)j.fill * cnt;
+        float *y = direct ? j.b_y + at : j.y;
         double t0 = now_ms();
-        if (pgn_data_train_batch(&j.data, j.y, B, p->size, derr, sizeof derr)) {
+        if (pgn_data_train_batch(&j.data, y, B, p->size, derr, sizeof derr)) {
             snprintf(err, errlen, "%s", derr);
             goto out;
         }
@@ -994,7 +1015,7 @@ int pgn_collect_run(const pgn_collect_params *p, const pgn_job_io *io, char *err
             logf_(io, "warn", "%ld image file(s) skipped so far; last: %s", j.data.n_skipped, j.data.last_error);
             skipped_reported = j.data.n_skipped;
         }
-        if (pgn_collect_step(j.c, j.y, &st, &e)) {
+        if (pgn_collect_step_into(j.c, y, direct ? j.b_yhat + at : NULL, direct ? j.b_gt + at : NULL, &st, &e)) {
             snprintf(err, errlen, "%s", e.msg);
             goto out;
         }
@@ -1007,15 +1028,18 @@ int pgn_collect_run(const pgn_collect_params *p, const pgn_job_io *io, char *err
                       st.ae_l1[j.c->act[q]]);
         /* the step's samples into the shard buffer, shards written as they fill */
         int first_new = j.nshards;
+        const float *yh_all, *g_all;
+        pgn_collect_last(j.c, &yh_all, &g_all, NULL);
         for (int n = 0; n < B && j.written + j.fill < p->samples; n++) {
-            const float *yh = j.c->yhat + (size_t)n * cnt, *g = j.c->gt + (size_t)n * cnt;
+            const float *yh = yh_all + (size_t)n * cnt, *g = g_all + (size_t)n * cnt;
             if (!isfinite(j.c->loss[n]) || !finite_row(yh, cnt) || !finite_row(g, cnt)) {
                 j.dropped++; /* a diverged generator's output is no training sample */
                 continue;
             }
-            memcpy(j.b_yhat + (size_t)j.fill * cnt, yh, cnt * sizeof(float));
-            memcpy(j.b_y + (size_t)j.fill * cnt, j.y + (size_t)n * cnt, cnt * sizeof(float));
-            memcpy(j.b_gt + (size_t)j.fill * cnt, g, cnt * sizeof(float));
+            /* in place already unless written aside or moved down past a dropped sample */
+            place(j.b_yhat + (size_t)j.fill * cnt, yh, cnt);
+            place(j.b_y + (size_t)j.fill * cnt, y + (size_t)n * cnt, cnt);
+            place(j.b_gt + (size_t)j.fill * cnt, g, cnt);
             j.b_loss[j.fill] = (float)j.c->loss[n];
             w.loss_sum += j.c->loss[n];
             w.samples++;

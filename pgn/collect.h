@@ -81,6 +81,10 @@ void pgn_collect_close(pgn_collect *c);
 /* One step on y [batch, 3, size, size] (normalised). The step's samples stay readable until the
  * next step: pgn_collect_last. */
 int pgn_collect_step(pgn_collect *c, const float *y, pgn_collect_stats *st, nn_err *e);
+/* The same, with y_hat and g_true ([batch, 3, S, S] each, NULL: the collect's own buffers) written
+ * straight where the caller keeps them (the job: into the shard being filled, no copy). */
+int pgn_collect_step_into(pgn_collect *c, const float *y, float *y_hat, float *g_true, pgn_collect_stats *st,
+                          nn_err *e);
 /* The last step's y_hat, g_true ([batch, 3, S, S]) and per-sample loss ([batch]). */
 void pgn_collect_last(const pgn_collect *c, const float **y_hat, const float **g_true, const double **loss);
 /* The collection identity this collect writes (teacher, space, size, seed, mix, driver, version). */
