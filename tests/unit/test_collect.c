@@ -19,6 +19,7 @@
 #include "fixture.h"
 #include "nn/rng.h"
 #include "nn/sha256.h"
+#include "nn/weights.h"
 #include "pgn/collect.h"
 #include "pgn/image.h"
 #include "pgn/shards.h"
@@ -78,7 +79,7 @@ typedef struct rec {
     int64_t pause_at;  /* pause once progress reaches this many samples (0: never) */
     int64_t seen;
     int metrics, checkpoints, shards_published;
-    double last_samples_per_s;
+    double last_samples_per_s, dropped;
     char ck[600];
     int64_t ck_step;
 } rec;
@@ -90,6 +91,8 @@ static int r_metrics(void *c, int64_t step, int n, const char *const *keys, cons
     for (int i = 0; i < n; i++)
         if (!strcmp(keys[i], "samples_per_s"))
             r->last_samples_per_s = values[i];
+        else if (!strcmp(keys[i], "dropped_nonfinite"))
+            r->dropped = values[i];
     return 0;
 }
 static int r_progress(void *c, int64_t step, int64_t total)
@@ -589,6 +592,46 @@ static void test_bad_input(void **state)
     json_decref(given), json_decref(problems);
 }
 
+/* Generators that diverge (a learning rate of 1e6): their non-finite outputs are dropped and the
+ * step's later samples move down in the shard buffer; every stored value is finite, and the shards
+ * hold exactly `samples`. */
+static void test_diverged_samples_dropped(void **state)
+{
+    pgn_collect_params p;
+    small_params(&p);
+    p.ae_lr = 1e6;
+    static rec r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.dir, sizeof r.dir, "%s/diverged", base);
+    mkdir(r.dir, 0755);
+    pgn_job_io io = io_for(&r, NULL, 0);
+    char err[1024] = "";
+    if (pgn_collect_run(&p, &io, err, sizeof err) != PGN_DONE)
+        fail_msg("collect: %s", err);
+    print_message("diverging generators: %.0f samples dropped\n", r.dropped);
+    assert_true(r.dropped > 0);
+    long total = 0;
+    for (int i = 0; i < 4; i++) {
+        char name[64], path[400];
+        pgn_shard_name(name, sizeof name, i);
+        snprintf(path, sizeof path, "%s/%s", r.dir, name);
+        nn_weights w;
+        nn_err e;
+        fx_ok(nn_weights_read(&w, path, &e), &e);
+        for (int k = 0; k < w.count; k++) {
+            const nn_weight_entry *t = &w.entries[k];
+            assert_int_equal(t->dtype, NN_F32);
+            const float *v = t->data;
+            for (size_t q = 0; q < t->numel; q++)
+                if (!isfinite(v[q]))
+                    fail_msg("%s: %s[%zu] is not finite", name, t->name, q);
+        }
+        total += nn_weights_find(&w, "loss")->numel;
+        nn_weights_free(&w);
+    }
+    assert_int_equal(total, TOTAL);
+}
+
 /* The disk refuses a shard (its name is taken by a folder, so the rename fails) on the sync thread:
  * the job fails naming the file, the shards before it stay recorded, the failed commit is not
  * recorded, and nothing temporary is left. A stale temporary file of a killed run goes too. */
@@ -634,6 +677,7 @@ int main(void)
         cmocka_unit_test(test_resume_is_byte_identical),
         cmocka_unit_test(test_pgn_drives_generators),
         cmocka_unit_test(test_sync_failure),
+        cmocka_unit_test(test_diverged_samples_dropped),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
