@@ -59,6 +59,7 @@ __attribute__((target("sha,sse4.1"))) static void blocks_shani(uint32_t *h, cons
     for (; n; n--, p += 64) {
         const __m128i abef = s0, cdgh = s1;
         __m128i w[4];
+#pragma GCC unroll 16 /* w[] in registers, the conditions resolved at compile time */
         for (int i = 0; i < 16; i++) {
             if (i < 4)
                 w[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), bswap);
