@@ -312,7 +312,11 @@ static void bench_collect(int threads, int reps, int batch, int size)
     float *g = malloc((size_t)batch * cnt * sizeof(float));
     float *wy = malloc(ns * cnt * sizeof(float)), *wh = malloc(ns * cnt * sizeof(float)),
           *wg = malloc(ns * cnt * sizeof(float)), *wl = malloc(ns * sizeof(float));
-    if (!g || !wy || !wh || !wg || !wl || span == 0) {
+    if (span == 0) {
+        fprintf(stderr, "bench_engine: batch %d is larger than a shard (%zu samples)\n", batch, ns);
+        exit(1);
+    }
+    if (!g || !wy || !wh || !wg || !wl) {
         fprintf(stderr, "bench_engine: out of memory for a shard of %zu samples\n", ns);
         exit(1);
     }
@@ -376,9 +380,9 @@ static void bench_collect(int threads, int reps, int batch, int size)
     /* The shard, written once after the steps that filled its buffer, as the job writes it (per
      * sample): on the job's thread, the file with its sha256 under a temporary name, then the
      * manifest; the sync and rename on the job's sync thread while the next steps run (on its own
-     * line, not added to the steps). Once, not in a loop: right after another shard, this VM
-     * writes one 37 MB shard in about 21 ms; after a few seconds of steps that rewrote the buffer,
-     * as in the job, 50-75 ms. */
+     * line, not added to the steps). Once per process (make bench takes the median over its
+     * rounds), not in a loop: right after another shard, this VM writes one 37 MB shard in about
+     * 21 ms; after seconds of steps that rewrote the buffer, as in the job, 25-75 ms. */
     const double rss = peak_rss_mb(); /* the collect's, with its shard buffer */
     pgn_shard_entry ent;
     char tmp[600], path[600];

@@ -79,10 +79,12 @@ int pgn_collect_open(pgn_collect **out, const pgn_collect_params *p, const char 
                      nn_err *e);
 void pgn_collect_close(pgn_collect *c);
 /* One step on y [batch, 3, size, size] (normalised). The step's samples stay readable until the
- * next step: pgn_collect_last. */
+ * next step: pgn_collect_last (after pgn_collect_step_into, that points into the caller's
+ * buffers, valid as long as the caller leaves them). */
 int pgn_collect_step(pgn_collect *c, const float *y, pgn_collect_stats *st, nn_err *e);
 /* The same, with y_hat and g_true ([batch, 3, S, S] each, NULL: the collect's own buffers) written
- * straight where the caller keeps them (the job: into the shard being filled, no copy). */
+ * straight where the caller keeps them (the job: into the shard being filled, no copy). They must
+ * not overlap y or each other (y is read after y_hat is written). */
 int pgn_collect_step_into(pgn_collect *c, const float *y, float *y_hat, float *g_true, pgn_collect_stats *st,
                           nn_err *e);
 /* The last step's y_hat, g_true ([batch, 3, S, S]) and per-sample loss ([batch]). */
