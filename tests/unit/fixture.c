@@ -196,3 +196,23 @@ int fx_pin(nn_ctx *ctx, nn_act *a, const nn_weights *fx, const char *name, int *
     free(buf);
     return flips;
 }
+
+nn_ctx fx_ctx;
+
+int fx_ctx_setup(void **state)
+{
+    (void)state;
+    nn_err e;
+    if (nn_ctx_init(&fx_ctx, 2, &e)) {
+        print_error("%s\n", e.msg);
+        return -1;
+    }
+    return 0;
+}
+
+int fx_ctx_teardown(void **state)
+{
+    (void)state;
+    nn_ctx_free(&fx_ctx);
+    return 0;
+}

@@ -44,4 +44,9 @@ float *fx_randv(size_t n, uint64_t seed);
 /* Copies a (any layout) into a newly malloc'ed NCHW array. */
 float *fx_act_to(nn_ctx *ctx, const nn_act *a);
 
+/* One 2-thread context for a test file's kernel tests: cmocka group setup and teardown. */
+extern nn_ctx fx_ctx;
+int fx_ctx_setup(void **state);
+int fx_ctx_teardown(void **state);
+
 #endif

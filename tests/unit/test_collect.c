@@ -123,6 +123,14 @@ static pgn_stop r_should_stop(void *c)
 }
 static void r_log(void *c, const char *level, const char *msg) {}
 
+/* *r emptied, its folder base/name made. */
+static void rec_in(rec *r, const char *name)
+{
+    memset(r, 0, sizeof *r);
+    snprintf(r->dir, sizeof r->dir, "%s/%s", base, name);
+    mkdir(r->dir, 0755);
+}
+
 static pgn_job_io io_for(rec *r, const char *resume, int64_t resume_step)
 {
     pgn_job_io io = {r, r->dir, 2, "", resume, resume_step, r_metrics, r_progress, r_artifact, r_checkpoint,
@@ -445,9 +453,7 @@ static void test_resume_is_byte_identical(void **state)
     pgn_collect_params p;
     small_params(&p);
     static rec b;
-    memset(&b, 0, sizeof b);
-    snprintf(b.dir, sizeof b.dir, "%s/b", base);
-    mkdir(b.dir, 0755);
+    rec_in(&b, "b");
     b.pause_at = 12; /* step 4 ends at 12 drawn: shard 1 closed at 10, two pending */
     pgn_job_io io = io_for(&b, NULL, 0);
     char err[1024] = "";
@@ -510,9 +516,7 @@ static void test_pgn_drives_generators(void **state)
     p.samples_per_shard = 6;
     snprintf(p.pgn, sizeof p.pgn, "tests/fixtures/pgn_resnet4_v2_legacy.pth");
     static rec r;
-    memset(&r, 0, sizeof r);
-    snprintf(r.dir, sizeof r.dir, "%s/pgn", base);
-    mkdir(r.dir, 0755);
+    rec_in(&r, "pgn");
     pgn_job_io io = io_for(&r, NULL, 0);
     char err[1024] = "";
     if (pgn_collect_run(&p, &io, err, sizeof err) != PGN_DONE)
@@ -551,9 +555,7 @@ static void test_bad_input(void **state)
 {
     pgn_collect_params p;
     static rec r;
-    memset(&r, 0, sizeof r);
-    snprintf(r.dir, sizeof r.dir, "%s/bad", base);
-    mkdir(r.dir, 0755);
+    rec_in(&r, "bad");
     pgn_job_io io = io_for(&r, NULL, 0);
     char err[1024], m[400];
     small_params(&p);
@@ -605,9 +607,7 @@ static void test_diverged_samples_dropped(void **state)
     p.ae_lr = 1e6;
     p.samples_per_shard = 6;
     static rec r;
-    memset(&r, 0, sizeof r);
-    snprintf(r.dir, sizeof r.dir, "%s/diverged", base);
-    mkdir(r.dir, 0755);
+    rec_in(&r, "diverged");
     pgn_job_io io = io_for(&r, NULL, 0);
     char err[1024] = "";
     if (pgn_collect_run(&p, &io, err, sizeof err) != PGN_DONE)
@@ -665,9 +665,7 @@ static void test_sync_failure(void **state)
     pgn_collect_params p;
     small_params(&p);
     static rec r;
-    memset(&r, 0, sizeof r);
-    snprintf(r.dir, sizeof r.dir, "%s/syncfail", base);
-    mkdir(r.dir, 0755);
+    rec_in(&r, "syncfail");
     char blocker[400], stale[400];
     snprintf(blocker, sizeof blocker, "%s/shard-000001.safetensors", r.dir);
     mkdir(blocker, 0755);

@@ -31,28 +31,16 @@
 
 #define TOL 1e-4
 
-static nn_ctx ctx;
 static const int layouts[3] = {1, 16, 8};
 
 typedef struct cfg {
     int cin, cout, groups, k, s, p, h, w, n, bias, post; /* post: 0 none, 1 ReLU, 2 LeakyReLU(0.2) */
 } cfg;
 
-static int setup(void **state)
-{
-    nn_err e;
-    if (nn_ctx_init(&ctx, 2, &e)) {
-        print_error("%s\n", e.msg);
-        return -1;
-    }
-    return 0;
-}
-
 static int teardown(void **state)
 {
-    nn_ctx_free(&ctx);
     nn_convg_set_enabled(-1);
-    return 0;
+    return fx_ctx_teardown(state);
 }
 
 static nn_conv_shape shape_of(const cfg *c)
@@ -64,7 +52,7 @@ static nn_conv_shape shape_of(const cfg *c)
 static void expect_act(const char *label, const nn_act *a, const float *want, size_t n)
 {
     assert_int_equal(nn_act_count(a), n);
-    float *got = fx_act_to(&ctx, a);
+    float *got = fx_act_to(&fx_ctx, a);
     fx_expect_close(label, got, want, n, TOL);
     free(got);
 }
@@ -137,13 +125,13 @@ static void run_case(const cfg *c, uint64_t seed)
         nn_conv2d l;
         layer_make(&l, c, &r);
         nn_act xa = {0}, ya = {0}, dya = {0}, dxa = {0}, dxb = {0};
-        fx_act_blocked(&ctx, &xa, r.x, c->n, c->cin, c->h, c->w, layouts[v]);
-        fx_act_blocked(&ctx, &dya, r.dy, c->n, c->cout, oh, ow, layouts[(v + 1) % 3]);
-        fx_ok(nn_conv2d_forward(&ctx, &l, &xa, &ya, &e), &e);
+        fx_act_blocked(&fx_ctx, &xa, r.x, c->n, c->cin, c->h, c->w, layouts[v]);
+        fx_act_blocked(&fx_ctx, &dya, r.dy, c->n, c->cout, oh, ow, layouts[(v + 1) % 3]);
+        fx_ok(nn_conv2d_forward(&fx_ctx, &l, &xa, &ya, &e), &e);
         label(lb, sizeof lb, c, "y", layouts[v]);
         expect_act(lb, &ya, r.y, r.ny);
 
-        fx_ok(nn_conv2d_backward(&ctx, &l, &xa, &dya, &dxa, 1, &e), &e);
+        fx_ok(nn_conv2d_backward(&fx_ctx, &l, &xa, &dya, &dxa, 1, &e), &e);
         label(lb, sizeof lb, c, "dx", layouts[v]);
         expect_act(lb, &dxa, r.dx, r.nx);
         label(lb, sizeof lb, c, "dw", layouts[v]);
@@ -154,8 +142,8 @@ static void run_case(const cfg *c, uint64_t seed)
         }
 
         /* A second backward adds: every gradient doubles. */
-        fx_ok(nn_conv2d_backward(&ctx, &l, &xa, &dya, &dxa, 1, &e), &e);
-        float *dx2 = fx_act_to(&ctx, &dxa);
+        fx_ok(nn_conv2d_backward(&fx_ctx, &l, &xa, &dya, &dxa, 1, &e), &e);
+        float *dx2 = fx_act_to(&fx_ctx, &dxa);
         for (size_t i = 0; i < r.nx; i++)
             dx2[i] *= 0.5f;
         label(lb, sizeof lb, c, "dx accumulated twice / 2", layouts[v]);
@@ -174,11 +162,11 @@ static void run_case(const cfg *c, uint64_t seed)
 
         /* dx already valid in a (blocked) layout: added to; no parameter gradients asked: dw unchanged. */
         float *base = fx_randv(r.nx, seed + 7);
-        fx_act_blocked(&ctx, &dxb, base, c->n, c->cin, c->h, c->w, layouts[(v + 2) % 3]);
+        fx_act_blocked(&fx_ctx, &dxb, base, c->n, c->cin, c->h, c->w, layouts[(v + 2) % 3]);
         dxb.valid = 1;
         float *dw_before = malloc(r.nw * sizeof(float));
         memcpy(dw_before, l.dweight.data, r.nw * sizeof(float));
-        fx_ok(nn_conv2d_backward(&ctx, &l, &xa, &dya, &dxb, 0, &e), &e);
+        fx_ok(nn_conv2d_backward(&fx_ctx, &l, &xa, &dya, &dxb, 0, &e), &e);
         for (size_t i = 0; i < r.nx; i++)
             base[i] += r.dx[i];
         label(lb, sizeof lb, c, "dx added to a valid gradient", layouts[v]);
@@ -191,7 +179,7 @@ static void run_case(const cfg *c, uint64_t seed)
         memset(l.dweight.data, 0, r.nw * sizeof(float));
         if (c->bias)
             memset(l.dbias.data, 0, (size_t)c->cout * sizeof(float));
-        fx_ok(nn_conv2d_backward(&ctx, &l, &xa, &dya, NULL, 1, &e), &e);
+        fx_ok(nn_conv2d_backward(&fx_ctx, &l, &xa, &dya, NULL, 1, &e), &e);
         label(lb, sizeof lb, c, "dw without dx", layouts[v]);
         fx_expect_close(lb, l.dweight.data, r.dw, r.nw, TOL);
 
@@ -260,12 +248,12 @@ static void thread_count(void **state)
             nn_conv2d l;
             layer_make(&l, c, &r);
             nn_act xa = {0}, ya = {0}, dya = {0}, dxa = {0};
-            fx_act_blocked(&ctx, &xa, r.x, c->n, c->cin, c->h, c->w, 16);
-            fx_act_blocked(&ctx, &dya, r.dy, c->n, c->cout, oh, ow, 1);
-            fx_ok(nn_conv2d_forward(&ctx, &l, &xa, &ya, &e), &e);
-            fx_ok(nn_conv2d_backward(&ctx, &l, &xa, &dya, &dxa, 1, &e), &e);
-            out[t][0] = fx_act_to(&ctx, &ya);
-            out[t][1] = fx_act_to(&ctx, &dxa);
+            fx_act_blocked(&fx_ctx, &xa, r.x, c->n, c->cin, c->h, c->w, 16);
+            fx_act_blocked(&fx_ctx, &dya, r.dy, c->n, c->cout, oh, ow, 1);
+            fx_ok(nn_conv2d_forward(&fx_ctx, &l, &xa, &ya, &e), &e);
+            fx_ok(nn_conv2d_backward(&fx_ctx, &l, &xa, &dya, &dxa, 1, &e), &e);
+            out[t][0] = fx_act_to(&fx_ctx, &ya);
+            out[t][1] = fx_act_to(&fx_ctx, &dxa);
             out[t][2] = malloc(r.nw * sizeof(float));
             memcpy(out[t][2], l.dweight.data, r.nw * sizeof(float));
             nn_act_free(&xa), nn_act_free(&ya), nn_act_free(&dya), nn_act_free(&dxa);
@@ -295,17 +283,17 @@ static void other_layouts(void **state)
     nn_conv2d l;
     layer_make(&l, &c, &r);
     nn_act xa = {0}, ya = {0}, dya = {0}, dxa = {0};
-    fx_act_from(&ctx, &xa, r.x, c.n, c.cin, c.h, c.w);
-    fx_act_from(&ctx, &dya, r.dy, c.n, c.cout, oh, ow);
+    fx_act_from(&fx_ctx, &xa, r.x, c.n, c.cin, c.h, c.w);
+    fx_act_from(&fx_ctx, &dya, r.dy, c.n, c.cout, oh, ow);
     dnnl_dims_t dx_dims = {c.n, c.cin, c.h, c.w}, dy_dims = {c.n, c.cout, oh, ow};
     dnnl_memory_desc_t mx, mdy;
     dnnl_memory_desc_init_by_tag(&mx, 4, dx_dims, dnnl_f32, dnnl_nhwc);
     dnnl_memory_desc_init_by_tag(&mdy, 4, dy_dims, dnnl_f32, dnnl_nhwc);
-    fx_ok(nn_act_convert(&ctx, &xa, &mx, &e), &e);
-    fx_ok(nn_act_convert(&ctx, &dya, &mdy, &e), &e);
-    fx_ok(nn_conv2d_forward(&ctx, &l, &xa, &ya, &e), &e);
+    fx_ok(nn_act_convert(&fx_ctx, &xa, &mx, &e), &e);
+    fx_ok(nn_act_convert(&fx_ctx, &dya, &mdy, &e), &e);
+    fx_ok(nn_conv2d_forward(&fx_ctx, &l, &xa, &ya, &e), &e);
     expect_act("nhwc input: y", &ya, r.y, r.ny);
-    fx_ok(nn_conv2d_backward(&ctx, &l, &xa, &dya, &dxa, 1, &e), &e);
+    fx_ok(nn_conv2d_backward(&fx_ctx, &l, &xa, &dya, &dxa, 1, &e), &e);
     expect_act("nhwc input: dx", &dxa, r.dx, r.nx);
     fx_expect_close("nhwc input: dw", l.dweight.data, r.dw, r.nw, TOL);
     fx_expect_close("nhwc input: db", l.dbias.data, r.db, (size_t)c.cout, TOL);
@@ -374,5 +362,5 @@ int main(void)
         cmocka_unit_test(criterion_and_switch),
         cmocka_unit_test(depthwise),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, fx_ctx_setup, teardown);
 }

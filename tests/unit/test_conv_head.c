@@ -29,24 +29,6 @@
 
 #define TOL 1e-5
 
-static nn_ctx ctx;
-
-static int setup(void **state)
-{
-    nn_err e;
-    if (nn_ctx_init(&ctx, 2, &e)) {
-        print_error("%s\n", e.msg);
-        return -1;
-    }
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    nn_ctx_free(&ctx);
-    return 0;
-}
-
 /* uniform [-1, 1); relu: a ReLU's output (about half exact zeros) */
 static float *randv(size_t n, uint64_t seed, int relu)
 {
@@ -120,20 +102,20 @@ static void one_case(int n, int cin, int cout, int h, int w, int bias, int xblk,
     const size_t nx = (size_t)n * cin * hw, ny = (size_t)n * cout * hw;
     float *x = randv(nx, 11, 1), *dy = randv(ny, 12, 0);
     nn_act ax = {0}, ay = {0}, ady = {0}, adx = {0};
-    fx_act_blocked(&ctx, &ax, x, n, cin, h, w, xblk);
-    fx_act_blocked(&ctx, &ady, dy, n, cout, h, w, dyblk);
-    fx_ok(nn_conv2d_forward(&ctx, &l, &ax, &ay, &e), &e);
+    fx_act_blocked(&fx_ctx, &ax, x, n, cin, h, w, xblk);
+    fx_act_blocked(&fx_ctx, &ady, dy, n, cout, h, w, dyblk);
+    fx_ok(nn_conv2d_forward(&fx_ctx, &l, &ax, &ay, &e), &e);
     ref r = reference(x, dy, l.weight.data, n, cin, cout, hw);
 
     /* first call: dx written in x's layout, gradients accumulate from zero */
-    int rc = nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ady, &adx, 1, &e);
+    int rc = nn_conv2d_backward_relu_input(&fx_ctx, &l, &ax, &ady, &adx, 1, &e);
     if (rc) {
         print_error("%s: declined or failed (%d): %s\n", label, rc, rc < 0 ? e.msg : "");
         fail();
     }
     assert_true(adx.valid);
     assert_true(nn_md_equal(&adx.md, &ax.md));
-    float *gx = fx_act_to(&ctx, &adx);
+    float *gx = fx_act_to(&fx_ctx, &adx);
     expect_close_d(label, gx, r.dx, 1, nx);
     expect_close_d(label, l.dweight.data, r.dw, 1, (size_t)cout * cin);
     if (bias)
@@ -155,18 +137,18 @@ static void one_case(int n, int cin, int cout, int h, int w, int bias, int xblk,
     nn_act ay2 = {0}, g2 = {0}, gpre2 = {0};
     nn_eltwise relu;
     nn_eltwise_init(&relu, NN_RELU, 0);
-    fx_ok(nn_conv2d_forward(&ctx, &l2, &ax, &ay2, &e), &e);
-    fx_ok(nn_conv2d_backward(&ctx, &l2, &ax, &ady, &g2, 1, &e), &e);
-    fx_ok(nn_eltwise_backward(&ctx, &relu, &ax, &g2, &gpre2, &e), &e);
-    float *gx2 = fx_act_to(&ctx, &gpre2);
+    fx_ok(nn_conv2d_forward(&fx_ctx, &l2, &ax, &ay2, &e), &e);
+    fx_ok(nn_conv2d_backward(&fx_ctx, &l2, &ax, &ady, &g2, 1, &e), &e);
+    fx_ok(nn_eltwise_backward(&fx_ctx, &relu, &ax, &g2, &gpre2, &e), &e);
+    float *gx2 = fx_act_to(&fx_ctx, &gpre2);
     fx_expect_close(label, gx, gx2, nx, TOL);
     fx_expect_close(label, l.dweight.data, l2.dweight.data, (size_t)cout * cin, TOL);
     if (bias)
         fx_expect_close(label, l.dbias.data, l2.dbias.data, (size_t)cout, TOL);
 
     /* a second call adds (dx in its layout, dw, db) */
-    fx_ok(nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ady, &adx, 1, &e), &e);
-    float *gx_twice = fx_act_to(&ctx, &adx);
+    fx_ok(nn_conv2d_backward_relu_input(&fx_ctx, &l, &ax, &ady, &adx, 1, &e), &e);
+    float *gx_twice = fx_act_to(&fx_ctx, &adx);
     expect_close_d(label, gx_twice, r.dx, 2, nx);
     expect_close_d(label, l.dweight.data, r.dw, 2, (size_t)cout * cin);
     if (bias)
@@ -177,13 +159,13 @@ static void one_case(int n, int cin, int cout, int h, int w, int bias, int xblk,
     float *ones = malloc(nx * sizeof(float));
     for (size_t i = 0; i < nx; i++)
         ones[i] = 1.0f;
-    fx_act_blocked(&ctx, &other, ones, n, cin, h, w, xblk == 16 ? 8 : 16);
+    fx_act_blocked(&fx_ctx, &other, ones, n, cin, h, w, xblk == 16 ? 8 : 16);
     const float dw0 = l.dweight.data[0], db0 = bias ? l.dbias.data[0] : 0;
-    fx_ok(nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ady, &other, 0, &e), &e);
+    fx_ok(nn_conv2d_backward_relu_input(&fx_ctx, &l, &ax, &ady, &other, 0, &e), &e);
     assert_true(l.dweight.data[0] == dw0);
     if (bias)
         assert_true(l.dbias.data[0] == db0);
-    float *go = fx_act_to(&ctx, &other);
+    float *go = fx_act_to(&fx_ctx, &other);
     for (size_t i = 0; i < nx; i++)
         go[i] -= 1.0f;
     expect_close_d(label, go, r.dx, 1, nx);
@@ -193,12 +175,12 @@ static void one_case(int n, int cin, int cout, int h, int w, int bias, int xblk,
     float *dw1 = malloc((size_t)cout * cin * sizeof(float));
     memset(l.dweight.data, 0, (size_t)cout * cin * sizeof(float));
     omp_set_num_threads(1);
-    fx_ok(nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ady, &d1, 1, &e), &e);
+    fx_ok(nn_conv2d_backward_relu_input(&fx_ctx, &l, &ax, &ady, &d1, 1, &e), &e);
     omp_set_num_threads(2);
     memcpy(dw1, l.dweight.data, (size_t)cout * cin * sizeof(float));
     memset(l.dweight.data, 0, (size_t)cout * cin * sizeof(float));
     nn_act_grad_reset(&adx);
-    fx_ok(nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ady, &adx, 1, &e), &e);
+    fx_ok(nn_conv2d_backward_relu_input(&fx_ctx, &l, &ax, &ady, &adx, 1, &e), &e);
     assert_memory_equal(d1.data, adx.data, nn_md_bytes(&adx.md));
     assert_memory_equal(dw1, l.dweight.data, (size_t)cout * cin * sizeof(float));
 
@@ -241,9 +223,9 @@ static void declines_other_shapes(void **state)
                              &e),
               &e);
         nn_act ax = {0}, ay = {0}, dx = {0};
-        fx_act_blocked(&ctx, &ax, x, 2, 16, 8, 8, 16);
-        fx_ok(nn_conv2d_forward(&ctx, &l, &ax, &ay, &e), &e);
-        assert_int_equal(nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ay, &dx, 1, &e), 1);
+        fx_act_blocked(&fx_ctx, &ax, x, 2, 16, 8, 8, 16);
+        fx_ok(nn_conv2d_forward(&fx_ctx, &l, &ax, &ay, &e), &e);
+        assert_int_equal(nn_conv2d_backward_relu_input(&fx_ctx, &l, &ax, &ay, &dx, 1, &e), 1);
         assert_false(dx.valid);
         for (size_t j = 0; j < l.dweight.numel; j++)
             assert_true(l.dweight.data[j] == 0.0f);
@@ -255,21 +237,21 @@ static void declines_other_shapes(void **state)
     nn_conv2d l;
     fx_ok(nn_conv2d_init(&l, 16, 3, 1, 1, 1, 1, 0, 0, 1, NN_PAD_ZERO, 1, &rng, &e), &e);
     nn_act ax = {0}, ay = {0}, dx = {0}, nhwc = {0};
-    fx_act_blocked(&ctx, &ax, x, 2, 16, 8, 8, 16);
-    fx_ok(nn_conv2d_forward(&ctx, &l, &ax, &ay, &e), &e);
-    fx_act_from(&ctx, &nhwc, x, 2, 16, 8, 8);
+    fx_act_blocked(&fx_ctx, &ax, x, 2, 16, 8, 8, 16);
+    fx_ok(nn_conv2d_forward(&fx_ctx, &l, &ax, &ay, &e), &e);
+    fx_act_from(&fx_ctx, &nhwc, x, 2, 16, 8, 8);
     dnnl_memory_desc_t md;
     dnnl_memory_desc_init_by_tag(&md, 4, (dnnl_dims_t){2, 16, 8, 8}, dnnl_f32, dnnl_nhwc);
-    fx_ok(nn_act_convert(&ctx, &nhwc, &md, &e), &e);
-    assert_int_equal(nn_conv2d_backward_relu_input(&ctx, &l, &nhwc, &ay, &dx, 1, &e), 1);
+    fx_ok(nn_act_convert(&fx_ctx, &nhwc, &md, &e), &e);
+    assert_int_equal(nn_conv2d_backward_relu_input(&fx_ctx, &l, &nhwc, &ay, &dx, 1, &e), 1);
     nn_fused_set_enabled(0);
-    assert_int_equal(nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ay, &dx, 1, &e), 1);
+    assert_int_equal(nn_conv2d_backward_relu_input(&fx_ctx, &l, &ax, &ay, &dx, 1, &e), 1);
     nn_fused_set_enabled(-1);
     l.frozen = 1;
-    fx_ok(nn_conv2d_forward(&ctx, &l, &ax, &ay, &e), &e);
+    fx_ok(nn_conv2d_forward(&fx_ctx, &l, &ax, &ay, &e), &e);
     fx_ok(nn_conv2d_release_plain(&l, &e), &e);
     assert_null(l.weight.data);
-    assert_int_equal(nn_conv2d_backward_relu_input(&ctx, &l, &ax, &ay, &dx, 0, &e), 1);
+    assert_int_equal(nn_conv2d_backward_relu_input(&fx_ctx, &l, &ax, &ay, &dx, 0, &e), 1);
     assert_false(dx.valid);
     nn_act_free(&ax), nn_act_free(&ay), nn_act_free(&dx), nn_act_free(&nhwc);
     nn_conv2d_free(&l);
@@ -282,5 +264,5 @@ int main(void)
         cmocka_unit_test(matches_reference),
         cmocka_unit_test(declines_other_shapes),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, fx_ctx_setup, fx_ctx_teardown);
 }

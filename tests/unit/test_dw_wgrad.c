@@ -26,24 +26,6 @@
 
 #define TOL 1e-4
 
-static nn_ctx ctx;
-
-static int setup(void **state)
-{
-    nn_err e;
-    if (nn_ctx_init(&ctx, 2, &e)) {
-        print_error("%s\n", e.msg);
-        return -1;
-    }
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    nn_ctx_free(&ctx);
-    return 0;
-}
-
 typedef struct dcase {
     int c, kh, kw, s, p, h, w, n, bias;
 } dcase;
@@ -63,8 +45,8 @@ typedef struct blocked_in {
 static void blocked_make(blocked_in *b, const nn_conv_shape *s, const float *x, const float *dy, int blk)
 {
     memset(b, 0, sizeof *b);
-    fx_act_blocked(&ctx, &b->x, x, s->n, s->cin, s->h, s->w, blk);
-    fx_act_blocked(&ctx, &b->dy, dy, s->n, s->cout, nn_conv_oh(s), nn_conv_ow(s), blk);
+    fx_act_blocked(&fx_ctx, &b->x, x, s->n, s->cin, s->h, s->w, blk);
+    fx_act_blocked(&fx_ctx, &b->dy, dy, s->n, s->cout, nn_conv_oh(s), nn_conv_ow(s), blk);
     assert_int_equal(nn_view5_of(&b->x.md, s->n, s->cin, s->h, s->w, &b->vx), 0);
     assert_int_equal(nn_view5_of(&b->dy.md, s->n, s->cout, nn_conv_oh(s), nn_conv_ow(s), &b->vdy), 0);
 }
@@ -79,7 +61,7 @@ static int kernel_runs(void)
     float *x = fx_randv(16 * 16, 1), dw[16 * 25] = {0};
     blocked_in b;
     blocked_make(&b, &s, x, x, 16);
-    const int r = nn_dw_wgrad_blocked(&ctx, &s, b.x.data, &b.vx, b.dy.data, &b.vdy, dw, NULL, &e);
+    const int r = nn_dw_wgrad_blocked(&fx_ctx, &s, b.x.data, &b.vx, b.dy.data, &b.vdy, dw, NULL, &e);
     assert_true(r == 0 || r == 1);
     blocked_free(&b);
     free(x);
@@ -103,7 +85,7 @@ static void one_case(const dcase *d, uint64_t seed)
     blocked_in b;
     blocked_make(&b, &s, x, dy, 16);
     float *dw = calloc(nw, sizeof(float)), *db = calloc((size_t)d->c, sizeof(float));
-    fx_ok(nn_dw_wgrad_blocked(&ctx, &s, b.x.data, &b.vx, b.dy.data, &b.vdy, dw, d->bias ? db : NULL, &e), &e);
+    fx_ok(nn_dw_wgrad_blocked(&fx_ctx, &s, b.x.data, &b.vx, b.dy.data, &b.vdy, dw, d->bias ? db : NULL, &e), &e);
     fx_expect_close(label, dw, rdw, nw, TOL);
     if (d->bias)
         fx_expect_close(label, db, rdb, (size_t)d->c, TOL);
@@ -112,7 +94,7 @@ static void one_case(const dcase *d, uint64_t seed)
             assert_true(db[c] == 0.0f);
 
     /* a second call adds */
-    fx_ok(nn_dw_wgrad_blocked(&ctx, &s, b.x.data, &b.vx, b.dy.data, &b.vdy, dw, d->bias ? db : NULL, &e), &e);
+    fx_ok(nn_dw_wgrad_blocked(&fx_ctx, &s, b.x.data, &b.vx, b.dy.data, &b.vdy, dw, d->bias ? db : NULL, &e), &e);
     for (size_t i = 0; i < nw; i++)
         dw[i] *= 0.5f;
     fx_expect_close(label, dw, rdw, nw, TOL);
@@ -120,9 +102,9 @@ static void one_case(const dcase *d, uint64_t seed)
     /* one thread: bitwise the same */
     float *dw1 = calloc(nw, sizeof(float)), *dw2 = calloc(nw, sizeof(float));
     omp_set_num_threads(1);
-    fx_ok(nn_dw_wgrad_blocked(&ctx, &s, b.x.data, &b.vx, b.dy.data, &b.vdy, dw1, NULL, &e), &e);
+    fx_ok(nn_dw_wgrad_blocked(&fx_ctx, &s, b.x.data, &b.vx, b.dy.data, &b.vdy, dw1, NULL, &e), &e);
     omp_set_num_threads(2);
-    fx_ok(nn_dw_wgrad_blocked(&ctx, &s, b.x.data, &b.vx, b.dy.data, &b.vdy, dw2, NULL, &e), &e);
+    fx_ok(nn_dw_wgrad_blocked(&fx_ctx, &s, b.x.data, &b.vx, b.dy.data, &b.vdy, dw2, NULL, &e), &e);
     assert_memory_equal(dw1, dw2, nw * sizeof(float));
 
     /* through the layer: nn_conv2d takes this kernel for what oneDNN would run on its gemm */
@@ -131,8 +113,8 @@ static void one_case(const dcase *d, uint64_t seed)
           &e);
     memcpy(l.weight.data, w, nw * sizeof(float));
     nn_act y = {0};
-    fx_ok(nn_conv2d_forward(&ctx, &l, &b.x, &y, &e), &e);
-    fx_ok(nn_conv2d_backward(&ctx, &l, &b.x, &b.dy, NULL, 1, &e), &e);
+    fx_ok(nn_conv2d_forward(&fx_ctx, &l, &b.x, &y, &e), &e);
+    fx_ok(nn_conv2d_backward(&fx_ctx, &l, &b.x, &b.dy, NULL, 1, &e), &e);
     fx_expect_close(label, l.dweight.data, rdw, nw, TOL);
     if (d->bias)
         fx_expect_close(label, l.dbias.data, rdb, (size_t)d->c, TOL);
@@ -182,21 +164,21 @@ static void declines(void **state)
     blocked_make(&b16, &s, x, x, 16);
     blocked_make(&b8, &s, x, x, 8);
     blocked_make(&plain, &s, x, x, 1);
-    assert_int_equal(nn_dw_wgrad_blocked(&ctx, &s, b8.x.data, &b8.vx, b8.dy.data, &b8.vdy, dw, db, &e), 1);
-    assert_int_equal(nn_dw_wgrad_blocked(&ctx, &s, plain.x.data, &plain.vx, plain.dy.data, &plain.vdy, dw, db, &e), 1);
-    assert_int_equal(nn_dw_wgrad_blocked(&ctx, &s, b16.x.data, &b16.vx, plain.dy.data, &plain.vdy, dw, db, &e), 1);
+    assert_int_equal(nn_dw_wgrad_blocked(&fx_ctx, &s, b8.x.data, &b8.vx, b8.dy.data, &b8.vdy, dw, db, &e), 1);
+    assert_int_equal(nn_dw_wgrad_blocked(&fx_ctx, &s, plain.x.data, &plain.vx, plain.dy.data, &plain.vdy, dw, db, &e), 1);
+    assert_int_equal(nn_dw_wgrad_blocked(&fx_ctx, &s, b16.x.data, &b16.vx, plain.dy.data, &plain.vdy, dw, db, &e), 1);
     nn_conv_shape g = s;
     g.groups = 8; /* two channels per group */
-    assert_int_equal(nn_dw_wgrad_blocked(&ctx, &g, b16.x.data, &b16.vx, b16.dy.data, &b16.vdy, dw, db, &e), 1);
+    assert_int_equal(nn_dw_wgrad_blocked(&fx_ctx, &g, b16.x.data, &b16.vx, b16.dy.data, &b16.vdy, dw, db, &e), 1);
     g.groups = 1;
-    assert_int_equal(nn_dw_wgrad_blocked(&ctx, &g, b16.x.data, &b16.vx, b16.dy.data, &b16.vdy, dw, db, &e), 1);
+    assert_int_equal(nn_dw_wgrad_blocked(&fx_ctx, &g, b16.x.data, &b16.vx, b16.dy.data, &b16.vdy, dw, db, &e), 1);
     nn_conv_shape k8 = s;
     k8.kh = k8.kw = 8, k8.ph = k8.pw = 4; /* 8x8: more taps than the kernel keeps */
     blocked_in b16k8;
     blocked_make(&b16k8, &k8, x, x, 16);
-    assert_int_equal(nn_dw_wgrad_blocked(&ctx, &k8, b16k8.x.data, &b16k8.vx, b16k8.dy.data, &b16k8.vdy, dw, db, &e), 1);
+    assert_int_equal(nn_dw_wgrad_blocked(&fx_ctx, &k8, b16k8.x.data, &b16k8.vx, b16k8.dy.data, &b16k8.vdy, dw, db, &e), 1);
     nn_fused_set_enabled(0);
-    assert_int_equal(nn_dw_wgrad_blocked(&ctx, &s, b16.x.data, &b16.vx, b16.dy.data, &b16.vdy, dw, db, &e), 1);
+    assert_int_equal(nn_dw_wgrad_blocked(&fx_ctx, &s, b16.x.data, &b16.vx, b16.dy.data, &b16.vdy, dw, db, &e), 1);
     nn_fused_set_enabled(-1);
     assert_memory_equal(dw, zero, sizeof dw);
     assert_memory_equal(db, zero, sizeof db);
@@ -210,5 +192,5 @@ int main(void)
         cmocka_unit_test(matches_reference),
         cmocka_unit_test(declines),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, fx_ctx_setup, fx_ctx_teardown);
 }

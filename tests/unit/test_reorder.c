@@ -17,24 +17,6 @@
 #include "nn/engine.h"
 #include "tests/unit/fixture.h"
 
-static nn_ctx ctx;
-
-static int setup(void **state)
-{
-    nn_err e;
-    if (nn_ctx_init(&ctx, 2, &e)) {
-        print_error("%s\n", e.msg);
-        return -1;
-    }
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    nn_ctx_free(&ctx);
-    return 0;
-}
-
 static void one(int nd, const dnnl_dim_t *dims, dnnl_format_tag_t plain, dnnl_format_tag_t other,
                 dnnl_format_tag_t blocked, int own)
 {
@@ -48,14 +30,14 @@ static void one(int nd, const dnnl_dim_t *dims, dnnl_format_tag_t plain, dnnl_fo
     float *got = malloc(nb * sizeof(float)), *want = malloc(nb * sizeof(float));
     memset(got, 0, nb * sizeof(float)), memset(want, 0, nb * sizeof(float));
     const int before = nn_reorder_own_calls();
-    fx_ok(nn_reorder(&ctx, &mp, x, &mb, got, &e), &e);   /* plain: the own path where it applies */
+    fx_ok(nn_reorder(&fx_ctx, &mp, x, &mb, got, &e), &e);   /* plain: the own path where it applies */
     assert_int_equal(nn_reorder_own_calls() - before, own);
-    fx_ok(nn_reorder(&ctx, &mp, x, &mo, o, &e), &e);     /* oneDNN */
-    fx_ok(nn_reorder(&ctx, &mo, o, &mb, want, &e), &e);  /* oneDNN: the source is not plain */
+    fx_ok(nn_reorder(&fx_ctx, &mp, x, &mo, o, &e), &e);     /* oneDNN */
+    fx_ok(nn_reorder(&fx_ctx, &mo, o, &mb, want, &e), &e);  /* oneDNN: the source is not plain */
     assert_memory_equal(got, want, nb * sizeof(float));
     /* and back */
     float *back = malloc(n * sizeof(float));
-    fx_ok(nn_reorder(&ctx, &mb, got, &mp, back, &e), &e);
+    fx_ok(nn_reorder(&fx_ctx, &mb, got, &mp, back, &e), &e);
     assert_memory_equal(back, x, n * sizeof(float));
     free(x), free(o), free(got), free(want), free(back);
 }
@@ -73,5 +55,5 @@ static void plain_to_first_dim_blocked(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(plain_to_first_dim_blocked)};
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, fx_ctx_setup, fx_ctx_teardown);
 }
