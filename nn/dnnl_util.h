@@ -56,10 +56,6 @@ void nn_env_switch_set(int *state, int on);
  * hides it, and they then decline). */
 int nn_cpu_has_avx512(void);
 
-/* How many nn_reorder calls took its own path from plain f32 into a layout blocked by 16 on the
- * first dim (tests check that it ran). */
-int nn_reorder_own_calls(void);
-
 /* memcpy of n floats over the OpenMP threads (serial below a few hundred KB). */
 void nn_par_copy(float *dst, const float *src, size_t n);
 

@@ -351,66 +351,6 @@ const dnnl_memory_desc_t *nn_pd_md(const_dnnl_primitive_desc_t pd, dnnl_query_t 
     return dnnl_primitive_desc_query_md(pd, what, index);
 }
 
-/* 1 if md is dense row-major f32 of its dims (abcd...), without padding or offset. */
-static int md_is_plain(const dnnl_memory_desc_t *md)
-{
-    if (md->format_kind != dnnl_blocked || md->data_type != dnnl_f32 || md->offset0 || md->extra.flags ||
-        md->format_desc.blocking.inner_nblks)
-        return 0;
-    dnnl_dim_t st = 1;
-    for (int i = md->ndims - 1; i >= 0; i--) {
-        if (md->padded_dims[i] != md->dims[i] || md->format_desc.blocking.strides[i] != st)
-            return 0;
-        st *= md->dims[i];
-    }
-    return 1;
-}
-
-/* Plain f32 into a layout whose only inner block is 16 of the first dim (the weights layouts
- * Acdb16a / Abcd16a of convolutions with few input channels), without padding: a gather over the
- * dense source. oneDNN 2.6's reorder takes 0.15 ms for the autoencoders' 128x3x7x7 stem weights
- * (Acdb16a), this about 10 us; it ran three times a step. Returns 1 where it does not apply. */
-static int own_reorders; /* how many took the own path (nn_reorder_own_calls, for tests) */
-
-int nn_reorder_own_calls(void) { return __atomic_load_n(&own_reorders, __ATOMIC_RELAXED); }
-
-static int reorder_plain_to_a16(const dnnl_memory_desc_t *src_md, const float *src, const dnnl_memory_desc_t *dst_md,
-                                float *dst)
-{
-    const dnnl_blocking_desc_t *b = &dst_md->format_desc.blocking;
-    const int nd = dst_md->ndims;
-    if (nd < 2 || nd > 5 || !md_is_plain(src_md) || dst_md->format_kind != dnnl_blocked ||
-        dst_md->data_type != dnnl_f32 || dst_md->offset0 || dst_md->extra.flags || b->inner_nblks != 1 ||
-        b->inner_blks[0] != 16 || b->inner_idxs[0] != 0 || src_md->ndims != nd)
-        return 1;
-    for (int i = 0; i < nd; i++)
-        if (dst_md->dims[i] != src_md->dims[i] || dst_md->padded_dims[i] != dst_md->dims[i])
-            return 1;
-    if (dst_md->dims[0] % 16)
-        return 1;
-    /* the source as [A][rest] with rest = the product of the other dims; element (a, r) goes to
-     * (a / 16) * stride0 + offset of r's coordinates + a % 16 */
-    dnnl_dim_t rest = 1, dims[5], strides[5];
-    for (int i = 1; i < nd; i++)
-        rest *= dst_md->dims[i], dims[i] = dst_md->dims[i], strides[i] = b->strides[i];
-    const dnnl_dim_t A = dst_md->dims[0], s0 = b->strides[0];
-#pragma omp parallel for schedule(static) if (A * rest > 65536)
-    for (dnnl_dim_t a = 0; a < A; a++) {
-        const float *sa = src + a * rest;
-        float *da = dst + (a / 16) * s0 + a % 16;
-        for (dnnl_dim_t r = 0; r < rest; r++) {
-            dnnl_dim_t q = r, off = 0;
-            for (int i = nd - 1; i >= 1; i--) {
-                off += (q % dims[i]) * strides[i];
-                q /= dims[i];
-            }
-            da[off] = sa[r];
-        }
-    }
-    __atomic_add_fetch(&own_reorders, 1, __ATOMIC_RELAXED);
-    return 0;
-}
-
 int nn_reorder(nn_ctx *ctx, const dnnl_memory_desc_t *src_md, const void *src, const dnnl_memory_desc_t *dst_md,
                void *dst, nn_err *e)
 {
@@ -419,8 +359,6 @@ int nn_reorder(nn_ctx *ctx, const dnnl_memory_desc_t *src_md, const void *src, c
             memcpy(dst, src, nn_md_bytes(src_md));
         return 0;
     }
-    if (src != dst && reorder_plain_to_a16(src_md, src, dst_md, dst) == 0)
-        return 0;
     nn_reorder_cache *rc = ctx->reorders;
     int hit = -1;
     for (int i = 0; i < rc->count; i++)
