@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nn/bias_grad.h"
 #include "nn/conv_grouped.h"
 #include "nn/dw_wgrad.h"
 #include "nn/conv_head.h"
@@ -20,6 +21,7 @@ struct nn_conv_prims {
     int wino;    /* NN_WINO_* passes that use Winograd for this shape */
     int own;     /* runs on conv_grouped.c's kernels (no primitives; wei holds the bwd-data weights) */
     int own_bwdw; /* depthwise, whose weight gradient oneDNN would run on its gemm fallback: ours */
+    int own_bias; /* oneDNN's weight gradient runs without the bias; nn_bias_grad takes it */
     dnnl_memory_desc_t in_md;
     dnnl_primitive_desc_t fwd_pd, bwdd_pd, bwdw_pd;
     dnnl_primitive_t fwd, bwdd, bwdw;
@@ -432,13 +434,28 @@ static int make_backward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, int weight
         p->own_bwdw = 1;
         return 0;
     }
-    int bad = 1;
-    for (int wino = (p->wino & NN_WINO_BWD_WEIGHTS) ? 1 : 0; wino >= 0 && bad; wino--)
-        bad = dnnl_convolution_backward_weights_desc_init(&d, conv_alg(wino), &src, &wei, g->has_bias ? &bias : NULL,
-                                                          &ddst, strides, pad, pad) != dnnl_success ||
-              nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdw_pd, &p->bwdw, e);
-    if (bad)
-        return -1;
+    /* With a bias, first without it (nn_bias_grad takes it, see nn/bias_grad.h), where the output
+     * gradient's layout is one our kernel reads; with it otherwise. */
+    for (p->own_bias = g->has_bias; p->own_bias >= 0; p->own_bias--) {
+        int bad = 1;
+        for (int wino = (p->wino & NN_WINO_BWD_WEIGHTS) ? 1 : 0; wino >= 0 && bad; wino--)
+            bad = dnnl_convolution_backward_weights_desc_init(&d, conv_alg(wino), &src, &wei,
+                                                              g->has_bias && !p->own_bias ? &bias : NULL, &ddst,
+                                                              strides, pad, pad) != dnnl_success ||
+                  nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdw_pd, &p->bwdw, e);
+        if (bad)
+            return -1;
+        nn_view5 v;
+        const dnnl_memory_desc_t *ddst_md = nn_pd_md(p->bwdw_pd, dnnl_query_diff_dst_md, 0);
+        if (!p->own_bias || nn_view5_of(ddst_md, (int)ddst_md->dims[0], (int)ddst_md->dims[1],
+                                        (int)ddst_md->dims[2], (int)ddst_md->dims[3], &v) == 0)
+            break;
+        dnnl_primitive_destroy(p->bwdw);
+        dnnl_primitive_desc_destroy(p->bwdw_pd);
+        p->bwdw = NULL, p->bwdw_pd = NULL;
+    }
+    if (!g->has_bias || p->own_bias)
+        return 0;
     p->dbias = nn_alloc((size_t)g->cout * sizeof(float));
     return p->dbias ? 0 : nn_errf(e, "out of memory");
 }
@@ -515,8 +532,16 @@ static int backward_weights(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const n
                      {DNNL_ARG_DIFF_DST, ddst_md, (void *)ddst},
                      {DNNL_ARG_DIFF_WEIGHTS, dwei_md, dwei},
                      {DNNL_ARG_DIFF_BIAS, &bias, p->dbias}};
-    if (nn_exec(ctx, p->bwdw, l->geo.has_bias ? 4 : 3, args, e))
+    if (nn_exec(ctx, p->bwdw, p->dbias ? 4 : 3, args, e))
         return -1;
+    if (p->own_bias) {
+        nn_view5 v;
+        if (nn_view5_of(ddst_md, (int)ddst_md->dims[0], (int)ddst_md->dims[1], (int)ddst_md->dims[2],
+                        (int)ddst_md->dims[3], &v))
+            return nn_errf(e, "internal: the bias gradient cannot read the output gradient's layout");
+        if (nn_bias_grad(ctx, ddst, &v, l->dbias.data, e))
+            return -1;
+    }
     dnnl_memory_desc_t plain = md_weights(&l->geo, 0);
     if (nn_reorder(ctx, dwei_md, dwei, &plain, dwei_plain, e))
         return -1;
@@ -526,7 +551,7 @@ static int backward_weights(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const n
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++)
         dw[i] += t[i];
-    if (l->geo.has_bias)
+    if (p->dbias)
         for (int i = 0; i < l->geo.cout; i++)
             l->dbias.data[i] += p->dbias[i];
     return 0;
@@ -609,6 +634,11 @@ int nn_conv2d_last_input(const nn_conv2d *l, int *n, int *h, int *w)
         return -1; /* new shapes go to the head of the list */
     *n = l->prims->n, *h = l->prims->h, *w = l->prims->w;
     return 0;
+}
+
+int nn_conv2d_own_bias_grad(const nn_conv2d *l)
+{
+    return l->prims && l->prims->bwdw && l->prims->own_bias;
 }
 
 int nn_conv2d_drop_prims(nn_conv2d *l, nn_err *e)

@@ -137,6 +137,9 @@ int nn_conv2d_backward_relu_input(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, co
 /* Input dims (after explicit padding) of the shape most recently prepared, for summaries.
  * -1 before the first forward. */
 int nn_conv2d_last_input(const nn_conv2d *l, int *n, int *h, int *w);
+/* 1 when that shape's weight gradient runs on oneDNN without the bias, which nn_bias_grad adds
+ * (nn/bias_grad.h); 0 otherwise (no bias, not made yet, our own kernels, or a layout it cannot read). */
+int nn_conv2d_own_bias_grad(const nn_conv2d *l);
 /* Frozen layers only: frees the PyTorch-layout weights (and gradient) once oneDNN's copies exist,
  * so a frozen net holds its weights once per layout oneDNN needs instead of once more. Later
  * shapes copy from oneDNN's copies. */
