@@ -153,47 +153,77 @@ void nn_adam_reset(nn_adam *opt)
 
 void nn_params_zero_grad(const nn_param *params, int count)
 {
-    for (int i = 0; i < count; i++)
-        if (params[i].grad && params[i].grad->data)
-            nn_tensor_zero(params[i].grad);
-}
-
-/* Sum of squares in fixed chunks of NORM_CHUNK elements, the chunks' sums added in order: the same
- * result whatever the thread count (a PGN's 1.77M gradients took ~2 ms on one thread). */
-#define NORM_CHUNK 16384
-
-static double chunk_squares(const float *x, size_t n, size_t c)
-{
-    double s = 0.0;
-    for (size_t j = c * NORM_CHUNK; j < n && j < (c + 1) * NORM_CHUNK; j++)
-        s += (double)x[j] * x[j];
-    return s;
-}
-
-static double sum_squares(const float *x, size_t n)
-{
-    const size_t nch = (n + NORM_CHUNK - 1) / NORM_CHUNK;
-    double *part = nch > 1 ? malloc(nch * sizeof *part) : NULL, ss = 0.0;
-    if (part) {
-#pragma omp parallel for schedule(static)
-        for (size_t c = 0; c < nch; c++)
-            part[c] = chunk_squares(x, n, c);
-    }
-    for (size_t c = 0; c < nch; c++) /* in order; on one thread when there is one chunk or no memory */
-        ss += part ? part[c] : chunk_squares(x, n, c);
-    free(part);
-    return ss;
-}
-
-double nn_grad_norm(const nn_param *params, int count)
-{
-    double ss = 0.0;
+    /* one region for every tensor, as nn_adam_step (dozens of tensors, most of them small) */
+#pragma omp parallel
     for (int i = 0; i < count; i++) {
         const nn_tensor *g = params[i].grad;
         if (!g || !g->data)
             continue;
-        ss += sum_squares(g->data, g->numel);
+        float *d = g->data;
+#pragma omp for simd schedule(static) nowait
+        for (size_t j = 0; j < g->numel; j++)
+            d[j] = 0.0f;
     }
+}
+
+/* Sum of squares in fixed chunks of NORM_CHUNK elements, each chunk in NORM_LANES double sums
+ * (element j in sum j % NORM_LANES, so they vectorise) added in order, then the chunks in order,
+ * tensor after tensor: the same result whatever the thread count. */
+#define NORM_CHUNK 16384
+#define NORM_LANES 8
+
+static double chunk_squares(const float *x, size_t n, size_t c)
+{
+    const size_t j0 = c * NORM_CHUNK, j1 = j0 + NORM_CHUNK < n ? j0 + NORM_CHUNK : n;
+    double acc[NORM_LANES] = {0};
+    size_t j = j0;
+    for (; j + NORM_LANES <= j1; j += NORM_LANES)
+        for (int l = 0; l < NORM_LANES; l++)
+            acc[l] += (double)x[j + l] * x[j + l];
+    for (; j < j1; j++)
+        acc[j % NORM_LANES] += (double)x[j] * x[j];
+    double s = 0.0;
+    for (int l = 0; l < NORM_LANES; l++)
+        s += acc[l];
+    return s;
+}
+
+static size_t chunks_of(const nn_param *p)
+{
+    return p->grad && p->grad->data ? (p->grad->numel + NORM_CHUNK - 1) / NORM_CHUNK : 0;
+}
+
+double nn_grad_norm(const nn_param *params, int count)
+{
+    /* every tensor's chunks in one parallel region (a region per tensor, with a small tensor's one
+     * chunk on the calling thread alone, kept the other threads waiting) */
+    size_t nch = 0;
+    for (int i = 0; i < count; i++)
+        nch += chunks_of(&params[i]);
+    struct chunk {
+        double sum;
+        int tensor;
+        size_t index; /* in its tensor */
+    } *ck = malloc((nch ? nch : 1) * sizeof *ck);
+    double ss = 0.0;
+    if (!ck) { /* no memory: the same sums on this thread */
+        for (int i = 0; i < count; i++)
+            for (size_t c = 0; c < chunks_of(&params[i]); c++)
+                ss += chunk_squares(params[i].grad->data, params[i].grad->numel, c);
+        return sqrt(ss);
+    }
+    size_t k = 0;
+    for (int i = 0; i < count; i++)
+        for (size_t c = 0; c < chunks_of(&params[i]); c++, k++)
+            ck[k].tensor = i, ck[k].index = c;
+#pragma omp parallel for schedule(static)
+    for (k = 0; k < nch; k++) {
+        const nn_tensor *g = params[ck[k].tensor].grad;
+        ck[k].sum = chunk_squares(g->data, g->numel, ck[k].index);
+    }
+    for (k = 0; k < nch; k++) /* in order */
+        ss += ck[k].sum;
+    free(ck);
     return sqrt(ss);
 }
 
@@ -203,12 +233,15 @@ double nn_clip_grad_norm(const nn_param *params, int count, double max_norm)
     const double coef = max_norm / (total + 1e-6);
     if (coef < 1.0) {
         const float c = (float)coef;
+#pragma omp parallel
         for (int i = 0; i < count; i++) {
             nn_tensor *g = params[i].grad;
             if (!g || !g->data)
                 continue;
+            float *d = g->data;
+#pragma omp for simd schedule(static) nowait
             for (size_t j = 0; j < g->numel; j++)
-                g->data[j] *= c;
+                d[j] *= c;
         }
     }
     return total;

@@ -1,6 +1,7 @@
 /* Adam (nn/adam.c) against torch.optim.Adam, and gradient-norm clipping against
  * torch.nn.utils.clip_grad_norm_. */
 #include <math.h>
+#include <omp.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +12,7 @@
 #include <cmocka.h>
 
 #include "nn/adam.h"
+#include "nn/rng.h"
 
 #define N 4
 
@@ -204,6 +206,51 @@ static void test_clip_above_threshold_scaled(void **state)
     two_params_free(&t);
 }
 
+/* Tensors of several chunks, one of a single element and one without a gradient: the norm is the
+ * plain sum of squares (in long double here), bitwise the same on 1 and 2 threads; zeroing and
+ * clipping reach every element. */
+static void test_grad_norm_many_chunks(void **state)
+{
+    (void)state;
+    enum { T = 4 };
+    const size_t sizes[T] = {40000, 1, 16385, 100};
+    nn_tensor v[T], g[T];
+    nn_param p[T];
+    nn_err e;
+    nn_rng r;
+    nn_rng_seed(&r, 11);
+    long double ref = 0;
+    for (int i = 0; i < T; i++) {
+        assert_int_equal(nn_tensor_alloc1(&v[i], sizes[i], &e), 0);
+        assert_int_equal(nn_tensor_alloc1(&g[i], sizes[i], &e), 0);
+        for (size_t j = 0; j < sizes[i]; j++) {
+            g[i].data[j] = nn_rng_uniform(&r) - 0.5f;
+            if (i != 3)
+                ref += (long double)g[i].data[j] * g[i].data[j];
+        }
+        p[i] = (nn_param){&v[i], i == 3 ? NULL : &g[i]};
+    }
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    const double one = nn_grad_norm(p, T);
+    omp_set_num_threads(2);
+    const double two = nn_grad_norm(p, T);
+    omp_set_num_threads(threads);
+    assert_true(one == two);
+    assert_float_equal(two, sqrtl(ref), 1e-12 * two);
+    assert_float_equal(nn_clip_grad_norm(p, T, two / 2), two, 1e-12 * two);
+    assert_float_equal(nn_grad_norm(p, T), two / 2, 1e-6 * two);
+    nn_params_zero_grad(p, T);
+    assert_true(nn_grad_norm(p, T) == 0.0);
+    for (int i = 0; i < 3; i++)
+        for (size_t j = 0; j < sizes[i]; j++)
+            assert_true(g[i].data[j] == 0.0f);
+    for (int i = 0; i < T; i++) {
+        nn_tensor_free(&v[i]);
+        nn_tensor_free(&g[i]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -212,6 +259,7 @@ int main(void)
         cmocka_unit_test(test_adam_reset),
         cmocka_unit_test(test_zero_grad),
         cmocka_unit_test(test_grad_norm),
+        cmocka_unit_test(test_grad_norm_many_chunks),
         cmocka_unit_test(test_clip_below_threshold_untouched),
         cmocka_unit_test(test_clip_above_threshold_scaled),
     };
