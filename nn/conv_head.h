@@ -4,6 +4,7 @@
  * streaming the full-resolution, many-channel input or its gradient once more, while the real
  * work is a few multiply-adds per element. Used through nn_conv2d_backward_relu_input.
  *
+ * AVX2 (the build's baseline); a 16-channel block on AVX-512 where the CPU has it.
  * Parallel over (image, block of input channels); each task owns its elements of dx and its
  * channels' partial weight gradient, summed over the images afterwards in a fixed order: no
  * atomics, and results do not depend on the thread count. */
