@@ -298,26 +298,39 @@ void pgn_data_rrc_params(nn_rng *rng, int h, int w, int *top, int *left, int *ch
     *cw = cw_;
 }
 
-/* out [3, size, size] in [0, 1] (not normalised), from the decoded image img [3, h, w] or, when
- * img is NULL, from the cache entry en. Returns 0, -1 on out of memory (the RNG advanced). */
-static int crop_resize_flip(nn_rng *rng, const float *img, const pgn_image_cache_entry *en, int h, int w,
-                            float *out, int size)
+/* One sample of a batch: its crop and flip, drawn; where it reads from; where it goes. */
+typedef struct crop_job {
+    const pgn_image_cache_entry *en; /* the cached image, or NULL: */
+    float *img;                      /* the decoded one [3, h, w] (owned when the job is queued) */
+    int h, w, top, left, ch, cw, flip;
+    float *out;
+} crop_job;
+
+/* The draws of one crop, in torchvision's order (the crop, then the flip). */
+static void crop_draw(nn_rng *rng, crop_job *j)
 {
-    int top, left, ch, cw;
-    pgn_data_rrc_params(rng, h, w, &top, &left, &ch, &cw);
-    float *tmp = NULL;
-    if (img) {
-        if (!(tmp = malloc((size_t)3 * ch * cw * sizeof(float))))
+    pgn_data_rrc_params(rng, j->h, j->w, &j->top, &j->left, &j->ch, &j->cw);
+    j->flip = nn_rng_uniform(rng) < 0.5f;
+}
+
+/* out [3, size, size] in [0, 1] (not normalised). Returns 0, -1 on out of memory. */
+static int crop_run(const crop_job *j, int size)
+{
+    float *out = j->out;
+    if (j->img) {
+        float *tmp = malloc((size_t)3 * j->ch * j->cw * sizeof(float));
+        if (!tmp)
             return -1;
         for (int c = 0; c < 3; c++)
-            for (int y = 0; y < ch; y++)
-                memcpy(tmp + ((size_t)c * ch + y) * cw, img + ((size_t)c * h + top + y) * w + left,
-                       (size_t)cw * sizeof(float));
-        pgn_image_resize(tmp, 3, ch, cw, out, size, size);
+            for (int y = 0; y < j->ch; y++)
+                memcpy(tmp + ((size_t)c * j->ch + y) * j->cw, j->img + ((size_t)c * j->h + j->top + y) * j->w + j->left,
+                       (size_t)j->cw * sizeof(float));
+        pgn_image_resize(tmp, 3, j->ch, j->cw, out, size, size);
+        free(tmp);
     } else {
-        pgn_image_cache_crop_resize(en, top, left, ch, cw, out, size, size);
+        pgn_image_cache_crop_resize(j->en, j->top, j->left, j->ch, j->cw, out, size, size);
     }
-    if (nn_rng_uniform(rng) < 0.5f)
+    if (j->flip)
         for (int c = 0; c < 3; c++)
             for (int y = 0; y < size; y++) {
                 float *r = out + ((size_t)c * size + y) * size;
@@ -327,8 +340,32 @@ static int crop_resize_flip(nn_rng *rng, const float *img, const pgn_image_cache
                     r[b] = t;
                 }
             }
-    free(tmp);
     return 0;
+}
+
+/* Runs the queued crops, one per thread at a time (they only read the cache), and frees their
+ * decoded images. Returns 0, -1 on out of memory. */
+static int crops_flush(crop_job *jobs, int n, int size)
+{
+    int oom = 0;
+#pragma omp parallel for schedule(static) reduction(| : oom) if (n > 1)
+    for (int i = 0; i < n; i++)
+        oom |= crop_run(&jobs[i], size) != 0;
+    for (int i = 0; i < n; i++) {
+        free(jobs[i].img);
+        jobs[i].img = NULL;
+    }
+    return oom ? -1 : 0;
+}
+
+/* out [3, size, size] in [0, 1] (not normalised), from the decoded image img [3, h, w] or, when
+ * img is NULL, from the cache entry en. Returns 0, -1 on out of memory (the RNG advanced). */
+static int crop_resize_flip(nn_rng *rng, const float *img, const pgn_image_cache_entry *en, int h, int w,
+                            float *out, int size)
+{
+    crop_job j = {en, (float *)img, h, w, 0, 0, 0, 0, 0, out};
+    crop_draw(rng, &j);
+    return crop_run(&j, size);
 }
 
 void pgn_data_random_resized_crop(nn_rng *rng, const float *img, int h, int w, float *out, int size)
@@ -383,41 +420,64 @@ int pgn_data_train_batch(pgn_data *d, float *out, int batch, int size, char *err
         return fail(err, errlen, "%s: bad batch %d or size %d", d->folder, batch, size);
     size_t plane = (size_t)3 * size * size;
     char msg[1024] = "";
-    for (int b = 0; b < batch; b++) {
+    /* The draws are made in order, sample after sample; the crops are queued and run on all
+     * threads together, before any decode (a decode's cache put may evict an entry a queued crop
+     * reads) and at the end. */
+    crop_job *jobs = malloc((size_t)batch * sizeof *jobs);
+    if (!jobs)
+        return fail(err, errlen, "%s: out of memory", d->folder);
+    int queued = 0, rc = 0;
+    for (int b = 0; b < batch && !rc; b++) {
         int consecutive = 0;
         for (;;) {
-            if (d->n_bad_train >= d->n_train)
-                return fail(err, errlen, "%s: every training image is unreadable (%ld skipped; last: %s)",
-                            d->folder, d->n_skipped, d->last_error);
-            if (consecutive >= PGN_DATA_MAX_CONSECUTIVE_FAILURES)
-                return fail(err, errlen, "%s: %d images in a row failed to load (last: %s)", d->folder,
-                            consecutive, d->last_error);
+            if (d->n_bad_train >= d->n_train) {
+                rc = fail(err, errlen, "%s: every training image is unreadable (%ld skipped; last: %s)", d->folder,
+                          d->n_skipped, d->last_error);
+                break;
+            }
+            if (consecutive >= PGN_DATA_MAX_CONSECUTIVE_FAILURES) {
+                rc = fail(err, errlen, "%s: %d images in a row failed to load (last: %s)", d->folder, consecutive,
+                          d->last_error);
+                break;
+            }
             int f = d->train[nn_rng_below(&d->rng, (uint32_t)d->n_train)];
             if (d->bad[f])
                 continue; /* known bad: draw again without decoding */
-            float *img = NULL;
-            int h, w;
-            const pgn_image_cache_entry *en = pgn_image_cache_get(&d->cache, f);
-            if (en) {
-                h = en->h, w = en->w;
+            crop_job *j = &jobs[queued];
+            *j = (crop_job){.out = out + (size_t)b * plane};
+            if ((j->en = pgn_image_cache_get(&d->cache, f))) {
+                j->h = j->en->h, j->w = j->en->w;
             } else {
-                int rc = load_checked(d, f, &img, &h, &w, msg, sizeof msg);
-                if (rc < 0)
-                    return fail(err, errlen, "%s", msg);
-                if (rc > 0) {
+                if (crops_flush(jobs, queued, size)) {
+                    queued = 0;
+                    rc = fail(err, errlen, "%s: out of memory", d->folder);
+                    break;
+                }
+                queued = 0;
+                j = &jobs[0];
+                *j = (crop_job){.out = out + (size_t)b * plane};
+                int lr = load_checked(d, f, &j->img, &j->h, &j->w, msg, sizeof msg);
+                if (lr < 0) {
+                    rc = fail(err, errlen, "%s", msg);
+                    break;
+                }
+                if (lr > 0) {
                     d->n_bad_train++;
                     consecutive++;
                     continue;
                 }
-                pgn_image_cache_put(&d->cache, f, img, h, w);
+                pgn_image_cache_put(&d->cache, f, j->img, j->h, j->w);
             }
-            int rc = crop_resize_flip(&d->rng, img, en, h, w, out + (size_t)b * plane, size);
-            free(img);
-            if (rc)
-                return fail(err, errlen, "%s: out of memory", d->files[f]);
+            crop_draw(&d->rng, j);
+            queued++;
             break;
         }
     }
+    if (crops_flush(jobs, queued, size) && !rc)
+        rc = fail(err, errlen, "%s: out of memory", d->folder);
+    free(jobs);
+    if (rc)
+        return rc;
     pgn_to_normalised(out, out, batch, size, size, PGN_SPACE_UNIT);
     return 0;
 }

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <omp.h>
 
 #include "pgn/data.h"
 #include "pgn/image_cache.h"
@@ -334,17 +335,22 @@ static void validation(void **state)
 }
 
 /* The cache changes nothing but the time: batches and validation images are bit-identical with the
- * default budget, with none, and with one so small that images are evicted all the time. */
+ * default budget, with none, and with one so small that images are evicted all the time; and the
+ * crops, run on all threads together, are the same on one thread. */
 static void cache_same_batches(void **state)
 {
     (void)state;
     const int B = 16, S = 24, N = 6;
     size_t n = (size_t)B * 3 * S * S;
     float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float)), *z = malloc(n * sizeof(float));
+    float *one = malloc(n * sizeof(float));
+    assert_non_null(one);
     assert_non_null(x);
     assert_non_null(y);
     assert_non_null(z);
-    pgn_data a, b, c;
+    pgn_data a, b, c, t1;
+    assert_int_equal(pgn_data_open(&t1, dir, 0.3, 5, err, sizeof err), 0);
+    t1.quiet = 1;
     assert_int_equal(pgn_data_open(&a, dir, 0.3, 5, err, sizeof err), 0);
     assert_int_equal(pgn_data_open(&b, dir, 0.3, 5, err, sizeof err), 0);
     assert_int_equal(pgn_data_open(&c, dir, 0.3, 5, err, sizeof err), 0);
@@ -358,6 +364,11 @@ static void cache_same_batches(void **state)
         assert_int_equal(pgn_data_train_batch(&c, z, B, S, err, sizeof err), 0);
         assert_memory_equal(x, y, n * sizeof(float));
         assert_memory_equal(x, z, n * sizeof(float));
+        const int threads = omp_get_max_threads();
+        omp_set_num_threads(1);
+        assert_int_equal(pgn_data_train_batch(&t1, one, B, S, err, sizeof err), 0);
+        omp_set_num_threads(threads);
+        assert_memory_equal(x, one, n * sizeof(float));
     }
     /* every good training image decoded once, then served from memory */
     assert_true(a.cache.hits > N * B / 2);
@@ -379,9 +390,11 @@ static void cache_same_batches(void **state)
     pgn_data_close(&a);
     pgn_data_close(&b);
     pgn_data_close(&c);
+    pgn_data_close(&t1);
     free(x);
     free(y);
     free(z);
+    free(one);
 }
 
 /* The cache itself: storage kinds, exact read-back, LRU eviction, the budget. */
