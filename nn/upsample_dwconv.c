@@ -382,22 +382,20 @@ int nn_upsample_dwconv_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, cons
         float wt[9 * 16], bias[16];
         block_params(l, mode, p % cb, wt, bias);
         float *base = bufs + (size_t)omp_get_thread_num() * per;
+        float *o = dst + p * xplane;
         bwd_bufs B = {{base, base + stride, base + 2 * stride},
                       {base + 3 * stride, base + 4 * stride, base + 5 * stride},
                       base + 6 * stride,
                       base + 6 * stride + (size_t)W * blk,
-                      base + 6 * stride + (size_t)W * blk + row};
+                      add ? base + 6 * stride + (size_t)W * blk + row : o}; /* dx: straight into place */
         double *dw = part + (size_t)p * 10 * 16, *db = dw + 9 * 16;
         memset(dw, 0, 10 * 16 * sizeof(double));
         const int gplane = mode == KERNEL_PAIR ? p / cb * ocb + p % cb / 2 : p;
         const float *xp = x->data + p * xplane, *gp = d + gplane * (size_t)H * W * blk;
         bwd_plane(xp, gp, mode == KERNEL_PAIR ? p % cb % 2 : -1, wt, h, w, cc, &gtab, &B, relu_x, param_grads, dw, db);
-        float *o = dst + p * xplane;
         if (add)
             for (size_t i = 0; i < xplane; i++)
                 o[i] += B.dx[i];
-        else
-            memcpy(o, B.dx, xplane * sizeof(float));
     }
     if (param_grads) /* over the images, in order */
         for (int c = 0; c < C; c++) {
