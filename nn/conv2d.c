@@ -21,7 +21,7 @@ struct nn_conv_prims {
     int wino;    /* NN_WINO_* passes that use Winograd for this shape */
     int own;     /* runs on conv_grouped.c's kernels (no primitives; wei holds the bwd-data weights) */
     int own_bwdw; /* depthwise, whose weight gradient oneDNN would run on its gemm fallback: ours */
-    int own_bias; /* oneDNN's weight gradient runs without the bias; nn_bias_grad takes it */
+    int bf16;     /* the passes run on oneDNN's bf16 kernels (nn_conv2d.bf16) */
     dnnl_memory_desc_t in_md;
     dnnl_primitive_desc_t fwd_pd, bwdd_pd, bwdw_pd;
     dnnl_primitive_t fwd, bwdd, bwdw;
@@ -32,32 +32,38 @@ struct nn_conv_prims {
     nn_act xr, xr_w, dyr, dyr_w; /* inputs reordered to what a primitive / our kernels want (the
                                   * oneDNN forward's goes to the ctx's scratch) */
     nn_act dx_tmp;               /* bwd-data output when it must be added, not stored */
-    float *dbias;
 };
 
 /* Winograd where asked for; callers fall back to direct when oneDNN has no Winograd kernel for a shape. */
 static dnnl_alg_kind_t conv_alg(int winograd) { return winograd ? dnnl_convolution_winograd : dnnl_convolution_direct; }
 
-static dnnl_memory_desc_t md_any4(int n, int c, int h, int w)
+static dnnl_memory_desc_t md_any4t(int n, int c, int h, int w, dnnl_data_type_t dt)
 {
     dnnl_memory_desc_t md;
     dnnl_dims_t d = {n, c, h, w};
-    dnnl_memory_desc_init_by_tag(&md, 4, d, dnnl_f32, dnnl_format_tag_any);
+    dnnl_memory_desc_init_by_tag(&md, 4, d, dt, dnnl_format_tag_any);
     return md;
 }
 
+static dnnl_memory_desc_t md_any4(int n, int c, int h, int w) { return md_any4t(n, c, h, w, dnnl_f32); }
+
 /* Weights as PyTorch stores them: oihw, or goihw (same bytes) when grouped. */
-static dnnl_memory_desc_t md_weights(const nn_conv_shape *g, dnnl_format_tag_t tag_any)
+static dnnl_memory_desc_t md_weights_t(const nn_conv_shape *g, dnnl_format_tag_t tag_any, dnnl_data_type_t dt)
 {
     dnnl_memory_desc_t md;
     if (g->groups > 1) {
         dnnl_dims_t d = {g->groups, g->cout / g->groups, g->cin / g->groups, g->kh, g->kw};
-        dnnl_memory_desc_init_by_tag(&md, 5, d, dnnl_f32, tag_any ? tag_any : dnnl_goihw);
+        dnnl_memory_desc_init_by_tag(&md, 5, d, dt, tag_any ? tag_any : dnnl_goihw);
     } else {
         dnnl_dims_t d = {g->cout, g->cin, g->kh, g->kw};
-        dnnl_memory_desc_init_by_tag(&md, 4, d, dnnl_f32, tag_any ? tag_any : dnnl_oihw);
+        dnnl_memory_desc_init_by_tag(&md, 4, d, dt, tag_any ? tag_any : dnnl_oihw);
     }
     return md;
+}
+
+static dnnl_memory_desc_t md_weights(const nn_conv_shape *g, dnnl_format_tag_t tag_any)
+{
+    return md_weights_t(g, tag_any, dnnl_f32);
 }
 
 static dnnl_memory_desc_t md_bias(int cout)
@@ -98,7 +104,6 @@ static void prims_free(nn_conv_prims *p)
     dnnl_primitive_desc_destroy(p->bwdw_pd);
     nn_free(p->wei);
     nn_free(p->wei_bwdd);
-    nn_free(p->dbias);
     nn_act_free(&p->xr);
     nn_act_free(&p->xr_w);
     nn_act_free(&p->dyr);
@@ -218,6 +223,24 @@ static nn_conv_prims *get_prims(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_e
      * faster (a 224 loss and gradient 202 ms against 260); batch 1 at 16x16 (256) no gain. */
     p->wino = (long)x->n * oh * ow >= 768 ? l->winograd : 0;
     int bad = 1;
+    if (l->bf16 && g->groups == 1 && !p->wino) { /* nn_conv2d.bf16: only on a bf16 kernel */
+        dnnl_memory_desc_t srcb = md_any4t(x->n, g->cin, x->h, x->w, dnnl_bf16);
+        dnnl_memory_desc_t weib = md_weights_t(g, dnnl_format_tag_any, dnnl_bf16);
+        const char *impl = NULL;
+        if (dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, dnnl_convolution_direct, &srcb, &weib,
+                                               g->has_bias ? &bias : NULL, &dst, strides, pad, pad) == dnnl_success &&
+            nn_make_prim_attr(ctx, &d, attr, NULL, &p->fwd_pd, &p->fwd, e) == 0) {
+            if (dnnl_primitive_desc_query(p->fwd_pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl &&
+                strstr(impl, "bf16")) {
+                p->bf16 = 1;
+                bad = 0;
+            } else {
+                dnnl_primitive_destroy(p->fwd);
+                dnnl_primitive_desc_destroy(p->fwd_pd);
+                p->fwd = NULL, p->fwd_pd = NULL;
+            }
+        }
+    }
     for (int wino = (p->wino & NN_WINO_FWD) ? 1 : 0; wino >= 0 && bad; wino--)
         bad = dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, conv_alg(wino), &src, &wei,
                                                  g->has_bias ? &bias : NULL, &dst, strides, pad, pad) != dnnl_success ||
@@ -417,15 +440,18 @@ static int make_backward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, int weight
     const dnnl_memory_desc_t *dst = nn_pd_md(p->fwd_pd, dnnl_query_dst_md, 0);
     int ph, pw;
     run_geo(l, &ph, &pw);
-    dnnl_memory_desc_t src = md_any4(p->n, g->cin, p->h, p->w);
-    dnnl_memory_desc_t ddst = md_any4(p->n, g->cout, (int)dst->dims[2], (int)dst->dims[3]);
+    /* bf16 passes: x, dy and the weights in bf16; dx and the weight gradient in f32 */
+    const dnnl_data_type_t in_t = p->bf16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_memory_desc_t src = md_any4t(p->n, g->cin, p->h, p->w, in_t);
+    dnnl_memory_desc_t ddst = md_any4t(p->n, g->cout, (int)dst->dims[2], (int)dst->dims[3], in_t);
     dnnl_memory_desc_t wei = md_weights(g, dnnl_format_tag_any), bias = md_bias(g->cout);
     dnnl_dims_t strides = {g->sh, g->sw}, pad = {ph, pw};
     dnnl_convolution_desc_t d;
     if (!weights) {
+        dnnl_memory_desc_t dsrc = md_any4(p->n, g->cin, p->h, p->w), weid = md_weights_t(g, dnnl_format_tag_any, in_t);
         int bad = 1;
         for (int wino = (p->wino & NN_WINO_BWD_DATA) ? 1 : 0; wino >= 0 && bad; wino--)
-            bad = dnnl_convolution_backward_data_desc_init(&d, conv_alg(wino), &src, &wei, &ddst, strides, pad,
+            bad = dnnl_convolution_backward_data_desc_init(&d, conv_alg(wino), &dsrc, &weid, &ddst, strides, pad,
                                                            pad) != dnnl_success ||
                   nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdd_pd, &p->bwdd, e);
         return bad ? -1 : 0;
@@ -434,30 +460,31 @@ static int make_backward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, int weight
         p->own_bwdw = 1;
         return 0;
     }
-    /* With a bias, first without it (nn_bias_grad takes it, see nn/bias_grad.h), where the output
-     * gradient's layout is one our kernel reads; with it otherwise. */
-    for (p->own_bias = g->has_bias; p->own_bias >= 0; p->own_bias--) {
-        int bad = 1;
-        for (int wino = (p->wino & NN_WINO_BWD_WEIGHTS) ? 1 : 0; wino >= 0 && bad; wino--)
-            bad = dnnl_convolution_backward_weights_desc_init(&d, conv_alg(wino), &src, &wei,
-                                                              g->has_bias && !p->own_bias ? &bias : NULL, &ddst,
-                                                              strides, pad, pad) != dnnl_success ||
-                  nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdw_pd, &p->bwdw, e);
-        if (bad)
-            return -1;
-        nn_view5 v;
-        const dnnl_memory_desc_t *ddst_md = nn_pd_md(p->bwdw_pd, dnnl_query_diff_dst_md, 0);
-        if (!p->own_bias || nn_view5_of(ddst_md, (int)ddst_md->dims[0], (int)ddst_md->dims[1],
-                                        (int)ddst_md->dims[2], (int)ddst_md->dims[3], &v) == 0)
-            break;
-        dnnl_primitive_destroy(p->bwdw);
-        dnnl_primitive_desc_destroy(p->bwdw_pd);
-        p->bwdw = NULL, p->bwdw_pd = NULL;
-    }
-    if (!g->has_bias || p->own_bias)
-        return 0;
-    p->dbias = nn_alloc((size_t)g->cout * sizeof(float));
-    return p->dbias ? 0 : nn_errf(e, "out of memory");
+    /* without the bias: nn_bias_grad takes it (see nn/bias_grad.h and own_bias_grad) */
+    int bad = 1;
+    for (int wino = (p->wino & NN_WINO_BWD_WEIGHTS) ? 1 : 0; wino >= 0 && bad; wino--)
+        bad = dnnl_convolution_backward_weights_desc_init(&d, conv_alg(wino), &src, &wei, NULL, &ddst, strides, pad,
+                                                          pad) != dnnl_success ||
+              nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdw_pd, &p->bwdw, e);
+    return bad ? -1 : 0;
+}
+
+/* db += the sums of dy per channel: from dy itself where nn_bias_grad reads its layout, else from
+ * the weight gradient's f32 copy of it, else from a plain copy. */
+static int own_bias_grad(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_act *dy,
+                         const dnnl_memory_desc_t *ddst_md, const float *ddst, nn_err *e)
+{
+    nn_view5 v;
+    if (nn_view5_of(&dy->md, dy->n, dy->c, dy->h, dy->w, &v) == 0)
+        return nn_bias_grad(ctx, dy->data, &v, l->dbias.data, e);
+    if (nn_view5_of(ddst_md, dy->n, dy->c, dy->h, dy->w, &v) == 0)
+        return nn_bias_grad(ctx, ddst, &v, l->dbias.data, e);
+    dnnl_memory_desc_t plain = nn_md_nchw(dy->n, dy->c, dy->h, dy->w);
+    const float *d;
+    if (input_in(ctx, dy, &plain, &p->dyr, &d, e)) /* (bwd-data's buffer: it runs after) */
+        return -1;
+    nn_view5_of(&plain, dy->n, dy->c, dy->h, dy->w, &v);
+    return nn_bias_grad(ctx, d, &v, l->dbias.data, e);
 }
 
 static int backward_data(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_act *dy, nn_act *dx, nn_err *e)
@@ -527,21 +554,13 @@ static int backward_weights(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const n
     float *dwei_plain = dwei ? nn_ctx_wbuf(ctx, 1, l->dweight.numel * sizeof(float), e) : NULL;
     if (!dwei_plain)
         return -1;
-    dnnl_memory_desc_t bias = md_bias(l->geo.cout);
     nn_arg args[] = {{DNNL_ARG_SRC, src_md, (void *)src},
                      {DNNL_ARG_DIFF_DST, ddst_md, (void *)ddst},
-                     {DNNL_ARG_DIFF_WEIGHTS, dwei_md, dwei},
-                     {DNNL_ARG_DIFF_BIAS, &bias, p->dbias}};
-    if (nn_exec(ctx, p->bwdw, p->dbias ? 4 : 3, args, e))
+                     {DNNL_ARG_DIFF_WEIGHTS, dwei_md, dwei}};
+    if (nn_exec(ctx, p->bwdw, 3, args, e))
         return -1;
-    if (p->own_bias) {
-        nn_view5 v;
-        if (nn_view5_of(ddst_md, (int)ddst_md->dims[0], (int)ddst_md->dims[1], (int)ddst_md->dims[2],
-                        (int)ddst_md->dims[3], &v))
-            return nn_errf(e, "internal: the bias gradient cannot read the output gradient's layout");
-        if (nn_bias_grad(ctx, ddst, &v, l->dbias.data, e))
-            return -1;
-    }
+    if (l->geo.has_bias && own_bias_grad(ctx, l, p, dy, ddst_md, ddst, e))
+        return -1;
     dnnl_memory_desc_t plain = md_weights(&l->geo, 0);
     if (nn_reorder(ctx, dwei_md, dwei, &plain, dwei_plain, e))
         return -1;
@@ -551,9 +570,6 @@ static int backward_weights(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const n
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++)
         dw[i] += t[i];
-    if (p->dbias)
-        for (int i = 0; i < l->geo.cout; i++)
-            l->dbias.data[i] += p->dbias[i];
     return 0;
 }
 
@@ -638,7 +654,32 @@ int nn_conv2d_last_input(const nn_conv2d *l, int *n, int *h, int *w)
 
 int nn_conv2d_own_bias_grad(const nn_conv2d *l)
 {
-    return l->prims && l->prims->bwdw && l->prims->own_bias;
+    return l->geo.has_bias && l->prims && l->prims->bwdw;
+}
+
+int nn_conv2d_runs_bf16(const nn_conv2d *l) { return l->prims && l->prims->bf16; }
+
+int nn_conv2d_bf16_native(nn_ctx *ctx)
+{
+    static int native = -1; /* the CPU's: the same for every context */
+    if (native >= 0)
+        return native;
+    dnnl_memory_desc_t src = md_any4t(1, 16, 4, 4, dnnl_bf16), dst = md_any4(1, 16, 4, 4);
+    const nn_conv_shape g = {1, 16, 4, 4, 16, 1, 1, 1, 1, 0, 0, 1, NN_PAD_ZERO, 0};
+    dnnl_memory_desc_t wei = md_weights_t(&g, dnnl_format_tag_any, dnnl_bf16);
+    dnnl_dims_t strides = {1, 1}, pad = {0, 0};
+    dnnl_convolution_desc_t d;
+    dnnl_primitive_desc_t pd = NULL;
+    const char *impl = NULL;
+    int ok = dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, dnnl_convolution_direct, &src, &wei, NULL,
+                                                &dst, strides, pad, pad) == dnnl_success &&
+             dnnl_primitive_desc_create(&pd, &d, NULL, ctx->engine, NULL) == dnnl_success &&
+             dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl &&
+             strstr(impl, "bf16") != NULL;
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    native = ok;
+    return native;
 }
 
 int nn_conv2d_drop_prims(nn_conv2d *l, nn_err *e)

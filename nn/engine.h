@@ -119,6 +119,11 @@ typedef struct nn_conv2d {
                                * ReLU (e.g. by nn_l1_loss_backward_relu or nn_eltwise_backward) */
     float post_relu_alpha;    /* negative slope of post_relu (0: ReLU, the default; 0.2: LeakyReLU(0.2)).
                                * Set with nn_conv2d_set_post_relu, or before the first forward */
+    int bf16;                 /* dense convolutions: the passes multiply in bfloat16 (x, dy and the
+                               * weights rounded to bf16; sums, y, dx and the weight gradient in f32),
+                               * where oneDNN has a native bf16 kernel for the shape (CPUs with
+                               * AVX512_BF16 or AMX), f32 elsewhere. Set before the first forward;
+                               * nn_conv2d_runs_bf16 says what ran */
     nn_conv_prims *prims;     /* per input shape */
 } nn_conv2d;
 
@@ -138,8 +143,13 @@ int nn_conv2d_backward_relu_input(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, co
  * -1 before the first forward. */
 int nn_conv2d_last_input(const nn_conv2d *l, int *n, int *h, int *w);
 /* 1 when that shape's weight gradient runs on oneDNN without the bias, which nn_bias_grad adds
- * (nn/bias_grad.h); 0 otherwise (no bias, not made yet, our own kernels, or a layout it cannot read). */
+ * (nn/bias_grad.h); 0 otherwise (no bias, not made yet, or our own kernels). */
 int nn_conv2d_own_bias_grad(const nn_conv2d *l);
+/* 1 when that shape's passes run on oneDNN's bf16 kernels (nn_conv2d.bf16). */
+int nn_conv2d_runs_bf16(const nn_conv2d *l);
+/* 1 when oneDNN has native bf16 convolution kernels on this CPU (AVX512_BF16 or AMX), so
+ * nn_conv2d.bf16 takes effect. */
+int nn_conv2d_bf16_native(nn_ctx *ctx);
 /* Frozen layers only: frees the PyTorch-layout weights (and gradient) once oneDNN's copies exist,
  * so a frozen net holds its weights once per layout oneDNN needs instead of once more. Later
  * shapes copy from oneDNN's copies. */
