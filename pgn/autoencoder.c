@@ -260,6 +260,27 @@ void pgn_autoencoder_set_training(pgn_autoencoder *ae, int training)
             ae->mod[m].bn->training = ae->training;
 }
 
+int pgn_autoencoder_set_bf16(pgn_autoencoder *ae, int on, nn_err *e)
+{
+    for (int m = 0; m < ae->nmod; m++) {
+        nn_conv2d *c = ae->mod[m].conv;
+        if (!c || c->geo.groups != 1 || c->bf16 == (on != 0))
+            continue;
+        c->bf16 = on != 0;
+        if (nn_conv2d_drop_prims(c, e))
+            return -1;
+    }
+    return 0;
+}
+
+int pgn_autoencoder_runs_bf16(const pgn_autoencoder *ae)
+{
+    for (int m = 0; m < ae->nmod; m++)
+        if (ae->mod[m].conv && nn_conv2d_runs_bf16(ae->mod[m].conv))
+            return 1;
+    return 0;
+}
+
 int pgn_autoencoder_check_size(const pgn_autoencoder *ae, int h, int w, nn_err *e)
 {
     const int q = 2 << ae->max_layer;

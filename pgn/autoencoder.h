@@ -107,6 +107,14 @@ int pgn_autoencoder_reset_if_stale(pgn_autoencoder *ae, double l1, double sample
 /* 1: BN uses batch statistics and updates its running statistics; 0: running statistics. */
 void pgn_autoencoder_set_training(pgn_autoencoder *ae, int training);
 
+/* Mixed precision: the dense convolutions (the stem, the 1x1s, the Blaze shortcut) multiply in
+ * bf16 where the CPU has native bf16 kernels (nn_conv2d.bf16: x, dy and the weights rounded to
+ * bf16, sums, activations, gradients, BN, the optimiser and the parameters in f32), or all in f32
+ * (the default, PyTorch's). The depthwise and grouped convolutions stay f32. */
+int pgn_autoencoder_set_bf16(pgn_autoencoder *ae, int on, nn_err *e);
+/* 1 when a convolution of the last forward ran on bf16 kernels. */
+int pgn_autoencoder_runs_bf16(const pgn_autoencoder *ae);
+
 /* H and W positive multiples of 2^(max_layer+1). */
 int pgn_autoencoder_check_size(const pgn_autoencoder *ae, int h, int w, nn_err *e);
 /* Forward on x = NCHW [n, 3, h, w]. o (may be NULL) receives the output NCHW [n, 3, h, w]; the

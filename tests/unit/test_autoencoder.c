@@ -9,6 +9,9 @@
  *     signs near zero; unpinned, the relative L2 error must stay under 1e-2;
  *   - pgn_autoencoder_reset re-initialises every conv and BN (PyTorch default init), keeps shapes,
  *     the params list and gradients; the net still runs;
+ *   - in bf16 (pgn_autoencoder_set_bf16, the collect's default where the CPU has bf16 kernels): the
+ *     train-mode output within 3e-2 and the gradients' relative L2 error within 1e-1 of the same
+ *     fixtures;
  *   - refusals (max_layer 3, sizes, another max_layer's state dict), and nn_adam on the params.
  * AE_VERBOSE=1 prints every parameter's error. */
 #include <math.h>
@@ -238,6 +241,11 @@ static int pinned_backward(nn_ctx *ctx, pgn_autoencoder *ae, const nn_weights *f
     return flips;
 }
 
+/* bf16 mode against the float32 fixtures: the output's max error over its max |value|, and the
+ * gradients' relative L2 error over the fixture's sampled elements. */
+#define BF16_TOL_OUT 3e-2 /* 0.005-0.014 here */
+#define BF16_TOL_GRAD 1e-1 /* 0.026-0.049 here */
+
 static void match_torch(int L)
 {
     nn_err e;
@@ -334,6 +342,21 @@ static void match_torch(int L)
         assert_false(ae->dec_fused[j]);
     worst = compare_grads(ae, &fx, TOL, &worst_l2, &rel_l2, &worst_key);
     print_message("max_layer %d pinned, two-step backward: max sample error %.3g (%s)\n", L, worst, worst_key);
+
+    /* Mixed precision (the collect's default): the same PyTorch float32 run, within bf16's rounding. */
+    fx_ok(pgn_autoencoder_set_bf16(ae, 1, &e), &e);
+    pgn_autoencoder_zero_grad(ae);
+    fx_ok(pgn_autoencoder_forward(&ctx, ae, x, n, h, w, o, &e), &e);
+    assert_int_equal(pgn_autoencoder_runs_bf16(ae), nn_conv2d_bf16_native(&ctx));
+    const double o_bf16 = fx_rel_err(o, o_want, no);
+    fx_ok(pgn_autoencoder_backward(&ctx, ae, dy, &e), &e);
+    worst = compare_grads(ae, &fx, 0, &worst_l2, &rel_l2, &worst_key);
+    print_message("max_layer %d in bf16 (%s): output %.3g, gradients relative L2 %.3g, L2 norms %.3g\n", L,
+                  pgn_autoencoder_runs_bf16(ae) ? "native kernels" : "no bf16 kernels here: f32", o_bf16, rel_l2,
+                  worst_l2);
+    assert_true(o_bf16 <= BF16_TOL_OUT);
+    assert_true(rel_l2 <= BF16_TOL_GRAD);
+    fx_ok(pgn_autoencoder_set_bf16(ae, 0, &e), &e);
 
     free(x);
     free(dy);
