@@ -6,7 +6,7 @@
  *   bench_engine fit_step [reps] [batch] [size] [arch]
  *                                        one online PGN fit step (pgn/fit.h), random teacher and
  *                                        targets, with its split: teacher, PGN fwd+bwd, autoencoders
- *   bench_engine collect [reps] [batch] [size]
+ *   bench_engine collect [reps] [batch] [size] [bf16|f32]
  *                                        teacher-gradient collection (pgn/collect.h): data batch +
  *                                        generators + teacher + generator step, written into the
  *                                        shard buffer and checked as the job does, and
@@ -288,7 +288,7 @@ static void synthetic_folder(char *dir, size_t len, int side)
     free(img);
 }
 
-static void bench_collect(int threads, int reps, int batch, int size)
+static void bench_collect(int threads, int reps, int batch, int size, const char *precision)
 {
     nn_err e;
     char dir[256], err[1024], cmd[600];
@@ -296,6 +296,10 @@ static void bench_collect(int threads, int reps, int batch, int size)
     pgn_collect_params p;
     pgn_collect_params_default(&p);
     p.batch = batch, p.size = size;
+    if (precision) /* the lines of a run with f32 generators are named pgnd_collect_<size>_f32_* */
+        snprintf(p.generator_precision, sizeof p.generator_precision, "%s", precision);
+    char tag[32];
+    snprintf(tag, sizeof tag, "%d%s", size, precision && !strcmp(precision, "f32") ? "_f32" : "");
     snprintf(p.data, sizeof p.data, "%s", dir);
     pgn_data d;
     pgn_collect *c;
@@ -406,18 +410,18 @@ static void bench_collect(int threads, int reps, int batch, int size)
         ov[k] = 100.0 * ((tc[k] / batch + write_per_sample) / (tt[k] / batch) - 1.0);
     double mc = median(tc, reps), mt = median(tt, reps); /* (median sorts: after the pairs) */
     double per_sample = mc / batch + write_per_sample;
-    printf("bench pgnd_collect_%d_samples_per_s %.2f samples/s\n", size, 1e3 / per_sample);
-    printf("bench pgnd_collect_%d_teacher_only_samples_per_s %.2f samples/s\n", size, 1e3 * batch / mt);
-    printf("bench pgnd_collect_%d_overhead_pct %.1f %%\n", size, median(ov, reps));
-    printf("bench pgnd_collect_%d_step_ms %.3f ms\n", size, mc);
-    printf("bench pgnd_collect_%d_step_teacher_ms %.3f ms\n", size, median(tin, reps));
-    printf("bench pgnd_collect_%d_step_ae_ms %.3f ms\n", size, median(tae, reps));
-    printf("bench pgnd_collect_%d_step_data_ms %.3f ms\n", size, median(tdata, reps));
-    printf("bench pgnd_collect_%d_step_other_ms %.3f ms\n", size, median(tother, reps));
-    printf("bench pgnd_collect_%d_teacher_only_ms %.3f ms\n", size, mt);
-    printf("bench pgnd_collect_%d_write_ms_per_sample %.3f ms\n", size, write_per_sample);
-    printf("bench pgnd_collect_%d_write_sync_ms_per_sample %.3f ms\n", size, sync_per_sample);
-    printf("bench pgnd_collect_%d_peak_rss_mb %.1f MB\n", size, rss);
+    printf("bench pgnd_collect_%s_samples_per_s %.2f samples/s\n", tag, 1e3 / per_sample);
+    printf("bench pgnd_collect_%s_teacher_only_samples_per_s %.2f samples/s\n", tag, 1e3 * batch / mt);
+    printf("bench pgnd_collect_%s_overhead_pct %.1f %%\n", tag, median(ov, reps));
+    printf("bench pgnd_collect_%s_step_ms %.3f ms\n", tag, mc);
+    printf("bench pgnd_collect_%s_step_teacher_ms %.3f ms\n", tag, median(tin, reps));
+    printf("bench pgnd_collect_%s_step_ae_ms %.3f ms\n", tag, median(tae, reps));
+    printf("bench pgnd_collect_%s_step_data_ms %.3f ms\n", tag, median(tdata, reps));
+    printf("bench pgnd_collect_%s_step_other_ms %.3f ms\n", tag, median(tother, reps));
+    printf("bench pgnd_collect_%s_teacher_only_ms %.3f ms\n", tag, mt);
+    printf("bench pgnd_collect_%s_write_ms_per_sample %.3f ms\n", tag, write_per_sample);
+    printf("bench pgnd_collect_%s_write_sync_ms_per_sample %.3f ms\n", tag, sync_per_sample);
+    printf("bench pgnd_collect_%s_peak_rss_mb %.1f MB\n", tag, rss);
     pgn_collect_close(c);
     pgn_data_close(&d);
     free(g);
@@ -447,7 +451,8 @@ int main(int argc, char **argv)
         bench_fit(threads, reps, argc > 3 ? atoi(argv[3]) : 6, argc > 4 ? atoi(argv[4]) : 64,
                   argc > 5 ? argv[5] : "unet");
     else if (!strcmp(mode, "collect"))
-        bench_collect(threads, reps, argc > 3 ? atoi(argv[3]) : 6, argc > 4 ? atoi(argv[4]) : 64);
+        bench_collect(threads, reps, argc > 3 ? atoi(argv[3]) : 6, argc > 4 ? atoi(argv[4]) : 64,
+                      argc > 5 ? argv[5] : NULL);
     else if (!strcmp(mode, "rss_baseline"))
         printf("bench pgnd_baseline_rss_mb %.1f MB\n", peak_rss_mb());
     else {

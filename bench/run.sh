@@ -54,6 +54,8 @@ for r in $(seq "$rounds"); do
     for s in 64 128; do
         "$C" collect $((2 * reps)) 6 "$s" >>"$log" 2>/dev/null  # twice the reps: per-rep ratios scatter by several %
     done
+    # the same with the generators in f32 (the default is bf16 where the CPU has it): pgnd_collect_64_f32_*
+    "$C" collect $((2 * reps)) 6 64 f32 >>"$log" 2>/dev/null
     PGND_WINOGRAD=0 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
     PGND_WINOGRAD=1 "$C" vgg_perceptual "$reps" 1 256 >>"$log" 2>/dev/null
 done

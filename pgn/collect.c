@@ -69,6 +69,7 @@ void pgn_collect_params_default(pgn_collect_params *p)
     p->ae_plateau_samples = 300000;
     p->ae_reset_prob = 0.01;
     p->ae_reset_l1 = 1e3;
+    snprintf(p->generator_precision, sizeof p->generator_precision, "bf16");
 }
 
 void pgn_collect_generators_str(unsigned mask, char *buf, size_t len)
@@ -105,6 +106,8 @@ static int check_params(const pgn_collect_params *p, nn_err *e)
     if (!(p->ae_lr > 0) || !(p->clip_factor > 0) || !(p->clip_init > 0) ||
         !(p->clip_ema_weight > 0 && p->clip_ema_weight <= 1))
         return nn_errf(e, "ae_lr, clip_factor and clip_init must be positive, clip_ema_weight in (0, 1]");
+    if (strcmp(p->generator_precision, "bf16") && strcmp(p->generator_precision, "f32"))
+        return nn_errf(e, "generator_precision '%s' must be bf16 or f32", p->generator_precision);
     return 0;
 }
 
@@ -123,6 +126,8 @@ int pgn_collect_open(pgn_collect **out, const pgn_collect_params *p, const char 
     if (nn_ctx_init(&c->ctx, threads, e))
         goto fail;
     c->ctx_open = 1;
+    /* bf16 only where it is native: elsewhere oneDNN would emulate it, slower than f32 */
+    const int bf16 = !strcmp(p->generator_precision, "bf16") && nn_conv2d_bf16_native(&c->ctx);
     for (int i = 0; i < PGN_COLLECT_AES; i++) {
         if (!(p->generators & (1u << i)))
             continue;
@@ -130,6 +135,8 @@ int pgn_collect_open(pgn_collect **out, const pgn_collect_params *p, const char 
         if (pgn_autoencoder_init(&c->ae[i], i, p->seed + 1 + (uint64_t)i, e))
             goto fail;
         c->ae_open[i] = 1;
+        if (pgn_autoencoder_set_bf16(&c->ae[i], bf16, e))
+            goto fail;
         int np;
         const nn_param *ps = pgn_autoencoder_params(&c->ae[i], &np);
         if (nn_adam_init(&c->opt[i], ps, np, (float)p->ae_lr, 0.9f, 0.999f, 1e-8f, 0.0f, e))
@@ -151,6 +158,7 @@ int pgn_collect_open(pgn_collect **out, const pgn_collect_params *p, const char 
     in->samples_per_shard = p->samples_per_shard;
     in->samples_wanted = p->samples;
     pgn_collect_generators_str(p->generators, in->generators, sizeof in->generators);
+    snprintf(in->generator_precision, sizeof in->generator_precision, "%s", bf16 ? "bf16" : "f32");
     in->batch = p->batch;
     snprintf(in->version, sizeof in->version, "%s", PGND_VERSION);
     snprintf(in->driver, sizeof in->driver, "teacher");
@@ -404,8 +412,9 @@ static void logf_(const pgn_job_io *io, const char *level, const char *fmt, ...)
 static void identity(const job *j, char *buf, size_t len)
 {
     const pgn_collection_info *in = &j->c->info;
-    snprintf(buf, len, "size %d, batch %d, seed %llu, generators %s, samples_per_shard %d, samples %lld, teacher %s, driver %s",
-             in->size, in->batch, (unsigned long long)in->seed, in->generators, in->samples_per_shard,
+    snprintf(buf, len, "size %d, batch %d, seed %llu, generators %s, generator_precision %s, samples_per_shard %d, samples %lld, teacher %s, driver %s",
+             in->size, in->batch, (unsigned long long)in->seed, in->generators, in->generator_precision,
+             in->samples_per_shard,
              (long long)in->samples_wanted,
              in->teacher_sha256[0] ? in->teacher_sha256 : "random", in->driver);
     size_t at = strlen(buf);
@@ -625,18 +634,18 @@ static int load_checkpoint(job *j, const char *path, nn_err *e)
     char mine[1400];
     identity(j, mine, sizeof mine);
     if (!fmt || strcmp(fmt, CK_FORMAT) || !id) {
-        rc = nn_errf(e, "cannot resume: %s is not a pgnd collect checkpoint", path);
+        rc = nn_errf(e, "%s is not a pgnd collect checkpoint", path);
     } else if (strcmp(id, mine)) {
         char had[700], has[700];
         identity_diff(id, mine, had, sizeof had, has, sizeof has);
-        rc = nn_errf(e, "cannot resume: %s was made by a collect with %s; this one has %s", path, had, has);
+        rc = nn_errf(e, "%s was made by a collect with %s; this one has %s", path, had, has);
     }
     for (size_t i = 0; !rc && i < sizeof need / sizeof *need; i++)
         if (!meta_str(&w, need[i]))
-            rc = nn_errf(e, "cannot resume: %s lacks its '%s' metadata", path, need[i]);
+            rc = nn_errf(e, "%s lacks its '%s' metadata", path, need[i]);
     int fill = rc ? 0 : atoi(meta_str(&w, "fill"));
     if (!rc && (fill < 0 || fill >= j->p->samples_per_shard))
-        rc = nn_errf(e, "cannot resume: %s holds %d pending samples, more than a shard", path, fill);
+        rc = nn_errf(e, "%s holds %d pending samples, more than a shard", path, fill);
     ck_set s;
     if (!rc && ck_build(j, 0, &s, e))
         rc = -1;

@@ -54,11 +54,14 @@ typedef struct pgn_collect_params {
     double ae_lr;
     double clip_factor, clip_init, clip_ema_weight;
     double ae_plateau_samples, ae_reset_prob, ae_reset_l1;
+    char generator_precision[8]; /* "bf16": the generators' dense convolutions multiply in bf16
+                                  * (pgn_autoencoder_set_bf16) where the CPU has bf16 kernels, else
+                                  * f32; "f32": all f32, as PyTorch. The teacher is always f32. */
 } pgn_collect_params;
 
-/* Size 64, batch 6, 256 samples per shard, 1024 samples, seed 0, all three generators, Adam lr
- * 1e-3, clipping 5 x average (init 200, weight 0.01), resets after 300,000 samples (p 0.01) or
- * above L1 1e3. */
+/* Size 64, batch 6, 256 samples per shard, 1024 samples, seed 0, all three generators in bf16,
+ * Adam lr 1e-3, clipping 5 x average (init 200, weight 0.01), resets after 300,000 samples (p 0.01)
+ * or above L1 1e3. */
 void pgn_collect_params_default(pgn_collect_params *p);
 /* "ae0,ae2" for mask 5. */
 void pgn_collect_generators_str(unsigned mask, char *buf, size_t len);

@@ -93,10 +93,11 @@ static int shard_write(const char *folder, const pgn_collection_info *info, int 
     nn_tensor t[4] = {nn_tensor_view((float *)y_hat, 4, img), nn_tensor_view((float *)y, 4, img),
                       nn_tensor_view((float *)g_true, 4, img), nn_tensor_view((float *)loss, 1, one)};
     const nn_tensor *tp[4] = {&t[0], &t[1], &t[2], &t[3]};
-    char v[16][640];
-    const char *k[16] = {"format", "teacher", "teacher_name", "teacher_sha256", "teacher_seed", "space", "size",
-                         "seed", "samples_per_shard", "samples_wanted", "generators", "batch", "driver",
-                         "pgnd_version", "shard", "count"};
+    enum { NMETA = 17 };
+    char v[NMETA][640];
+    const char *k[NMETA] = {"format", "teacher", "teacher_name", "teacher_sha256", "teacher_seed", "space", "size",
+                            "seed", "samples_per_shard", "samples_wanted", "generators", "batch", "driver",
+                            "pgnd_version", "shard", "count", "generator_precision"};
     snprintf(v[0], sizeof v[0], PGN_SHARD_FORMAT);
     snprintf(v[1], sizeof v[1], "%s", info->teacher);
     snprintf(v[2], sizeof v[2], "%s", info->teacher_name);
@@ -113,11 +114,12 @@ static int shard_write(const char *folder, const pgn_collection_info *info, int 
     snprintf(v[13], sizeof v[13], "%s", info->version);
     snprintf(v[14], sizeof v[14], "%d", index);
     snprintf(v[15], sizeof v[15], "%d", n);
-    const char *vv[16];
-    for (int i = 0; i < 16; i++)
+    snprintf(v[16], sizeof v[16], "%s", info->generator_precision);
+    const char *vv[NMETA];
+    for (int i = 0; i < NMETA; i++)
         vv[i] = v[i];
-    if (tmp ? nn_safetensors_write_unsynced(path, 4, TENSORS, tp, 16, k, vv, out->sha256, tmp, tmp_len, e)
-            : nn_safetensors_write_hashed(path, 4, TENSORS, tp, 16, k, vv, out->sha256, e))
+    if (tmp ? nn_safetensors_write_unsynced(path, 4, TENSORS, tp, NMETA, k, vv, out->sha256, tmp, tmp_len, e)
+            : nn_safetensors_write_hashed(path, 4, TENSORS, tp, NMETA, k, vv, out->sha256, e))
         return -1;
     out->count = n;
     return 0;
@@ -157,13 +159,13 @@ int pgn_shard_write_unsynced(const char *folder, const pgn_collection_info *info
 
 static json_t *info_json(const pgn_collection_info *info)
 {
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:i, s:I, s:i, s:I, s:s, s:i, s:s}", "format",
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:i, s:I, s:i, s:I, s:s, s:s, s:i, s:s}", "format",
                      PGN_MANIFEST_FORMAT, "pgnd_version", info->version, "teacher", info->teacher, "teacher_name",
                      info->teacher_name, "teacher_sha256", info->teacher_sha256, "teacher_seed",
                      (json_int_t)info->teacher_seed, "space", info->space, "size", info->size, "seed",
                      (json_int_t)info->seed, "samples_per_shard", info->samples_per_shard, "samples_wanted",
-                     (json_int_t)info->samples_wanted, "generators", info->generators, "batch", info->batch, "driver",
-                     info->driver);
+                     (json_int_t)info->samples_wanted, "generators", info->generators, "generator_precision",
+                     info->generator_precision, "batch", info->batch, "driver", info->driver);
 }
 
 int pgn_manifest_write(const char *folder, const pgn_collection_info *info, const pgn_shard_entry *shards, int n,
@@ -261,6 +263,11 @@ int pgn_manifest_read(const char *folder, pgn_collection_info *info, pgn_shard_e
              get_str(root, "generators", info->generators, sizeof info->generators, path, e) ||
              get_int(root, "batch", 1, 1 << 30, &batch, path, e) ||
              get_str(root, "driver", info->driver, sizeof info->driver, path, e))
+        rc = -1;
+    if (!rc && !json_object_get(root, "generator_precision")) /* written before the field existed */
+        snprintf(info->generator_precision, sizeof info->generator_precision, "f32");
+    else if (!rc && get_str(root, "generator_precision", info->generator_precision, sizeof info->generator_precision,
+                            path, e))
         rc = -1;
     if (!rc && info->teacher_sha256[0] && !is_hex64(info->teacher_sha256))
         rc = nn_errf(e, "%s: field 'teacher_sha256' is not 64 lowercase hex digits", path);

@@ -50,6 +50,8 @@ typedef struct pgn_collection_info {
     int samples_per_shard;
     int64_t samples_wanted;     /* the collect's target size */
     char generators[32];        /* autoencoders that generated y_hat, e.g. "ae0,ae1,ae2" */
+    char generator_precision[8]; /* their convolutions' arithmetic: "bf16" or "f32" (a manifest
+                                  * without the field was written before it existed: "f32") */
     int batch;                  /* the collect's step batch */
     char driver[600];           /* what trained the generators: "teacher" or "pgn FILE (sha256 ...)" */
     char version[32];           /* pgnd version that wrote it */

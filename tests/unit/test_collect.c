@@ -230,6 +230,12 @@ static void test_round_trip(void **state)
     assert_string_equal(info.teacher_sha256, "");
     assert_string_equal(info.teacher_name, "vgg19");
     assert_string_equal(info.generators, "ae0,ae1,ae2");
+    /* the default: the generators in bf16 where this CPU has bf16 kernels */
+    nn_ctx pctx;
+    fx_ok(nn_ctx_init(&pctx, 2, &e), &e);
+    const char *precision = nn_conv2d_bf16_native(&pctx) ? "bf16" : "f32";
+    nn_ctx_free(&pctx);
+    assert_string_equal(info.generator_precision, precision);
     assert_int_equal(info.size, SIZE);
     assert_int_equal(info.seed, 3);
     assert_int_equal(info.samples_wanted, TOTAL);
@@ -248,6 +254,7 @@ static void test_round_trip(void **state)
         assert_int_equal(atoi(nn_weights_meta(&w[i], "shard")->str), i);
         assert_int_equal(atoi(nn_weights_meta(&w[i], "count")->str), counts[i]);
         assert_int_equal(atoi(nn_weights_meta(&w[i], "size")->str), SIZE);
+        assert_string_equal(nn_weights_meta(&w[i], "generator_precision")->str, precision);
     }
 
     pgn_collection_expect want;
@@ -505,6 +512,18 @@ static void test_resume_is_byte_identical(void **state)
     io = io_for(&other, ck, 10);
     assert_int_equal(pgn_collect_run(&p, &io, err, sizeof err), PGN_FAILED);
     assert_non_null(strstr(err, "was made by a collect with seed 3; this one has seed 4"));
+    /* and one whose generators ran in another precision */
+    nn_ctx ctx;
+    fx_ok(nn_ctx_init(&ctx, 2, &e), &e);
+    const int native = nn_conv2d_bf16_native(&ctx);
+    nn_ctx_free(&ctx);
+    if (native) {
+        small_params(&p);
+        snprintf(p.generator_precision, sizeof p.generator_precision, "f32");
+        io = io_for(&other, ck, 10);
+        assert_int_equal(pgn_collect_run(&p, &io, err, sizeof err), PGN_FAILED);
+        assert_non_null(strstr(err, "with generator_precision bf16; this one has generator_precision f32"));
+    }
 }
 
 /* A PGN checkpoint drives the generators instead of the true gradient; the manifest says which. */
@@ -572,6 +591,10 @@ static void test_bad_input(void **state)
     p.size = 36;
     assert_int_equal(pgn_collect_run(&p, &io, err, sizeof err), PGN_FAILED);
     assert_non_null(strstr(err, "size 36 must be a positive multiple of 8"));
+    small_params(&p);
+    snprintf(p.generator_precision, sizeof p.generator_precision, "fp16");
+    assert_int_equal(pgn_collect_run(&p, &io, err, sizeof err), PGN_FAILED);
+    assert_non_null(strstr(err, "generator_precision 'fp16' must be bf16 or f32"));
     small_params(&p);
     p.generators = 5; /* ae0 and ae2: batch 3 cannot split evenly */
     assert_int_equal(pgn_collect_run(&p, &io, err, sizeof err), PGN_FAILED);
