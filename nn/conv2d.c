@@ -66,6 +66,38 @@ static dnnl_memory_desc_t md_weights(const nn_conv_shape *g, dnnl_format_tag_t t
     return md_weights_t(g, tag_any, dnnl_f32);
 }
 
+/* A bf16 pass's primitive attributes: the scratchpad is ours to give (the ctx's, shared by every
+ * layer; oneDNN's own was one per primitive here), plus the forward's ReLU post-op. */
+static dnnl_primitive_attr_t bf16_attr(const nn_conv2d *l, int forward)
+{
+    dnnl_primitive_attr_t a = NULL;
+    if (dnnl_primitive_attr_create(&a) != dnnl_success)
+        return NULL;
+    dnnl_primitive_attr_set_scratchpad_mode(a, dnnl_scratchpad_mode_user);
+    if (forward && l->post_relu) {
+        dnnl_post_ops_t po = NULL;
+        dnnl_post_ops_create(&po);
+        dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, l->post_relu_alpha, 0.0f);
+        dnnl_primitive_attr_set_post_ops(a, po);
+        dnnl_post_ops_destroy(po);
+    }
+    return a;
+}
+
+/* Runs a pass; a bf16 one gets the ctx's scratchpad (args has room for one more). */
+static int run_pass(nn_ctx *ctx, const nn_conv_prims *p, dnnl_primitive_t prim, const_dnnl_primitive_desc_t pd,
+                    int nargs, nn_arg *args, nn_err *e)
+{
+    const dnnl_memory_desc_t *sp = p->bf16 ? nn_pd_md(pd, dnnl_query_scratchpad_md, 0) : NULL;
+    if (sp && nn_md_bytes(sp) > 0) {
+        float *buf = nn_ctx_cvt(ctx, 2, nn_md_bytes(sp), e);
+        if (!buf)
+            return -1;
+        args[nargs++] = (nn_arg){DNNL_ARG_SCRATCHPAD, sp, buf};
+    }
+    return nn_exec(ctx, prim, nargs, args, e);
+}
+
 static dnnl_memory_desc_t md_bias(int cout)
 {
     dnnl_memory_desc_t md;
@@ -227,9 +259,11 @@ static nn_conv_prims *get_prims(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_e
         dnnl_memory_desc_t srcb = md_any4t(x->n, g->cin, x->h, x->w, dnnl_bf16);
         dnnl_memory_desc_t weib = md_weights_t(g, dnnl_format_tag_any, dnnl_bf16);
         const char *impl = NULL;
-        if (dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, dnnl_convolution_direct, &srcb, &weib,
+        dnnl_primitive_attr_t battr = bf16_attr(l, 1);
+        if (battr &&
+            dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, dnnl_convolution_direct, &srcb, &weib,
                                                g->has_bias ? &bias : NULL, &dst, strides, pad, pad) == dnnl_success &&
-            nn_make_prim_attr(ctx, &d, attr, NULL, &p->fwd_pd, &p->fwd, e) == 0) {
+            nn_make_prim_attr(ctx, &d, battr, NULL, &p->fwd_pd, &p->fwd, e) == 0) {
             if (dnnl_primitive_desc_query(p->fwd_pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl &&
                 strstr(impl, "bf16")) {
                 p->bf16 = 1;
@@ -240,6 +274,8 @@ static nn_conv_prims *get_prims(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_e
                 p->fwd = NULL, p->fwd_pd = NULL;
             }
         }
+        if (battr)
+            dnnl_primitive_attr_destroy(battr);
     }
     for (int wino = (p->wino & NN_WINO_FWD) ? 1 : 0; wino >= 0 && bad; wino--)
         bad = dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, conv_alg(wino), &src, &wei,
@@ -282,6 +318,22 @@ static int input_in(nn_ctx *ctx, const nn_act *x, const dnnl_memory_desc_t *want
     if (nn_act_reserve(tmp, x->n, x->c, x->h, x->w, want, e) || nn_reorder(ctx, &x->md, x->data, want, tmp->data, e))
         return -1;
     *out = tmp->data;
+    return 0;
+}
+
+/* x converted into `want` (a bf16 pass's data type) in the ctx's conversion buffer `slot`: it is
+ * read by this pass only, so one buffer per context serves every layer. */
+static int input_cvt(nn_ctx *ctx, const nn_act *x, const dnnl_memory_desc_t *want, int slot, const float **out,
+                     nn_err *e)
+{
+    if (nn_md_equal(&x->md, want)) {
+        *out = x->data;
+        return 0;
+    }
+    float *buf = nn_ctx_cvt(ctx, slot, nn_md_bytes(want), e);
+    if (!buf || nn_reorder(ctx, &x->md, x->data, want, buf, e))
+        return -1;
+    *out = buf;
     return 0;
 }
 
@@ -402,12 +454,12 @@ int nn_conv2d_forward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, nn_act *y, 
     if (nn_act_reserve(y, x->n, g->cout, (int)dst_md->dims[2], (int)dst_md->dims[3], dst_md, e))
         return -1;
     dnnl_memory_desc_t bias = md_bias(g->cout);
-    nn_arg args[] = {{DNNL_ARG_SRC, src_md, (void *)src},
-                     {DNNL_ARG_WEIGHTS, wei_md, wei},
-                     {DNNL_ARG_DST, dst_md, y->data},
-                     {DNNL_ARG_BIAS, &bias, l->bias.data}};
+    nn_arg args[5] = {{DNNL_ARG_SRC, src_md, (void *)src},
+                      {DNNL_ARG_WEIGHTS, wei_md, wei},
+                      {DNNL_ARG_DST, dst_md, y->data},
+                      {DNNL_ARG_BIAS, &bias, l->bias.data}};
     y->valid = 1;
-    return nn_exec(ctx, p->fwd, g->has_bias ? 4 : 3, args, e);
+    return run_pass(ctx, p, p->fwd, p->fwd_pd, g->has_bias ? 4 : 3, args, e);
 }
 
 /* Pure depthwise weight gradients: oneDNN 2.6's jit_dw has them for 3x3 only and runs other
@@ -449,11 +501,14 @@ static int make_backward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, int weight
     dnnl_convolution_desc_t d;
     if (!weights) {
         dnnl_memory_desc_t dsrc = md_any4(p->n, g->cin, p->h, p->w), weid = md_weights_t(g, dnnl_format_tag_any, in_t);
+        dnnl_primitive_attr_t battr = p->bf16 ? bf16_attr(l, 0) : NULL;
         int bad = 1;
         for (int wino = (p->wino & NN_WINO_BWD_DATA) ? 1 : 0; wino >= 0 && bad; wino--)
             bad = dnnl_convolution_backward_data_desc_init(&d, conv_alg(wino), &dsrc, &weid, &ddst, strides, pad,
                                                            pad) != dnnl_success ||
-                  nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdd_pd, &p->bwdd, e);
+                  nn_make_prim_attr(ctx, &d, battr, p->fwd_pd, &p->bwdd_pd, &p->bwdd, e);
+        if (battr)
+            dnnl_primitive_attr_destroy(battr);
         return bad ? -1 : 0;
     }
     if (depthwise_bwdw_is_slow(ctx, l, p, &src, &wei, &bias, &ddst, strides, pad)) {
@@ -461,11 +516,14 @@ static int make_backward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, int weight
         return 0;
     }
     /* without the bias: nn_bias_grad takes it (see nn/bias_grad.h and own_bias_grad) */
+    dnnl_primitive_attr_t battr = p->bf16 ? bf16_attr(l, 0) : NULL;
     int bad = 1;
     for (int wino = (p->wino & NN_WINO_BWD_WEIGHTS) ? 1 : 0; wino >= 0 && bad; wino--)
         bad = dnnl_convolution_backward_weights_desc_init(&d, conv_alg(wino), &src, &wei, NULL, &ddst, strides, pad,
                                                           pad) != dnnl_success ||
-              nn_make_prim(ctx, &d, p->fwd_pd, &p->bwdw_pd, &p->bwdw, e);
+              nn_make_prim_attr(ctx, &d, battr, p->fwd_pd, &p->bwdw_pd, &p->bwdw, e);
+    if (battr)
+        dnnl_primitive_attr_destroy(battr);
     return bad ? -1 : 0;
 }
 
@@ -487,7 +545,9 @@ static int own_bias_grad(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_a
     return nn_bias_grad(ctx, d, &v, l->dbias.data, e);
 }
 
-static int backward_data(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_act *dy, nn_act *dx, nn_err *e)
+/* dy_cvt: dy already in the pass's layout and type (the weight gradient's bf16 copy), or NULL. */
+static int backward_data(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_act *dy, const float *dy_cvt,
+                         nn_act *dx, nn_err *e)
 {
     if (!p->bwdd && make_backward(ctx, l, p, 0, e))
         return -1;
@@ -505,17 +565,19 @@ static int backward_data(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_a
             return -1;
         p->wei_bwdd_ready = l->frozen;
     }
-    const float *ddst;
-    if (input_in(ctx, dy, ddst_md, &p->dyr, &ddst, e))
+    if (dy_cvt && !nn_md_equal(nn_pd_md(p->bwdw_pd, dnnl_query_diff_dst_md, 0), ddst_md))
+        dy_cvt = NULL; /* the two passes want dy in different layouts */
+    const float *ddst = dy_cvt;
+    if (!ddst && (p->bf16 ? input_cvt(ctx, dy, ddst_md, 1, &ddst, e) : input_in(ctx, dy, ddst_md, &p->dyr, &ddst, e)))
         return -1;
     /* First gradient into dx: write straight into it; otherwise compute aside and add. */
     nn_act *out = dx->valid ? &p->dx_tmp : dx;
     if (nn_act_reserve(out, p->n, l->geo.cin, p->h, p->w, dsrc_md, e))
         return -1;
-    nn_arg args[] = {{DNNL_ARG_DIFF_DST, ddst_md, (void *)ddst},
-                     {DNNL_ARG_WEIGHTS, wei_md, wei},
-                     {DNNL_ARG_DIFF_SRC, dsrc_md, out->data}};
-    if (nn_exec(ctx, p->bwdd, 3, args, e))
+    nn_arg args[4] = {{DNNL_ARG_DIFF_DST, ddst_md, (void *)ddst},
+                      {DNNL_ARG_WEIGHTS, wei_md, wei},
+                      {DNNL_ARG_DIFF_SRC, dsrc_md, out->data}};
+    if (run_pass(ctx, p, p->bwdd, p->bwdd_pd, 3, args, e))
         return -1;
     if (out == dx) {
         dx->valid = 1;
@@ -524,8 +586,9 @@ static int backward_data(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_a
     return nn_act_accumulate(ctx, dx, dsrc_md, out->data, p->n, l->geo.cin, p->h, p->w, e);
 }
 
+/* *dy_cvt (may be NULL): dy converted for a bf16 pass, for the backward-data pass after it. */
 static int backward_weights(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const nn_act *x, const nn_act *dy,
-                            nn_err *e)
+                            const float **dy_cvt, nn_err *e)
 {
     if (!p->bwdw && !p->own_bwdw && make_backward(ctx, l, p, 1, e))
         return -1;
@@ -546,18 +609,21 @@ static int backward_weights(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, const n
     const dnnl_memory_desc_t *ddst_md = nn_pd_md(p->bwdw_pd, dnnl_query_diff_dst_md, 0);
     const dnnl_memory_desc_t *dwei_md = nn_pd_md(p->bwdw_pd, dnnl_query_diff_weights_md, 0);
     const float *src, *ddst;
-    if (input_in(ctx, x, src_md, &p->xr_w, &src, e) || input_in(ctx, dy, ddst_md, &p->dyr_w, &ddst, e))
+    if (p->bf16 ? input_cvt(ctx, x, src_md, 0, &src, e) || input_cvt(ctx, dy, ddst_md, 1, &ddst, e)
+                : input_in(ctx, x, src_md, &p->xr_w, &src, e) || input_in(ctx, dy, ddst_md, &p->dyr_w, &ddst, e))
         return -1;
+    if (dy_cvt && p->bf16)
+        *dy_cvt = ddst;
     /* The weight gradient in oneDNN's layout, then in PyTorch's, is added to dweight at once:
      * both copies live in the ctx's transient buffers. */
     float *dwei = nn_ctx_wbuf(ctx, 0, nn_md_bytes(dwei_md), e);
     float *dwei_plain = dwei ? nn_ctx_wbuf(ctx, 1, l->dweight.numel * sizeof(float), e) : NULL;
     if (!dwei_plain)
         return -1;
-    nn_arg args[] = {{DNNL_ARG_SRC, src_md, (void *)src},
-                     {DNNL_ARG_DIFF_DST, ddst_md, (void *)ddst},
-                     {DNNL_ARG_DIFF_WEIGHTS, dwei_md, dwei}};
-    if (nn_exec(ctx, p->bwdw, 3, args, e))
+    nn_arg args[4] = {{DNNL_ARG_SRC, src_md, (void *)src},
+                      {DNNL_ARG_DIFF_DST, ddst_md, (void *)ddst},
+                      {DNNL_ARG_DIFF_WEIGHTS, dwei_md, dwei}};
+    if (run_pass(ctx, p, p->bwdw, p->bwdw_pd, 3, args, e))
         return -1;
     if (l->geo.has_bias && own_bias_grad(ctx, l, p, dy, ddst_md, ddst, e))
         return -1;
@@ -589,15 +655,16 @@ int nn_conv2d_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x_in, const nn_a
         return nn_errf(e, "conv2d: weight gradients of a layer whose weights were released");
     if (p->own)
         return own_backward(ctx, l, p, x, dy, dx, param_grads, e);
-    if (param_grads && backward_weights(ctx, l, p, x, dy, e))
+    const float *dy_cvt = NULL;
+    if (param_grads && backward_weights(ctx, l, p, x, dy, &dy_cvt, e))
         return -1;
     if (!dx)
         return 0;
     if (!reflect)
-        return backward_data(ctx, l, p, dy, dx, e);
+        return backward_data(ctx, l, p, dy, dy_cvt, dx, e);
     /* The padded input was read by the weight gradient only: its buffer takes the padded gradient. */
     nn_act_grad_reset(&ctx->pad);
-    if (backward_data(ctx, l, p, dy, &ctx->pad, e))
+    if (backward_data(ctx, l, p, dy, dy_cvt, &ctx->pad, e))
         return -1;
     return nn_pad2d_backward(ctx, &ctx->pad, dx, l->geo.ph, l->geo.pw, NN_PAD_REFLECT, e);
 }

@@ -52,6 +52,11 @@ typedef struct nn_ctx {
      * largest layer) serves the whole net instead of three copies per layer. */
     float *wbuf[2];
     size_t wbuf_cap[2];
+    /* A bf16 convolution's pass (nn_conv2d.bf16): its inputs (x, dy) converted, and the scratchpad
+     * its oneDNN kernel asks for (4 MB for a 128->128 1x1 over 2x64x64), once per context, not per
+     * layer. */
+    float *cvt[3];
+    size_t cvt_cap[3];
     /* The reflection-padded input of the convolution running now: made in its forward, made again
      * in its backward (for the weight gradient), then reused for the padded input's gradient. */
     nn_act pad;
@@ -64,6 +69,7 @@ void nn_ctx_free(nn_ctx *ctx);
 float *nn_ctx_scratch(nn_ctx *ctx, size_t bytes, nn_err *e);
 float *nn_ctx_tmp(nn_ctx *ctx, size_t bytes, nn_err *e);
 float *nn_ctx_wbuf(nn_ctx *ctx, int i, size_t bytes, nn_err *e); /* i = 0 or 1: ctx->wbuf[i] */
+float *nn_ctx_cvt(nn_ctx *ctx, int i, size_t bytes, nn_err *e);  /* i = 0, 1 or 2: ctx->cvt[i] */
 
 /* The fused kernels that run a cheap layer inside its neighbour's pass (nn_conv2d_backward_relu_input,
  * nn_upsample2x_backward_relu, nn/upsample_dwconv.h) run unless the environment variable PGND_FUSED=0

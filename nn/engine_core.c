@@ -114,6 +114,8 @@ void nn_ctx_free(nn_ctx *ctx)
     nn_free_kind(ctx->tmp, NN_MEM_SCRATCH);
     for (int i = 0; i < 2; i++)
         nn_free_kind(ctx->wbuf[i], NN_MEM_SCRATCH);
+    for (int i = 0; i < 3; i++)
+        nn_free_kind(ctx->cvt[i], NN_MEM_SCRATCH);
     nn_act_free(&ctx->pad);
     memset(ctx, 0, sizeof *ctx);
 }
@@ -139,6 +141,11 @@ float *nn_ctx_tmp(nn_ctx *ctx, size_t bytes, nn_err *e) { return grow(&ctx->tmp,
 float *nn_ctx_wbuf(nn_ctx *ctx, int i, size_t bytes, nn_err *e)
 {
     return grow(&ctx->wbuf[i], &ctx->wbuf_cap[i], bytes, e);
+}
+
+float *nn_ctx_cvt(nn_ctx *ctx, int i, size_t bytes, nn_err *e)
+{
+    return grow(&ctx->cvt[i], &ctx->cvt_cap[i], bytes, e);
 }
 
 int nn_md_equal(const dnnl_memory_desc_t *a, const dnnl_memory_desc_t *b) { return dnnl_memory_desc_equal(a, b); }
