@@ -66,6 +66,17 @@ static dnnl_memory_desc_t md_weights(const nn_conv_shape *g, dnnl_format_tag_t t
     return md_weights_t(g, tag_any, dnnl_f32);
 }
 
+/* oneDNN's kernel for pd runs bf16 natively (AVX512_BF16 or AMX): its emulation on plain
+ * AVX-512 (jit_bf16*:avx512_core) is slower than f32. */
+static int impl_native_bf16(const_dnnl_primitive_desc_t pd)
+{
+    const char *impl = NULL;
+    return pd && dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl &&
+           (strstr(impl, "avx512_core_bf16") || strstr(impl, "amx"));
+}
+
+static int make_backward(nn_ctx *ctx, nn_conv2d *l, nn_conv_prims *p, int weights, nn_err *e);
+
 /* A bf16 pass's primitive attributes: the scratchpad is ours to give (the ctx's, shared by every
  * layer; oneDNN's own was one per primitive here), plus the forward's ReLU post-op. */
 static dnnl_primitive_attr_t bf16_attr(const nn_conv2d *l, int forward)
@@ -189,6 +200,8 @@ int nn_conv2d_release_plain(nn_conv2d *l, nn_err *e)
 {
     if (!l->frozen)
         return nn_errf(e, "conv2d: only a frozen layer can release its weights");
+    if (l->bf16) /* its oneDNN copies are rounded to bf16: a later shape would get them */
+        return nn_errf(e, "conv2d: a bf16 layer keeps its float32 weights");
     if (nn_convg_shape_fits(&l->geo))
         return 0; /* our grouped kernels read the PyTorch-layout weights (now, or once switched on): they stay */
     int ready = 0;
@@ -255,23 +268,30 @@ static nn_conv_prims *get_prims(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, nn_e
      * faster (a 224 loss and gradient 202 ms against 260); batch 1 at 16x16 (256) no gain. */
     p->wino = (long)x->n * oh * ow >= 768 ? l->winograd : 0;
     int bad = 1;
-    if (l->bf16 && g->groups == 1 && !p->wino) { /* nn_conv2d.bf16: only on a bf16 kernel */
+    if (l->bf16 && g->groups == 1 && !p->wino && nn_conv2d_bf16_native(ctx)) { /* nn_conv2d.bf16 */
         dnnl_memory_desc_t srcb = md_any4t(x->n, g->cin, x->h, x->w, dnnl_bf16);
         dnnl_memory_desc_t weib = md_weights_t(g, dnnl_format_tag_any, dnnl_bf16);
-        const char *impl = NULL;
         dnnl_primitive_attr_t battr = bf16_attr(l, 1);
         if (battr &&
             dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, dnnl_convolution_direct, &srcb, &weib,
                                                g->has_bias ? &bias : NULL, &dst, strides, pad, pad) == dnnl_success &&
             nn_make_prim_attr(ctx, &d, battr, NULL, &p->fwd_pd, &p->fwd, e) == 0) {
-            if (dnnl_primitive_desc_query(p->fwd_pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl &&
-                strstr(impl, "bf16")) {
-                p->bf16 = 1;
-                bad = 0;
-            } else {
-                dnnl_primitive_destroy(p->fwd);
-                dnnl_primitive_desc_destroy(p->fwd_pd);
-                p->fwd = NULL, p->fwd_pd = NULL;
+            /* all three passes on native bf16 kernels (made now, not at the first backward), or the
+             * shape runs in f32 */
+            p->bf16 = impl_native_bf16(p->fwd_pd);
+            bad = !p->bf16 || make_backward(ctx, l, p, 0, e) || make_backward(ctx, l, p, 1, e) ||
+                  !impl_native_bf16(p->bwdd_pd) || !impl_native_bf16(p->bwdw_pd);
+            if (bad) {
+                dnnl_primitive_t *pr[3] = {&p->fwd, &p->bwdd, &p->bwdw};
+                dnnl_primitive_desc_t *pp[3] = {&p->fwd_pd, &p->bwdd_pd, &p->bwdw_pd};
+                for (int k = 0; k < 3; k++) {
+                    if (*pr[k])
+                        dnnl_primitive_destroy(*pr[k]);
+                    if (*pp[k])
+                        dnnl_primitive_desc_destroy(*pp[k]);
+                    *pr[k] = NULL, *pp[k] = NULL;
+                }
+                p->bf16 = 0;
             }
         }
         if (battr)
@@ -728,21 +748,23 @@ int nn_conv2d_runs_bf16(const nn_conv2d *l) { return l->prims && l->prims->bf16;
 
 int nn_conv2d_bf16_native(nn_ctx *ctx)
 {
-    static int native = -1; /* the CPU's: the same for every context */
+    static _Atomic int native = -1; /* the CPU's: the same for every context (and thread) */
     if (native >= 0)
         return native;
+    const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa(); /* ONEDNN_MAX_CPU_ISA lowers it */
+    if ((isa & dnnl_cpu_isa_avx512_core_bf16) != dnnl_cpu_isa_avx512_core_bf16) {
+        native = 0;
+        return 0;
+    }
     dnnl_memory_desc_t src = md_any4t(1, 16, 4, 4, dnnl_bf16), dst = md_any4(1, 16, 4, 4);
     const nn_conv_shape g = {1, 16, 4, 4, 16, 1, 1, 1, 1, 0, 0, 1, NN_PAD_ZERO, 0};
     dnnl_memory_desc_t wei = md_weights_t(&g, dnnl_format_tag_any, dnnl_bf16);
     dnnl_dims_t strides = {1, 1}, pad = {0, 0};
     dnnl_convolution_desc_t d;
     dnnl_primitive_desc_t pd = NULL;
-    const char *impl = NULL;
     int ok = dnnl_convolution_forward_desc_init(&d, dnnl_forward_training, dnnl_convolution_direct, &src, &wei, NULL,
                                                 &dst, strides, pad, pad) == dnnl_success &&
-             dnnl_primitive_desc_create(&pd, &d, NULL, ctx->engine, NULL) == dnnl_success &&
-             dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl &&
-             strstr(impl, "bf16") != NULL;
+             dnnl_primitive_desc_create(&pd, &d, NULL, ctx->engine, NULL) == dnnl_success && impl_native_bf16(pd);
     if (pd)
         dnnl_primitive_desc_destroy(pd);
     native = ok;

@@ -127,9 +127,11 @@ typedef struct nn_conv2d {
                                * Set with nn_conv2d_set_post_relu, or before the first forward */
     int bf16;                 /* dense convolutions: the passes multiply in bfloat16 (x, dy and the
                                * weights rounded to bf16; sums, y, dx and the weight gradient in f32),
-                               * where oneDNN has a native bf16 kernel for the shape (CPUs with
-                               * AVX512_BF16 or AMX), f32 elsewhere. Set before the first forward;
-                               * nn_conv2d_runs_bf16 says what ran */
+                               * where oneDNN has native bf16 kernels for all three passes of the
+                               * shape (CPUs with AVX512_BF16 or AMX; not its emulation on plain
+                               * AVX-512), f32 elsewhere. The fused last-layer backward
+                               * (nn_conv2d_backward_relu_input) stays f32. Set before the first
+                               * forward; nn_conv2d_runs_bf16 says what ran */
     nn_conv_prims *prims;     /* per input shape */
 } nn_conv2d;
 
@@ -153,8 +155,8 @@ int nn_conv2d_last_input(const nn_conv2d *l, int *n, int *h, int *w);
 int nn_conv2d_own_bias_grad(const nn_conv2d *l);
 /* 1 when that shape's passes run on oneDNN's bf16 kernels (nn_conv2d.bf16). */
 int nn_conv2d_runs_bf16(const nn_conv2d *l);
-/* 1 when oneDNN has native bf16 convolution kernels on this CPU (AVX512_BF16 or AMX), so
- * nn_conv2d.bf16 takes effect. */
+/* 1 when oneDNN has native bf16 convolution kernels on this CPU (AVX512_BF16 or AMX, within
+ * ONEDNN_MAX_CPU_ISA), so nn_conv2d.bf16 takes effect. */
 int nn_conv2d_bf16_native(nn_ctx *ctx);
 /* Frozen layers only: frees the PyTorch-layout weights (and gradient) once oneDNN's copies exist,
  * so a frozen net holds its weights once per layout oneDNN needs instead of once more. Later

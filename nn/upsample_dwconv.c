@@ -369,7 +369,7 @@ int nn_upsample_dwconv_backward(nn_ctx *ctx, nn_conv2d *l, const nn_act *x, cons
     col_gather gtab = {0};
     const int threads = omp_get_max_threads();
     const size_t stride = (size_t)(W + 2) * blk, row = (size_t)w * blk, xplane = (size_t)h * row;
-    const size_t per = 6 * stride + (size_t)W * blk + row + xplane;
+    const size_t per = 6 * stride + (size_t)W * blk + row + (add ? xplane : 0); /* dx's plane when adding */
     float *bufs = nn_alloc((size_t)threads * per * sizeof(float));
     const int tasks = n * cb;
     double *part = nn_alloc((size_t)tasks * 10 * 16 * sizeof(double)); /* dw [9][16], db [16] */

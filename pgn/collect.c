@@ -408,13 +408,14 @@ static void logf_(const pgn_job_io *io, const char *level, const char *fmt, ...)
     io->log(io->ctx, level, msg);
 }
 
+#define PRECISION_ITEM "generator_precision "
+
 /* What must not change across a resume, as one comparable line. */
 static void identity(const job *j, char *buf, size_t len)
 {
     const pgn_collection_info *in = &j->c->info;
-    snprintf(buf, len, "size %d, batch %d, seed %llu, generators %s, generator_precision %s, samples_per_shard %d, samples %lld, teacher %s, driver %s",
-             in->size, in->batch, (unsigned long long)in->seed, in->generators, in->generator_precision,
-             in->samples_per_shard,
+    snprintf(buf, len, "size %d, batch %d, seed %llu, generators %s, samples_per_shard %d, samples %lld, teacher %s, driver %s",
+             in->size, in->batch, (unsigned long long)in->seed, in->generators, in->samples_per_shard,
              (long long)in->samples_wanted,
              in->teacher_sha256[0] ? in->teacher_sha256 : "random", in->driver);
     size_t at = strlen(buf);
@@ -422,9 +423,11 @@ static void identity(const job *j, char *buf, size_t len)
         at += (size_t)snprintf(buf + at, len - at, " (teacher seed %llu)", (unsigned long long)in->teacher_seed);
     const pgn_collect_params *p = j->p; /* the generators' training: the trajectories depend on it */
     if (at < len)
-        snprintf(buf + at, len - at, ", ae_lr %.9g, clip %.9g x avg (init %.9g, weight %.9g), resets after %.9g samples (p %.9g) or L1 > %.9g",
+        at += (size_t)snprintf(buf + at, len - at, ", ae_lr %.9g, clip %.9g x avg (init %.9g, weight %.9g), resets after %.9g samples (p %.9g) or L1 > %.9g",
                  p->ae_lr, p->clip_factor, p->clip_init, p->clip_ema_weight, p->ae_plateau_samples, p->ae_reset_prob,
                  p->ae_reset_l1);
+    if (at < len) /* last: a checkpoint written before it existed lacks it (see load_checkpoint) */
+        snprintf(buf + at, len - at, ", " PRECISION_ITEM "%s", in->generator_precision);
 }
 
 /* Length of the item at s: up to the first ',' outside parentheses. */
@@ -631,8 +634,12 @@ static int load_checkpoint(job *j, const char *path, nn_err *e)
     const char *fmt = meta_str(&w, "format"), *id = meta_str(&w, "identity");
     const char *need[] = {"step", "samples_drawn", "avg", "adam_steps", "rng", "data_rng", "ae_best", "ae_best_at",
                           "resets", "written", "fill", "dropped", "shards"};
-    char mine[1400];
+    char mine[1400], old[1400];
     identity(j, mine, sizeof mine);
+    if (id && !strstr(id, PRECISION_ITEM)) { /* written before the field existed: its generators ran in f32 */
+        snprintf(old, sizeof old, "%s, " PRECISION_ITEM "f32", id);
+        id = old;
+    }
     if (!fmt || strcmp(fmt, CK_FORMAT) || !id) {
         rc = nn_errf(e, "%s is not a pgnd collect checkpoint", path);
     } else if (strcmp(id, mine)) {
@@ -1010,9 +1017,12 @@ int pgn_collect_run(const pgn_collect_params *p, const pgn_job_io *io, char *err
     char gens[32];
     pgn_collect_generators_str(p->generators, gens, sizeof gens);
     logf_(io, j.c->teacher.random ? "warn" : "info", "teacher: %s", j.c->info.teacher);
-    logf_(io, "info", "collect %lld samples of %dx%d into %s (shards of %d), generators %s driven by %s, batch %d, %d images in %s%s",
-          (long long)p->samples, p->size, p->size, io->dir, p->samples_per_shard, gens, j.c->info.driver, p->batch,
-          j.data.n_train, p->data, io->resume_checkpoint ? ", resumed" : "");
+    logf_(io, "info", "collect %lld samples of %dx%d into %s (shards of %d), generators %s in %s driven by %s, batch %d, %d images in %s%s",
+          (long long)p->samples, p->size, p->size, io->dir, p->samples_per_shard, gens, j.c->info.generator_precision,
+          j.c->info.driver, p->batch, j.data.n_train, p->data, io->resume_checkpoint ? ", resumed" : "");
+    if (strcmp(p->generator_precision, j.c->info.generator_precision))
+        logf_(io, "warn", "generator_precision %s asked for, but this CPU has no native bf16 kernels: the generators run in f32",
+              p->generator_precision);
     if (io->resume_checkpoint)
         logf_(io, "info", "resumed with %d complete shard(s) (%lld samples written, %d drawn for the next)", j.nshards, (long long)j.written,
               j.fill);

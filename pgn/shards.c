@@ -269,6 +269,8 @@ int pgn_manifest_read(const char *folder, pgn_collection_info *info, pgn_shard_e
     else if (!rc && get_str(root, "generator_precision", info->generator_precision, sizeof info->generator_precision,
                             path, e))
         rc = -1;
+    else if (!rc && strcmp(info->generator_precision, "bf16") && strcmp(info->generator_precision, "f32"))
+        rc = nn_errf(e, "%s: field 'generator_precision' is '%s', not bf16 or f32", path, info->generator_precision);
     if (!rc && info->teacher_sha256[0] && !is_hex64(info->teacher_sha256))
         rc = nn_errf(e, "%s: field 'teacher_sha256' is not 64 lowercase hex digits", path);
     if (!rc) {

@@ -3,8 +3,9 @@
  *     one pixel, odd sizes, and 64x64 (several chunks per plane); a second call adds;
  *   - bitwise the same on 1 and 2 threads;
  *   - through nn_conv2d: a 1x1 128->128 convolution with bias over nChw16c (the autoencoders' and
- *     the PGNs' case) takes it (nn_conv2d_own_bias_grad) and its dbias matches; a convolution
- *     without bias does not. */
+ *     the PGNs' case) takes it (nn_conv2d_own_bias_grad) and its dbias matches; also with dy in
+ *     nhwc (read from the pass's converted copy) and in bf16 mode (from a plain copy); a
+ *     convolution without bias does not. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -89,7 +90,9 @@ static void test_thread_count_independent(void **state)
 }
 
 /* A 1x1 convolution's parameter gradients: dbias against the reference. */
-static void conv_case(int bias, int expect_own)
+/* dy_nhwc: dy in a layout nn_bias_grad does not read (nhwc), so the bias comes from the weight
+ * gradient's f32 copy of dy, or (bf16) from a plain copy. */
+static void conv_case(int bias, int expect_own, int dy_nhwc, int bf16)
 {
     const int n = 2, c = 128, h = 16, w = 12;
     nn_conv2d l;
@@ -97,11 +100,20 @@ static void conv_case(int bias, int expect_own)
     nn_err e;
     nn_rng_seed(&r, 5);
     fx_ok(nn_conv2d_init(&l, c, c, 1, 1, 1, 1, 0, 0, 1, NN_PAD_ZERO, bias, &r, &e), &e);
+    l.bf16 = bf16;
     float *x = fx_randv((size_t)n * c * h * w, 1), *dy = fx_randv((size_t)n * c * h * w, 2);
     nn_act xa = {0}, ya = {0}, ga = {0};
     fx_act_blocked(&fx_ctx, &xa, x, n, c, h, w, 16);
     fx_ok(nn_conv2d_forward(&fx_ctx, &l, &xa, &ya, &e), &e);
     fx_act_blocked(&fx_ctx, &ga, dy, n, c, h, w, 16);
+    if (dy_nhwc) {
+        dnnl_memory_desc_t md;
+        dnnl_dims_t d = {n, c, h, w};
+        assert_int_equal(dnnl_memory_desc_init_by_tag(&md, 4, d, dnnl_f32, dnnl_nhwc), dnnl_success);
+        fx_ok(nn_act_convert(&fx_ctx, &ga, &md, &e), &e);
+        nn_view5 v;
+        assert_int_not_equal(nn_view5_of(&ga.md, n, c, h, w, &v), 0);
+    }
     fx_ok(nn_conv2d_backward(&fx_ctx, &l, &xa, &ga, NULL, 1, &e), &e);
     assert_int_equal(nn_conv2d_own_bias_grad(&l), expect_own);
     if (bias) {
@@ -117,8 +129,10 @@ static void conv_case(int bias, int expect_own)
 static void test_through_conv2d(void **state)
 {
     (void)state;
-    conv_case(1, 1);
-    conv_case(0, 0);
+    conv_case(1, 1, 0, 0);
+    conv_case(0, 0, 0, 0);
+    conv_case(1, 1, 1, 0); /* from the primitive's nChw16c copy of dy */
+    conv_case(1, 1, 1, 1); /* bf16: that copy is bf16, so from a plain one */
 }
 
 int main(void)

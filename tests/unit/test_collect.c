@@ -3,6 +3,7 @@
  * reported and skipped, a collection from another teacher refused, an interrupted collect resumed
  * into exactly the shards an uninterrupted one writes, and the errors a user can cause. */
 #include <dirent.h>
+#include <jansson.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -236,6 +237,29 @@ static void test_round_trip(void **state)
     const char *precision = nn_conv2d_bf16_native(&pctx) ? "bf16" : "f32";
     nn_ctx_free(&pctx);
     assert_string_equal(info.generator_precision, precision);
+    /* a manifest written before the field existed reads as f32; another value is refused */
+    {
+        char mpath[400], opath[400], odir[300];
+        snprintf(mpath, sizeof mpath, "%s/%s", dir_a, PGN_MANIFEST_NAME);
+        snprintf(odir, sizeof odir, "%s/oldmanifest", base);
+        mkdir(odir, 0755);
+        snprintf(opath, sizeof opath, "%s/%s", odir, PGN_MANIFEST_NAME);
+        json_t *m = json_load_file(mpath, 0, NULL);
+        assert_non_null(m);
+        assert_int_equal(json_object_del(m, "generator_precision"), 0);
+        assert_int_equal(json_dump_file(m, opath, 0), 0);
+        pgn_collection_info old;
+        pgn_shard_entry *osh;
+        int on, oc;
+        fx_ok(pgn_manifest_read(odir, &old, &osh, &on, &oc, &e), &e);
+        assert_string_equal(old.generator_precision, "f32");
+        free(osh);
+        json_object_set_new(m, "generator_precision", json_string("fp16"));
+        assert_int_equal(json_dump_file(m, opath, 0), 0);
+        fx_expect_error(pgn_manifest_read(odir, &old, &osh, &on, &oc, &e), &e,
+                        "field 'generator_precision' is 'fp16', not bf16 or f32");
+        json_decref(m);
+    }
     assert_int_equal(info.size, SIZE);
     assert_int_equal(info.seed, 3);
     assert_int_equal(info.samples_wanted, TOTAL);
