@@ -79,6 +79,13 @@ int pgn_write_file_atomic(const char *path, const void *data, size_t len, nn_err
 /* ---- shards ---- */
 
 /* tmp NULL: the whole atomic write; otherwise its first half (nn_safetensors_write_unsynced). */
+static int precision_ok(const pgn_collection_info *info, const char *path, nn_err *e)
+{
+    if (strcmp(info->generator_precision, "bf16") && strcmp(info->generator_precision, "f32"))
+        return nn_errf(e, "%s: generator_precision '%s' is not bf16 or f32", path, info->generator_precision);
+    return 0;
+}
+
 static int shard_write(const char *folder, const pgn_collection_info *info, int index, int n, const float *y_hat,
                        const float *y, const float *g_true, const float *loss, pgn_shard_entry *out, char *tmp,
                        size_t tmp_len, nn_err *e)
@@ -89,6 +96,8 @@ static int shard_write(const char *folder, const pgn_collection_info *info, int 
     snprintf(path, sizeof path, "%s/%s", folder, out->file);
     if (n <= 0)
         return nn_errf(e, "%s: a shard needs at least one sample (got %d)", path, n);
+    if (precision_ok(info, path, e))
+        return -1;
     int64_t img[4] = {n, 3, info->size, info->size}, one[1] = {n};
     nn_tensor t[4] = {nn_tensor_view((float *)y_hat, 4, img), nn_tensor_view((float *)y, 4, img),
                       nn_tensor_view((float *)g_true, 4, img), nn_tensor_view((float *)loss, 1, one)};
@@ -173,6 +182,8 @@ int pgn_manifest_write(const char *folder, const pgn_collection_info *info, cons
 {
     char path[1200];
     snprintf(path, sizeof path, "%s/%s", folder, PGN_MANIFEST_NAME);
+    if (precision_ok(info, path, e))
+        return -1;
     json_t *root = info_json(info), *list = json_array();
     int64_t samples = 0;
     int bad = !root || !list;

@@ -397,6 +397,7 @@ static void write_collection(const char *dir, int size)
     info.samples_wanted = 12;
     info.batch = 3;
     snprintf(info.generators, sizeof info.generators, "test");
+    snprintf(info.generator_precision, sizeof info.generator_precision, "f32");
     snprintf(info.driver, sizeof info.driver, "teacher");
     snprintf(info.version, sizeof info.version, PGND_VERSION);
     int n = 6;
